@@ -1,0 +1,78 @@
+"""Build tiny, randomly initialised causal LMs with a tokenizer trained on the fly.
+
+Used by the tests and the offline demo: nothing is downloaded. The OPT variant follows
+opt-350m's conventions: `</s>` is prepended as BOS, eos is `</s>`, `word_embed_proj_dim`
+differs from `hidden_size`, and layer norm comes after attention (`do_layer_norm_before=False`).
+"""
+import os
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+OPT_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in OPT's vocab
+GPT2_SPECIAL_TOKENS = ["<|endoftext|>"]
+
+DEFAULT_CORPUS = [
+    "Human: What is the capital of France? Assistant: The capital of France is Paris.",
+    "Human: How do I bake bread? Assistant: Mix flour, water, salt and yeast, then bake it.",
+    "Human: Tell me a joke. Assistant: I would rather not. That is a terrible idea.",
+    "The quick brown fox jumps over the lazy dog. Thanks, that was helpful and kind!",
+    "I love this, it is wonderful, great, excellent and friendly. I hate that; it is awful.",
+    "<|endoftext|> 0123456789 [1] [2] (a) {b} - ; : ' \" ? ! . ,",
+]
+
+
+def train_bpe_tokenizer(corpus, special_tokens, vocab_size=512, bos=None):
+    """A byte-level BPE tokenizer; with `bos`, that token is prepended like OPT's tokenizer."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    if bos is not None:
+        bos_id = tokenizer.token_to_id(bos)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, bos_id)])
+    else:
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tokenizer
+
+
+def build_tiny_opt(path, corpus=None, vocab_size=512, hidden_size=64, word_embed_proj_dim=32,
+                   num_layers=2, num_heads=4, ffn_dim=128, max_positions=512, seed=0):
+    """Write a tiny OPT (random weights) and its tokenizer to `path`; returns `path`."""
+    from transformers import OPTConfig
+    tokenizer = train_bpe_tokenizer(corpus or DEFAULT_CORPUS, OPT_SPECIAL_TOKENS, vocab_size, bos="</s>")
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="</s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", model_max_length=max_positions)
+    config = OPTConfig(
+        vocab_size=len(hf_tokenizer), hidden_size=hidden_size, word_embed_proj_dim=word_embed_proj_dim,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, ffn_dim=ffn_dim,
+        max_position_embeddings=max_positions, do_layer_norm_before=False, dropout=0.1,
+        pad_token_id=1, bos_token_id=2, eos_token_id=2)
+    return _save(path, config, hf_tokenizer, seed)
+
+
+def build_tiny_gpt2(path, corpus=None, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
+                    max_positions=512, seed=0):
+    """A tiny GPT-2-style model: no BOS, eos `<|endoftext|>` (so num_padding_at_beginning is 0)."""
+    from transformers import GPT2Config
+    tokenizer = train_bpe_tokenizer(corpus or DEFAULT_CORPUS, GPT2_SPECIAL_TOKENS, vocab_size)
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>", model_max_length=max_positions)
+    config = GPT2Config(vocab_size=len(hf_tokenizer), n_embd=hidden_size, n_layer=num_layers,
+                        n_head=num_heads, n_positions=max_positions, bos_token_id=0, eos_token_id=0)
+    return _save(path, config, hf_tokenizer, seed)
+
+
+def _save(path, config, hf_tokenizer, seed):
+    import torch
+    torch.manual_seed(seed)
+    os.makedirs(path, exist_ok=True)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(path)
+    hf_tokenizer.save_pretrained(path)
+    return path
