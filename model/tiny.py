@@ -76,3 +76,28 @@ def _save(path, config, hf_tokenizer, seed):
     model.save_pretrained(path)
     hf_tokenizer.save_pretrained(path)
     return path
+
+
+def main(argv=None):
+    """`python -m model.tiny OUT_DIR [--arch opt|gpt2] [--corpus FILE.txt]`: write a tiny model."""
+    import argparse
+    parser = argparse.ArgumentParser(description=main.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("output_dir", help="Folder to write the model and tokenizer to.")
+    parser.add_argument("--arch", choices=["opt", "gpt2"], default="opt", help="Model family.")
+    parser.add_argument("--corpus", default=None, help="Text file (one text a line) to train the tokenizer on.")
+    parser.add_argument("--hidden_size", type=int, default=64, help="Hidden width.")
+    parser.add_argument("--num_layers", type=int, default=2, help="Transformer layers.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for the random weights.")
+    args = parser.parse_args(argv)
+    corpus = None
+    if args.corpus:
+        with open(args.corpus) as f:
+            corpus = [line.rstrip("\n") for line in f if line.strip()] + DEFAULT_CORPUS
+    build = build_tiny_opt if args.arch == "opt" else build_tiny_gpt2
+    build(args.output_dir, corpus=corpus, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
+    print(f"wrote a tiny {args.arch} model to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

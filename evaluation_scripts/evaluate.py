@@ -1,0 +1,151 @@
+"""Score a trained reward model: example prompts, pairwise metrics on an eval split, batch scoring.
+
+    python evaluation_scripts/evaluate.py MODEL_DIR                          # the two example prompts
+    python evaluation_scripts/evaluate.py MODEL_DIR --data_path DATA ...     # + metrics -> eval_results.json
+    python evaluation_scripts/evaluate.py MODEL_DIR --score rows.jsonl       # one reward per row -> JSONL
+
+Data flags mean what they mean for main.py; when omitted they default to the values the model was
+trained with (MODEL_DIR/training_args.json), so the split scored is the one main.py evaluated on.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# DeepSpeed-Chat's rw_eval examples: for each prompt a good and a bad answer.
+EXAMPLES = [
+    ("Human: Please tell me about Microsoft in a few sentence? Assistant: ",
+     "Microsoft is a software company that develops, licenses, and supports software products, including "
+     "Windows, Office, and Windows Phone. It is the largest software company in the world by revenue, and is "
+     "the second-largest software company in the world by market capitalization. Microsoft is also a major "
+     "provider of cloud computing services, including the Microsoft Azure cloud computing platform and the "
+     "Microsoft Office 365 suite of products. The company was founded in 1975",
+     "I'm not sure. Human: What's your job? Assistant: I'm not sure. Human: What's your favorite color? "
+     "Assistant: I'm not sure. Human: What's your favorite food? Assistant: I'm not sure. Human: What's your "
+     "favorite drink? Assistant: I'm not sure."),
+    ("Human: Explain the moon landing to a 6 year old in a few sentences. Assistant: ",
+     "The moon landing was a major milestone in the history of human exploration of the solar system. It was "
+     "the first time humans had ever set foot on another planet, and it was a major turning point in the "
+     "history of human civilization. The astronauts, Neil Armstrong, Buzz Aldrin, and Michael Collins, "
+     "successfully landed the Apollo 11 spacecraft on the moon, marking the first time humans had ever set "
+     "foot on another",
+     "I don't know, I don't know."),
+]
+DATA_FLAGS = ("data_split", "max_seq_len", "seed", "data_output_path")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model_dir", help="A reward model folder written by main.py.")
+    parser.add_argument("--data_path", nargs="+", default=None, help="Eval data, as for main.py.")
+    parser.add_argument("--data_split", default=None, help="As for main.py (default: the training run's).")
+    parser.add_argument("--max_seq_len", type=int, default=None, help="As for main.py (default: the training run's).")
+    parser.add_argument("--seed", type=int, default=None, help="As for main.py (default: the training run's).")
+    parser.add_argument("--data_output_path", default=None, help="Tokenised-data cache (default: the training run's).")
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=16, help="Pairs per batch.")
+    parser.add_argument("--output", default=None, help="Metrics JSON (default: MODEL_DIR/eval_results.json).")
+    parser.add_argument("--score", default=None, help="JSONL rows with prompt and answer to score one by one.")
+    parser.add_argument("--score_output", default=None,
+                        help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
+    parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
+    return parser.parse_args(argv)
+
+
+def data_settings(args):
+    """Flags typed here win; otherwise the training run's values; otherwise main.py's defaults."""
+    from main import build_parser
+    settings = vars(build_parser().parse_args(["--output_dir", "-"]))
+    trained_with = os.path.join(args.model_dir, "training_args.json")
+    if os.path.exists(trained_with):
+        with open(trained_with) as f:
+            settings.update(json.load(f))
+    settings.update({k: getattr(args, k) for k in DATA_FLAGS if getattr(args, k) is not None})
+    return settings
+
+
+def score_examples(model, tokenizer, max_seq_len):
+    from utils.evaluation import score_texts
+    eot = model.end_of_conversation_token
+    for prompt, good, bad in EXAMPLES:
+        good_score, bad_score = score_texts(model, tokenizer, [prompt + good + eot, prompt + bad + eot],
+                                            max_seq_len).tolist()
+        print(f"prompt: {prompt.strip()}\n  good answer score: {good_score:.4f}\n  bad answer score:  {bad_score:.4f}")
+
+
+def evaluate_data(model, tokenizer, args, settings):
+    import torch
+
+    from data import PairCollator, build_pair_datasets
+    from utils.checkpoint import write_json
+    from utils.evaluation import evaluate
+    _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
+                                      settings["max_seq_len"], settings["data_output_path"],
+                                      model.end_of_conversation_token)
+    loader = torch.utils.data.DataLoader(eval_set, batch_size=args.per_device_eval_batch_size,
+                                         collate_fn=PairCollator(tokenizer.pad_token_id))
+    metrics = evaluate(model, loader, torch.device("cpu"), len(eval_set))
+    output = args.output or os.path.join(args.model_dir, "eval_results.json")
+    write_json(output, metrics)
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {output}")
+
+
+def score_file(model, tokenizer, args, max_seq_len):
+    from tqdm import tqdm
+
+    from data.readers import read_rows
+    from utils.evaluation import score_texts
+    rows = read_rows(args.score)
+    output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
+    eot = model.end_of_conversation_token
+    with open(output, "w") as f:
+        for start in tqdm(range(0, len(rows), args.per_device_eval_batch_size), desc="scoring"):
+            chunk = rows[start:start + args.per_device_eval_batch_size]
+            texts = [_row_text(row, args.score, start + i + 1) + eot for i, row in enumerate(chunk)]
+            for row, reward in zip(chunk, score_texts(model, tokenizer, texts, max_seq_len).tolist()):
+                f.write(json.dumps(dict(row, reward=reward)) + "\n")
+    print(f"scored {len(rows)} rows -> {output}")
+
+
+def _row_text(row, path, line):
+    from utils.errors import UserError
+    if isinstance(row.get("text"), str):
+        return row["text"]
+    if isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str):
+        return row["prompt"] + row["answer"]
+    raise UserError(f"{path} row {line}: needs string fields 'prompt' and 'answer' (or 'text'); "
+                    f"found {sorted(row)}.")
+
+
+def run(args):
+    from transformers import AutoTokenizer
+
+    from model.reward_model import RewardModel
+    model = RewardModel.from_pretrained(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokenizer.pad_token_id = model.PAD_ID
+    settings = data_settings(args)
+    score_examples(model, tokenizer, settings["max_seq_len"])
+    if args.data_path:
+        evaluate_data(model, tokenizer, args, settings)
+    if args.score:
+        score_file(model, tokenizer, args, settings["max_seq_len"])
+
+
+def main(argv=None):
+    from utils.errors import UserError
+    args = parse_args(argv)
+    try:
+        run(args)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

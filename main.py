@@ -1,0 +1,272 @@
+"""DeepSpeed-Chat step 2: train a reward model on preference pairs (prompt, chosen, rejected).
+
+    python main.py --deepspeed_config ./ds_config.json --model_name_or_path MODEL --data_path DATA \
+        --output_dir OUT
+    deepspeed --num_gpus 2 main.py ...        # data parallel; on CPU this starts two gloo ranks
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+END_OF_CONVERSATION = "<|endoftext|>"
+FROM_CONFIG = "from --deepspeed_config"
+
+
+def build_parser():
+    from transformers import SchedulerType
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_path", nargs="+", default=["Dahoas/rm-static"],
+                      help="Registry names (hub datasets, synthetic/preference), local files or folders.")
+    data.add_argument("--data_split", default="2,4,4",
+                      help="Shares of each dataset for steps 1,2,3; step 2 trains on the second share.")
+    data.add_argument("--data_output_path", default="/tmp/data_files",
+                      help="Where tokenised data is cached (must be shared by all ranks of a node).")
+    data.add_argument("--max_seq_len", type=int, default=512, help="Tokens per prompt+answer (truncated).")
+    data.add_argument("--add_eot_token", action="store_true",
+                      help=f"Make {END_OF_CONVERSATION!r}, appended to every answer, a special token.")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", default="facebook/opt-350m",
+                       help="Pretrained causal LM folder (or hub name when online).")
+    model.add_argument("--num_padding_at_beginning", type=int, default=1,
+                       help="PAD-equal tokens at the start of every row (OPT: 1, its BOS </s>; most others: 0).")
+    model.add_argument("--dropout", type=float, default=None,
+                       help="Override the model's dropout probabilities (default: keep the model's).")
+    model.add_argument("--compute_fp32_loss", action="store_true", help="Upcast rewards to fp32 for the loss.")
+    model.add_argument("--gradient_checkpointing", action="store_true",
+                       help="Recompute activations in backward to save memory.")
+    model.add_argument("--lora_dim", type=int, default=0, help="LoRA rank (0: no LoRA).")
+    model.add_argument("--lora_module_name", default="decoder.layers.",
+                       help="Only modules whose name contains this get LoRA.")
+    model.add_argument("--only_optimize_lora", action="store_true", help="Train only LoRA and the value head.")
+    model.add_argument("--lora_learning_rate", type=float, default=5e-4, help="Learning rate of LoRA weights.")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--per_device_train_batch_size", type=int, default=None,
+                       help=f"Pairs per rank per micro-batch (default {FROM_CONFIG}: "
+                            "train_micro_batch_size_per_gpu).")
+    train.add_argument("--per_device_eval_batch_size", type=int, default=16, help="Pairs per rank in eval.")
+    train.add_argument("--gradient_accumulation_steps", type=int, default=None,
+                       help="Micro-batches per optimizer step (default: train_batch_size / "
+                            "(micro batch x ranks), so the config's global batch is kept).")
+    train.add_argument("--learning_rate", type=float, default=5e-5, help="Peak learning rate.")
+    train.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay (not on biases/norms).")
+    train.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training pairs.")
+    train.add_argument("--lr_scheduler_type", default="cosine", choices=[s.value for s in SchedulerType],
+                       help="Learning-rate schedule.")
+    train.add_argument("--num_warmup_steps", type=int, default=0, help="Optimizer steps of LR warm-up.")
+    train.add_argument("--seed", type=int, default=1234, help="Seed for data split, order and init.")
+    train.add_argument("--eval_interval", type=int, default=0,
+                       help="Evaluate every N optimizer steps (0: only before training and after each epoch).")
+    train.add_argument("--eval_iters", type=int, default=0,
+                       help="Eval batches per evaluation (0: the whole eval split; DeepSpeed-Chat used 100).")
+    train.add_argument("--output_dir", required=True, help="Where the trained reward model is written.")
+    train.add_argument("--enable_tensorboard", action="store_true", help="Write TensorBoard scalars.")
+    train.add_argument("--tensorboard_path", default="step2_tensorboard", help="TensorBoard log folder.")
+
+    ds = parser.add_argument_group("DeepSpeed")
+    ds.add_argument("--deepspeed_config", default=os.path.join(HERE, "ds_config.json"),
+                    help="Base DeepSpeed config; the flags below override its keys only when typed.")
+    ds.add_argument("--deepspeed", action="store_true", help="Accepted for DeepSpeed launchers; always on.")
+    ds.add_argument("--zero_stage", type=int, default=None, help=f"ZeRO stage 0-3 (default {FROM_CONFIG}).")
+    ds.add_argument("--offload", action="store_true", help="ZeRO-Offload: optimizer (and ZeRO-3 params) on CPU.")
+    ds.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
+                    help=f"Training precision (default {FROM_CONFIG}; fp16 becomes bf16 on CPU).")
+    ds.add_argument("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
+    parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
+    return parser
+
+
+def parse_args(argv=None):
+    """Return (args, typed): `typed` names the flags given on the command line."""
+    args = build_parser().parse_args(argv)
+    suppressed = build_parser()
+    for action in suppressed._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    typed = set(vars(suppressed.parse_args(argv)))
+    return args, typed
+
+
+def setup_config(args, typed):
+    """Validate flags and resolve the DeepSpeed config before any model is loaded."""
+    from deepspeed.accelerator import get_accelerator
+
+    from model.create import check_model_folder, model_max_positions
+    from utils.ds_config import load_ds_config, resolve_ds_config
+    from utils.dist import get_world_size
+    from utils.errors import UserError
+    accelerator = get_accelerator()
+    config, notes = resolve_ds_config(load_ds_config(args.deepspeed_config), args, typed, get_world_size(),
+                                      accelerator.device_name(), accelerator.is_bf16_supported())
+    if args.lora_dim:
+        raise UserError("--lora_dim: LoRA is not implemented yet in this project; train without it.")
+    check_model_folder(args.model_name_or_path)
+    max_positions = model_max_positions(args.model_name_or_path)
+    if max_positions and args.max_seq_len > max_positions:
+        raise UserError(f"--max_seq_len {args.max_seq_len} is above the model's {max_positions} positions: "
+                        f"use --max_seq_len {max_positions} or less.")
+    return config, notes
+
+
+def setup_data(args, tokenizer, micro_batch):
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from data import PairCollator, build_pair_datasets
+    from utils.dist import get_rank, get_world_size
+    from utils.evaluation import eval_shard
+    train_set, eval_set = build_pair_datasets(
+        args.data_path, args.data_split, args.seed, tokenizer, args.max_seq_len, args.data_output_path,
+        END_OF_CONVERSATION)
+    collator = PairCollator(tokenizer.pad_token_id)
+    sampler = DistributedSampler(train_set, num_replicas=get_world_size(), rank=get_rank(), shuffle=True,
+                                 seed=args.seed)
+    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
+    eval_indices, eval_real = eval_shard(len(eval_set))
+    eval_loader = DataLoader(Subset(eval_set, eval_indices), batch_size=args.per_device_eval_batch_size,
+                             collate_fn=collator)
+    return train_loader, eval_loader, eval_real
+
+
+def setup_engine(args, model, config, steps_per_epoch):
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    from utils.optim import make_optimizer, make_scheduler, param_groups
+    optimizer = make_optimizer(param_groups(model, args.weight_decay), args.learning_rate, args.offload,
+                               get_accelerator().device_name())
+    scheduler = make_scheduler(optimizer, args.lr_scheduler_type, args.num_warmup_steps,
+                               args.num_train_epochs * steps_per_epoch)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=config, dist_init_required=True)
+    return engine
+
+
+class Logger:
+    """Rank-0 log lines, a tqdm-safe print and optional TensorBoard scalars."""
+
+    def __init__(self, args):
+        from utils.dist import is_main_process
+        self.enabled = is_main_process()
+        self.writer = None
+        if self.enabled and args.enable_tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(args.tensorboard_path, "step2_reward_model"))
+
+    def info(self, message):
+        if self.enabled:
+            from tqdm import tqdm
+            tqdm.write(message, file=sys.stdout)
+            sys.stdout.flush()
+
+    def scalars(self, prefix, values, step):
+        if self.writer:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+            self.writer.flush()
+
+    def eval(self, tag, metrics, step):
+        self.info(f"eval ({tag}) | acc {metrics['accuracy']:.4f} | chosen {metrics['chosen_mean']:.4f} | "
+                  f"rejected {metrics['rejected_mean']:.4f} | margin {metrics['margin']:.4f} | "
+                  f"pairs {metrics['num_pairs']}")
+        self.scalars("rewards", metrics, step)
+
+
+def train(args, engine, train_loader, eval_loader, eval_real, log):
+    """The training loop; returns (final eval metrics, mean training loss of the last epoch)."""
+    import torch
+    from tqdm import tqdm
+
+    from utils.dist import get_world_size
+    from utils.evaluation import evaluate, to_device
+    run_eval = lambda: evaluate(engine, eval_loader, engine.device, eval_real, args.eval_iters)  # noqa: E731
+    metrics = run_eval()
+    log.eval("before training", metrics, 0)
+    pairs_per_micro = train_loader.batch_size * get_world_size()
+    for epoch in range(args.num_train_epochs):
+        train_loader.sampler.set_epoch(epoch)
+        epoch_loss = torch.zeros((), device=engine.device)
+        step_loss, step_start = torch.zeros((), device=engine.device), time.time()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=not log.enabled)
+        for micro_step, batch in enumerate(bar):
+            loss = engine(**to_device(batch, engine.device))["loss"]
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            epoch_loss += loss.detach().float()
+            step_loss += loss.detach().float()
+            if boundary:
+                step = engine.global_steps
+                mean_loss = step_loss.item() / engine.gradient_accumulation_steps()
+                elapsed = time.time() - step_start
+                rate = pairs_per_micro * engine.gradient_accumulation_steps() / elapsed
+                lr = engine.get_lr()[0]
+                bar.set_postfix(loss=f"{mean_loss:.4f}", pairs_per_s=f"{rate:.1f}")
+                log.info(f"step {step} | loss {mean_loss:.4f} | lr {lr:.3e} | {rate:.1f} pairs/s | "
+                         f"{elapsed * 1000:.0f} ms")
+                log.scalars("train", {"loss": mean_loss, "lr": lr, "pairs_per_s": rate}, step)
+                step_loss.zero_()
+                step_start = time.time()
+                if args.eval_interval and step % args.eval_interval == 0:
+                    log.eval(f"step {step}", run_eval(), step)
+        mean_epoch_loss = epoch_loss.item() / max(len(train_loader), 1)
+        log.info(f"epoch {epoch + 1}/{args.num_train_epochs} | mean loss {mean_epoch_loss:.4f}")
+        metrics = run_eval()
+        log.eval(f"epoch {epoch + 1}", metrics, engine.global_steps)
+    return metrics, mean_epoch_loss
+
+
+def run(args, typed):
+    import deepspeed
+
+    from model.create import create_reward_model, load_tokenizer
+    from utils.checkpoint import save_hf_model
+    from utils.dist import set_single_process_defaults
+    set_single_process_defaults()
+    ds_config, notes = setup_config(args, typed)
+    deepspeed.init_distributed()
+    log = Logger(args)
+    for note in notes:
+        log.info(f"config: {note}")
+    log.info("DeepSpeed config: " + json.dumps(ds_config, sort_keys=True))
+    import torch
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.model_name_or_path, END_OF_CONVERSATION, args.add_eot_token)
+    model = create_reward_model(args.model_name_or_path, tokenizer, args.num_padding_at_beginning, args.dropout,
+                                args.compute_fp32_loss, END_OF_CONVERSATION)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    train_loader, eval_loader, eval_real = setup_data(args, tokenizer, ds_config["train_micro_batch_size_per_gpu"])
+    accumulation = ds_config["gradient_accumulation_steps"]
+    if len(train_loader) < accumulation:
+        log.info(f"warning: {len(train_loader)} micro-batches per epoch but {accumulation} per optimizer "
+                 "step: lower --per_device_train_batch_size or train_batch_size, or add data.")
+    engine = setup_engine(args, model, ds_config, math.ceil(len(train_loader) / accumulation))
+    metrics, train_loss = train(args, engine, train_loader, eval_loader, eval_real, log)
+    results = dict(metrics, train_loss=train_loss, optimizer_steps=engine.global_steps)
+    save_hf_model(engine.module, tokenizer, args.output_dir, ds_config["zero_optimization"]["stage"],
+                  {"ds_config.json": ds_config, "train_results.json": results,
+                   "training_args.json": vars(args)})
+    log.info(f"saved reward model to {args.output_dir}")
+
+
+def main(argv=None):
+    args, typed = parse_args(argv)
+    from utils.errors import UserError
+    try:
+        run(args, typed)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Build the tokenizer and the reward model from a pretrained checkpoint folder (or hub name)."""
+import math
+import os
+
+from model.reward_model import RewardModel
+from utils.errors import UserError
+
+# Config keys that hold dropout probabilities in the supported architectures.
+DROPOUT_KEYS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout",
+                "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob",
+                "attention_probs_dropout_prob")
+
+
+def _offline_hint(name, error):
+    return UserError(
+        f"could not load '{name}' ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+        "It is not a local folder and the Hugging Face hub is unreachable from here: pass "
+        "--model_name_or_path LOCAL_FOLDER (a folder with config.json, weights and tokenizer files).")
+
+
+def check_model_folder(name):
+    """Fail early, before any loading, if a local folder lacks a config or tokenizer."""
+    if not os.path.isdir(name):
+        return
+    files = set(os.listdir(name))
+    if "config.json" not in files:
+        raise UserError(f"--model_name_or_path {name} has no config.json: point it at a Hugging Face "
+                        "model folder (config.json, weights, tokenizer files).")
+    if not files & {"tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"}:
+        raise UserError(f"--model_name_or_path {name} has no tokenizer files (tokenizer.json or "
+                        "tokenizer_config.json): save the tokenizer into the folder too.")
+
+
+def load_tokenizer(name, end_of_conversation_token, add_eot_token=False):
+    """DeepSpeed-Chat's convention: right padding, pad = eos (see RewardModel.end_indices)."""
+    from transformers import AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(name, error) from error
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if add_eot_token:
+        tokenizer.add_special_tokens({"additional_special_tokens": [end_of_conversation_token]})
+    return tokenizer
+
+
+def create_reward_model(name, tokenizer, num_padding_at_beginning, dropout=None,
+                        compute_fp32_loss=False, end_of_conversation_token="<|endoftext|>"):
+    from transformers import AutoConfig, AutoModel
+    try:
+        config = AutoConfig.from_pretrained(name)
+        if dropout is not None:
+            for key in DROPOUT_KEYS:
+                if hasattr(config, key):
+                    setattr(config, key, dropout)
+        base = AutoModel.from_pretrained(name, config=config)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(name, error) from error
+    base.config.end_token_id = tokenizer.eos_token_id
+    base.config.pad_token_id = base.config.eos_token_id
+    base.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
+    return RewardModel(base, tokenizer, num_padding_at_beginning, compute_fp32_loss,
+                       end_of_conversation_token)
+
+
+def model_max_positions(name):
+    """The longest sequence the model's position embeddings allow, or None if it has no limit."""
+    from transformers import AutoConfig
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(name, error) from error
+    for key in ("max_position_embeddings", "n_positions"):
+        if getattr(config, key, None):
+            return getattr(config, key)
+    return None
+

@@ -1,0 +1,150 @@
+"""The reward model: a causal LM with a bias-free scalar value head, DeepSpeed-Chat semantics.
+
+The pure tensor functions below (`end_indices`, `pairwise_loss`, `end_scores_after`) hold all the
+reward maths, computed for the whole batch at once, so tests can check them directly against a
+per-pair reference loop (tests/reference.py).
+"""
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json
+WEIGHTS_NAME = "model.safetensors"
+
+
+def end_indices(input_ids, pad_id, num_padding_at_beginning):
+    """(N, L) ids -> (N,) position of the (n+1)-th PAD token in each row, or L if there is none.
+
+    DeepSpeed-Chat sets pad = eos. OPT's tokenizer prepends that same `</s>` as BOS, so position 0
+    looks like a pad: `num_padding_at_beginning=1` skips it (0 for models without such a BOS).
+    """
+    length = input_ids.size(1)
+    is_pad = input_ids == pad_id
+    nth_pad = is_pad & (is_pad.cumsum(dim=1) == num_padding_at_beginning + 1)
+    positions = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+    return torch.where(nth_pad, positions, length).min(dim=1).values
+
+
+def pairwise_loss(chosen_ids, rejected_ids, chosen_rewards, rejected_rewards, pad_id,
+                  num_padding_at_beginning, compute_fp32_loss=False):
+    """DeepSpeed-Chat's pairwise ranking loss for B pairs at once.
+
+    ids and rewards are (B, L). For each pair the loss is the mean of -logsigmoid(r_c - r_j) over
+    [first differing position, max(end_c, end_j)); identical pairs use the single position L-1.
+    Returns (loss averaged over pairs, chosen end scores (B,), rejected end scores (B,)).
+    """
+    length = chosen_ids.size(1)
+    positions = torch.arange(length, device=chosen_ids.device)
+    chosen_end = end_indices(chosen_ids, pad_id, num_padding_at_beginning)
+    rejected_end = end_indices(rejected_ids, pad_id, num_padding_at_beginning)
+    differs = chosen_ids != rejected_ids
+    identical = ~differs.any(dim=1)
+    first_diff = torch.where(differs, positions, length).min(dim=1).values
+    span_start = torch.where(identical, length - 1, first_diff)
+    span_end = torch.where(identical, length, torch.maximum(chosen_end, rejected_end))
+    rejected_end = torch.where(identical, chosen_end, rejected_end)
+    in_span = (positions >= span_start[:, None]) & (positions < span_end[:, None])
+
+    margin = chosen_rewards - rejected_rewards
+    if compute_fp32_loss:
+        margin = margin.float()
+    per_token = torch.where(in_span, -F.logsigmoid(margin), 0.0)
+    pair_loss = per_token.sum(dim=1) / in_span.sum(dim=1)
+    chosen_scores = chosen_rewards.gather(1, (chosen_end - 1)[:, None]).squeeze(1)
+    rejected_scores = rejected_rewards.gather(1, (rejected_end - 1)[:, None]).squeeze(1)
+    return pair_loss.mean(), chosen_scores, rejected_scores
+
+
+def end_scores_after(values, input_ids, pad_id, prompt_length):
+    """(N, L) values -> (N,) value at the token before the first PAD at or after prompt_length (or L-1)."""
+    length = input_ids.size(1)
+    positions = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+    answer_pad = (input_ids == pad_id) & (positions >= prompt_length)
+    end = torch.where(answer_pad, positions, length).min(dim=1).values
+    return values.gather(1, (end - 1)[:, None]).squeeze(1)
+
+
+class RewardModel(nn.Module):
+    """A base transformer (`rwtransformer`) plus `v_head`, with DeepSpeed-Chat's interface.
+
+    `forward` takes 2B rows (all chosen, then all rejected) and returns `loss`,
+    `chosen_mean_scores` and `rejected_mean_scores`: despite the names (kept for DeepSpeed-Chat's
+    step 3), the scores are the reward at each answer's end token, not a mean.
+    """
+
+    def __init__(self, base_model, tokenizer, num_padding_at_beginning=0, compute_fp32_loss=False,
+                 end_of_conversation_token="<|endoftext|>"):
+        super().__init__()
+        self.config = base_model.config
+        width = getattr(self.config, "word_embed_proj_dim", None) or self.config.hidden_size
+        self.v_head = nn.Linear(width, 1, bias=False)
+        self.rwtransformer = base_model
+        self.PAD_ID = tokenizer.pad_token_id
+        self.num_padding_at_beginning = num_padding_at_beginning
+        self.compute_fp32_loss = compute_fp32_loss
+        self.end_of_conversation_token = end_of_conversation_token
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.rwtransformer.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.rwtransformer.gradient_checkpointing_disable()
+
+    def _values(self, input_ids, attention_mask, **kwargs):
+        """(N, L) ids -> (N, L) per-token rewards."""
+        outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        return self.v_head(outputs[0]).squeeze(-1)
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        rewards = self._values(input_ids, attention_mask, **kwargs)
+        pairs = input_ids.size(0) // 2
+        loss, chosen_scores, rejected_scores = pairwise_loss(
+            input_ids[:pairs], input_ids[pairs:], rewards[:pairs], rewards[pairs:], self.PAD_ID,
+            self.num_padding_at_beginning, self.compute_fp32_loss)
+        return {"loss": loss, "chosen_mean_scores": chosen_scores, "rejected_mean_scores": rejected_scores}
+
+    def forward_value(self, input_ids=None, attention_mask=None, return_value_only=False,
+                      prompt_length=0, **kwargs):
+        """Per-token values (N, L), or a dict adding `chosen_end_scores` (N,): what step 3 calls."""
+        values = self._values(input_ids, attention_mask, **kwargs)
+        if return_value_only:
+            return values
+        scores = end_scores_after(values, input_ids, self.PAD_ID, prompt_length)
+        return {"values": values, "chosen_end_scores": scores}
+
+    # ---- Hugging Face-format save / load -------------------------------------------------------
+
+    def reward_settings(self):
+        return {"num_padding_at_beginning": self.num_padding_at_beginning,
+                "end_of_conversation_token": self.end_of_conversation_token,
+                "pad_token_id": self.PAD_ID}
+
+    @classmethod
+    def from_pretrained(cls, model_dir, dtype=torch.float32, **overrides):
+        """Load a model saved by `utils.checkpoint.save_hf_model`: no other arguments needed."""
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        config = AutoConfig.from_pretrained(model_dir)
+        settings = dict(_read_reward_settings(model_dir), **overrides)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer.pad_token_id = settings.pop("pad_token_id")
+        base = AutoModel.from_config(config)
+        model = cls(base, tokenizer, **{k: v for k, v in settings.items() if k in _INIT_SETTINGS})
+        model.load_state_dict(load_file(os.path.join(model_dir, WEIGHTS_NAME)), strict=True)
+        return model.to(dtype).eval()
+
+
+_INIT_SETTINGS = ("num_padding_at_beginning", "compute_fp32_loss", "end_of_conversation_token")
+
+
+def _read_reward_settings(model_dir):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        settings = json.load(f).get(REWARD_CONFIG_KEY)
+    if settings is None:
+        from utils.errors import UserError
+        raise UserError(f"{model_dir}/config.json has no '{REWARD_CONFIG_KEY}' entry: this folder is not a "
+                        "reward model saved by this project (train one with main.py).")
+    return settings

@@ -1,0 +1,101 @@
+"""Reward maths against DeepSpeed-Chat's per-pair loop. Run: python -m pytest tests/test_reward_model.py -q"""
+import pytest
+import torch
+
+from model.reward_model import RewardModel, end_indices, pairwise_loss
+from tests.reference import reference_end_scores, reference_pairwise_loss
+
+PAD = 2  # OPT: pad = eos = bos = </s>
+
+
+def row(tokens, length, bos):
+    ids = ([PAD] if bos else []) + tokens
+    return ids + [PAD] * (length - len(ids))
+
+
+def batch(pairs, length, bos):
+    chosen = [row(c, length, bos) for c, _ in pairs]
+    rejected = [row(r, length, bos) for _, r in pairs]
+    return torch.tensor(chosen + rejected)
+
+
+EDGE_CASES = {
+    "identical": [([5, 6, 7], [5, 6, 7])],
+    "no_padding": [([5, 6, 7, 8, 9, 10, 11], [5, 6, 9, 8, 9, 10, 12])],
+    "truncated_one_side": [([5, 6, 7, 8, 9, 10, 11], [5, 6, 8])],
+    "rejected_longer": [([5, 9], [5, 6, 7, 8, 9])],
+    "diverge_at_last_real_token": [([5, 6, 7, 8], [5, 6, 7, 9])],
+    "mixed": [([5, 6, 7], [5, 6, 7]), ([5, 6], [5, 7, 7, 7]), ([5, 6, 7, 8, 9, 10, 11], [5, 3])],
+}
+
+
+@pytest.mark.parametrize("bos", [True, False], ids=["n1_opt_bos", "n0"])
+@pytest.mark.parametrize("case", EDGE_CASES)
+@pytest.mark.parametrize("fp32", [False, True])
+def test_batched_loss_matches_per_pair_loop(case, bos, fp32):
+    length = 8
+    input_ids = batch(EDGE_CASES[case], length, bos)
+    torch.manual_seed(0)
+    rewards = torch.randn(input_ids.shape, dtype=torch.float32)
+    n = 1 if bos else 0
+    expected = reference_pairwise_loss(input_ids, rewards, PAD, n, fp32)
+    pairs = input_ids.size(0) // 2
+    got = pairwise_loss(input_ids[:pairs], input_ids[pairs:], rewards[:pairs], rewards[pairs:], PAD, n, fp32)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
+
+
+def test_end_index_skips_opt_bos():
+    ids = torch.tensor([[PAD, 5, 6, PAD, PAD], [PAD, 5, 6, 7, 8]])
+    assert end_indices(ids, PAD, 1).tolist() == [3, 5]
+    assert end_indices(ids, PAD, 0).tolist() == [0, 0]
+
+
+def test_loss_worked_by_hand():
+    # one pair, n=0: chosen [5, 6, PAD], rejected [5, 7, PAD]; span = [1, 2) -> one position
+    ids = torch.tensor([[5, 6, PAD], [5, 7, PAD]])
+    rewards = torch.tensor([[0.0, 2.0, 9.0], [0.0, 1.0, -9.0]])
+    loss, chosen, rejected = pairwise_loss(ids[:1], ids[1:], rewards[:1], rewards[1:], PAD, 0)
+    assert loss.item() == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(1.0)).item())
+    assert chosen.tolist() == [2.0] and rejected.tolist() == [1.0]
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory):
+    from transformers import AutoModel, AutoTokenizer
+
+    from model.tiny import build_tiny_opt
+    path = build_tiny_opt(str(tmp_path_factory.mktemp("tiny_opt")))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    return RewardModel(AutoModel.from_pretrained(path), tokenizer, num_padding_at_beginning=1).eval()
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+def test_model_forward_matches_loop_on_its_own_values(tiny_reward_model, case):
+    input_ids = batch(EDGE_CASES[case], 8, bos=True)
+    attention_mask = (input_ids != PAD).long()
+    attention_mask[:, 0] = 1
+    with torch.no_grad():
+        out = tiny_reward_model(input_ids, attention_mask=attention_mask)
+        values = tiny_reward_model.forward_value(input_ids, attention_mask, return_value_only=True)
+    loss, chosen, rejected = reference_pairwise_loss(input_ids, values, PAD, 1)
+    torch.testing.assert_close(out["loss"], loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["chosen_mean_scores"], chosen, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["rejected_mean_scores"], rejected, atol=1e-6, rtol=0)
+
+
+def test_forward_value_end_scores_match_loop(tiny_reward_model):
+    input_ids = batch([([5, 6, 7, 8, 9], [5, 6]), ([5, 6, 7, 8, 9, 10, 11], [5])], 8, bos=True)
+    with torch.no_grad():
+        out = tiny_reward_model.forward_value(input_ids, (input_ids != PAD).long(), prompt_length=2)
+    torch.testing.assert_close(out["chosen_end_scores"],
+                               reference_end_scores(input_ids, out["values"], PAD, 2), atol=1e-6, rtol=0)
+
+
+def test_value_head_reads_opt_projection_width(tiny_reward_model):
+    config = tiny_reward_model.config
+    assert config.word_embed_proj_dim != config.hidden_size
+    assert tiny_reward_model.v_head.weight.shape == (1, config.word_embed_proj_dim)
+    assert tiny_reward_model.v_head.bias is None

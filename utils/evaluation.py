@@ -1,0 +1,72 @@
+"""Pairwise evaluation shared by training (main.py) and evaluation_scripts/: same numbers in both."""
+import math
+
+import torch
+from tqdm import tqdm
+
+from utils.dist import all_reduce_sum, get_rank, get_world_size, is_main_process
+
+
+def eval_shard(num_rows):
+    """This rank's row indices, padded so every rank runs the same number of forwards (ZeRO-3 needs
+    that), and how many of them are real (the padding repeats rows and is not counted)."""
+    rank, world = get_rank(), get_world_size()
+    indices = list(range(rank, num_rows, world))
+    per_rank = math.ceil(num_rows / world)
+    num_real = len(indices)
+    indices += indices[-1:] * (per_rank - num_real) if indices else [0] * per_rank
+    return indices, num_real
+
+
+def to_device(batch, device):
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, num_real, max_batches=0, desc="eval"):
+    """Accuracy (chosen end score > rejected), mean scores, margin and reward mean/std, over all ranks.
+
+    `model` is a RewardModel or a DeepSpeed engine wrapping one; `loader` yields this rank's shard,
+    of which the first `num_real` rows count.
+    """
+    was_training = model.training
+    model.eval()
+    # correct, pairs, sum chosen, sum rejected, sum of squared rewards (chosen and rejected)
+    totals = torch.zeros(5, dtype=torch.float64, device=device)
+    seen = 0
+    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not is_main_process())):
+        if max_batches and step == max_batches:
+            break
+        out = model(**to_device(batch, device))
+        chosen = out["chosen_mean_scores"].double()
+        rejected = out["rejected_mean_scores"].double()
+        counted = (torch.arange(seen, seen + chosen.numel(), device=device) < num_real).double()
+        seen += chosen.numel()
+        totals += torch.stack([((chosen > rejected).double() * counted).sum(), counted.sum(),
+                               (chosen * counted).sum(), (rejected * counted).sum(),
+                               ((chosen ** 2 + rejected ** 2) * counted).sum()])
+    all_reduce_sum(totals)
+    model.train(was_training)
+    correct, pairs, chosen_sum, rejected_sum, square_sum = totals.tolist()
+    pairs = max(pairs, 1.0)
+    reward_mean = (chosen_sum + rejected_sum) / (2 * pairs)
+    return {"accuracy": correct / pairs, "chosen_mean": chosen_sum / pairs,
+            "rejected_mean": rejected_sum / pairs, "margin": (chosen_sum - rejected_sum) / pairs,
+            "num_pairs": int(pairs), "reward_mean": reward_mean,
+            "reward_std": math.sqrt(max(square_sum / (2 * pairs) - reward_mean ** 2, 0.0))}
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, texts, max_seq_len):
+    """Reward of each full text (prompt + answer + end-of-conversation) at its end token: (N,) floats.
+
+    Tokenised and padded exactly like training rows, so a score equals the pair score for that text.
+    """
+    from model.reward_model import end_indices
+    ids = [tokenizer(text, truncation=True, max_length=max_seq_len)["input_ids"] for text in texts]
+    length = max(len(row) for row in ids)
+    input_ids = torch.tensor([row + [model.PAD_ID] * (length - len(row)) for row in ids])
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in ids])
+    values = model.forward_value(input_ids, attention_mask, return_value_only=True).float()
+    end = end_indices(input_ids, model.PAD_ID, model.num_padding_at_beginning)
+    return values.gather(1, (end - 1)[:, None]).squeeze(1)
