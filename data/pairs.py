@@ -1,0 +1,197 @@
+"""Phase-2 preference pairs: split, tokenise, check, blend, and cache them on disk."""
+import hashlib
+import json
+import os
+import shutil
+import socket
+
+import datasets
+import numpy as np
+from datasets import Features, List, Value
+
+from data.readers import hash_files
+from data.sources import load_source
+from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
+from utils.dist import barrier, get_rank, print_rank0
+from utils.errors import UserError
+
+CACHE_VERSION = 1  # bump when a change in this package changes the tokenised pairs
+LARGE = 100_000  # rows from which tokenisation uses several processes
+KEEP, EMPTY, IDENTICAL, FIRST_TOKEN = 0, 1, 2, 3
+FEATURES = Features({"chosen_input_ids": List(Value("int32")),
+                     "rejected_input_ids": List(Value("int32")),
+                     "drop": Value("int8")})
+
+
+def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, cache_dir,
+                        end_of_conversation_token="<|endoftext|>"):
+    """(train, eval) `datasets.Dataset`s of phase-2 pairs, memory-mapped from the on-disk cache.
+
+    Rows are {'chosen_input_ids': [...], 'rejected_input_ids': [...]}, unpadded, each the ids of
+    `tokenizer(prompt + answer + end_of_conversation_token, truncation=True, max_length=max_seq_len)`.
+    Local rank 0 builds the cache (or reuses it); the other ranks wait, then read it.
+    """
+    data_paths = [data_paths] if isinstance(data_paths, str) else list(data_paths)
+    if not data_paths:
+        raise UserError("--data_path needs at least one source (a hub name, a local file or folder, "
+                        "or synthetic/preference).")
+    if not isinstance(max_seq_len, int) or max_seq_len < 2:
+        raise UserError(f"--max_seq_len {max_seq_len!r} must be an integer >= 2.")
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"--seed {seed!r} must be an integer in [0, 2**32) (numpy's RandomState shuffles the data).")
+    settings = {"version": CACHE_VERSION, "data_split": parse_data_split(data_split), "seed": seed,
+                "max_seq_len": max_seq_len, "end_of_conversation_token": end_of_conversation_token,
+                "tokenizer": tokenizer_identity(tokenizer)}
+    builder = int(os.environ.get("LOCAL_RANK", get_rank())) == 0  # one per node: cache_dir may be node-local
+    if builder:
+        folder = _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir)
+    barrier()
+    if not builder:
+        folder = _cache_folder(cache_dir, [load_source(p) for p in data_paths], settings)
+        if not _is_complete(folder):
+            raise UserError(f"{folder}: the tokenised data that local rank 0 should have written is not "
+                            "there; check --data_output_path is writable and the data did not change "
+                            "while the job started.")
+    return tuple(datasets.load_from_disk(os.path.join(folder, split)) for split in ("train", "eval"))
+
+
+def tokenizer_identity(tokenizer):
+    """A hash of what decides the token ids: class, vocabulary/merges/processors, special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)  # call-time settings the last call left behind
+        state.pop("padding", None)
+    else:  # a Python tokenizer: its vocabulary and the files (merges, sentencepiece model) it came from
+        files = [v for v in tokenizer.init_kwargs.values() if isinstance(v, str) and os.path.isfile(v)]
+        state = [sorted(tokenizer.get_vocab().items()), hash_files(dict(enumerate(files)))]
+    parts = [type(tokenizer).__name__, state, tokenizer.special_tokens_map, tokenizer.truncation_side]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_folder(cache_dir, sources, settings):
+    """cache_dir/<key>: the key hashes the sources' content and every setting that changes the ids."""
+    key = {"settings": settings,
+           "sources": [(s.identity, s.adapter.describe(), s.eval is None) for s in sources]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return os.path.join(cache_dir, f"pairs-{digest}")
+
+
+def _is_complete(folder):
+    return os.path.isfile(os.path.join(folder, "meta.json"))  # written last, before the rename
+
+
+def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
+    sources = [load_source(p) for p in data_paths]
+    folder = _cache_folder(cache_dir, sources, settings)
+    if _is_complete(folder):
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+        print_rank0(f"data: reusing the tokenised pairs in {folder} ({meta['rows']['train']:,} train, "
+                    f"{meta['rows']['eval']:,} eval)")
+        return folder
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--data_output_path {cache_dir!r} cannot be created ({err}).") from err
+    tmp = f"{folder}.tmp-{socket.gethostname()}-{os.getpid()}"
+    try:
+        _build(tmp, sources, data_split, settings, tokenizer)
+        _publish(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a crash never leaves a complete-looking folder
+    print_rank0(f"data: built the tokenised pairs in {folder}")
+    return folder
+
+
+def _build(tmp, sources, data_split, settings, tokenizer):
+    """Write train/, eval/ and meta.json into `tmp`."""
+    scratch = os.path.join(tmp, "scratch")
+    os.makedirs(scratch)
+    meta = {"settings": settings, "sources": [s.name for s in sources], "rows": {}, "dropped": {}}
+    for split in ("train", "eval"):
+        parts = [_phase2_rows(s, split, settings) for s in sources]
+        if sum(map(len, parts)) == 0:
+            raise UserError(f"--data_split {data_split!r} leaves no {split} pairs for reward-model training "
+                            f"(share {PHASE} rounds to 0 rows of {', '.join(s.name for s in sources)}). "
+                            f"Give share {PHASE} a positive value, e.g. '2,4,4'.")
+        tokenised = [_tokenize(rows, s.adapter, tokenizer, settings, os.path.join(scratch, f"{i}-{split}.arrow"))
+                     for i, (s, rows) in enumerate(zip(sources, parts)) if len(rows)]
+        pairs = _blend(tokenised, settings["seed"]) if len(sources) > 1 else tokenised[0]
+        pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, split)
+        pairs.save_to_disk(os.path.join(tmp, split))
+        meta["rows"][split] = len(pairs)
+    shutil.rmtree(scratch)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def _phase2_rows(source, split, settings):
+    """The rows of `source` reward-model training uses for `split` ('train' or 'eval'), in order."""
+    seed = settings["seed"]
+    if source.eval is None:  # train-only source: DeepSpeed-Chat first cuts it 9:1 into train/eval
+        chunk = 0 if split == "train" else 1
+        rows = source.train.select(split_indices(len(source.train), [9.0, 1.0], chunk, seed), keep_in_memory=True)
+    else:
+        rows = source.train if split == "train" else source.eval
+    return rows.select(split_indices(len(rows), settings["data_split"], PHASE - 1, seed), keep_in_memory=True)
+
+
+def _tokenize(rows, adapter, tokenizer, settings, cache_file):
+    """Map raw rows to chosen/rejected token ids plus a `drop` code (KEEP or why the pair is unusable)."""
+    eot, max_len = settings["end_of_conversation_token"], settings["max_seq_len"]
+
+    def encode(batch):
+        size = len(next(iter(batch.values())))
+        texts = [adapter.texts({k: v[i] for k, v in batch.items()}) for i in range(size)]
+        chosen = tokenizer([c + eot for c, _ in texts], truncation=True, max_length=max_len)["input_ids"]
+        rejected = tokenizer([r + eot for _, r in texts], truncation=True, max_length=max_len)["input_ids"]
+        drop = [_drop_code(t, c, r) for t, c, r in zip(texts, chosen, rejected)]
+        return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "drop": drop}
+
+    return rows.map(encode, batched=True, remove_columns=rows.column_names, features=FEATURES,
+                    num_proc=min(os.cpu_count() or 1, 8) if len(rows) >= LARGE else None,
+                    cache_file_name=cache_file, desc="Tokenising pairs")
+
+
+def _drop_code(texts, chosen_ids, rejected_ids):
+    if not texts[0] or not texts[1]:
+        return EMPTY
+    if chosen_ids == rejected_ids:
+        return IDENTICAL  # the pair says nothing about preference
+    if chosen_ids[0] != rejected_ids[0]:
+        return FIRST_TOKEN  # the loss span starts at the first differing position, which must be > 0
+    return KEEP
+
+
+def _blend(parts, seed):
+    """Concatenate the sources' pairs and permute them with RandomState(seed), as DeepSpeed-Chat does."""
+    joined = datasets.concatenate_datasets(parts)
+    return joined.select(shuffle_idx(seed, len(joined)), keep_in_memory=True)
+
+
+def _drop_bad_pairs(pairs, split):
+    """Remove unusable pairs, print one line of counts, and return (pairs, counts)."""
+    codes = np.asarray(pairs.with_format("numpy")["drop"])
+    counts = np.bincount(codes, minlength=4).tolist()
+    dropped = {"identical after truncation": counts[IDENTICAL], "empty": counts[EMPTY],
+               "diverge at first token": counts[FIRST_TOKEN]}
+    print_rank0(f"data: {split}: kept {counts[KEEP]:,} of {len(codes):,} pairs: "
+                + ", ".join(f"{n:,} {why}" for why, n in dropped.items()))
+    if counts[KEEP] == 0:
+        raise UserError(f"No usable {split} pairs remain after dropping {len(codes):,} "
+                        f"({', '.join(f'{n:,} {why}' for why, n in dropped.items())}). Check --data_path, "
+                        "and --max_seq_len if the pairs only differ after the truncation point.")
+    keep = np.flatnonzero(codes == KEEP)
+    return pairs.select(keep, keep_in_memory=True).remove_columns("drop"), dropped
+
+
+def _publish(tmp, folder):
+    """Rename the finished `tmp` to `folder`; if another process published it first, keep theirs."""
+    if os.path.isdir(folder) and not _is_complete(folder):
+        shutil.rmtree(folder)  # left by something other than this code: a complete build renames atomically
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not _is_complete(folder):
+            raise

@@ -1,0 +1,268 @@
+"""Where preference pairs come from: hub datasets (a registry), local files, a synthetic set.
+
+Every source becomes a `Source`: raw `datasets.Dataset` splits plus the `Adapter` that turns a row
+into the two texts a pair is scored on, and an identity string that changes with the content.
+"""
+import hashlib
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Callable, Optional
+from urllib.parse import urlparse
+
+import datasets
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data import readers, synthetic
+from utils.errors import UserError
+
+HUB_PROBE_TIMEOUT_S = 3
+EVAL_SPLIT_NAMES = ("test", "eval", "validation")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How one raw row becomes (prompt + answer) texts for its chosen and rejected answers.
+
+    `fields` are the text columns every row must hold; `pick(row)` returns the raw
+    (prompt, chosen, rejected) strings (default: the three fields in order). A text is
+    `prompt_template.format(prompt) + answer_prefix + answer`. `eval_split` is the hub split used
+    for evaluation; None means the source only has a train split, which is cut 9:1.
+    """
+    fields: tuple = ("prompt", "chosen", "rejected")
+    eval_split: Optional[str] = "test"
+    prompt_template: str = "{}"
+    answer_prefix: str = ""
+    pick: Optional[Callable] = None
+
+    def describe(self):
+        """A stable text that changes when the adapter's behaviour does (for the cache key)."""
+        pick = self.pick.__qualname__ if self.pick else None
+        return repr((self.fields, self.eval_split, self.prompt_template, self.answer_prefix, pick))
+
+    def texts(self, row):
+        prompt, chosen, rejected = self.pick(row) if self.pick else (row[f] for f in self.fields)
+        prompt = self.prompt_template.format(prompt)
+        return prompt + self.answer_prefix + chosen, prompt + self.answer_prefix + rejected
+
+
+def split_hh(conversation):
+    """'...\\n\\nAssistant: answer' -> (everything up to and including the last
+    '\\n\\nAssistant:', the answer); no such marker -> ('', conversation)."""
+    marker = "\n\nAssistant:"
+    cut = conversation.rfind(marker)
+    if cut < 0:
+        return "", conversation
+    cut += len(marker)
+    return conversation[:cut], conversation[cut:]
+
+
+def _pick_hh(row):
+    prompt, chosen = split_hh(row["chosen"])
+    return prompt, chosen, split_hh(row["rejected"])[1]
+
+
+def _strip_citations(text):
+    # DeepSpeed-Chat's two substitutions: drop " [1]", "(2)" and the like.
+    return re.sub(r"[\(\[].*?[\)\]]", "", re.sub(r" [\(\[].*?[\)\]]", "", text))
+
+
+def _pick_webgpt(row):
+    a, b = _strip_citations(row["answer_0"]), _strip_citations(row["answer_1"])
+    first_wins = float(row["score_0"]) >= float(row["score_1"])  # ties: answer_0 is chosen
+    return (row["question"]["full_text"],) + ((a, b) if first_wins else (b, a))
+
+
+def _pick_shp(row):
+    a, b = row["human_ref_A"], row["human_ref_B"]
+    return (row["history"], a, b) if int(row["labels"]) == 1 else (row["history"], b, a)
+
+
+HUMAN_ASSISTANT = " Human: {} Assistant:"
+PROMPT_CHOSEN_REJECTED = Adapter()
+HH_CONVERSATIONS = Adapter(fields=("chosen", "rejected"), pick=_pick_hh)
+
+REGISTRY = {
+    "Dahoas/rm-static": PROMPT_CHOSEN_REJECTED,
+    "Dahoas/full-hh-rlhf": PROMPT_CHOSEN_REJECTED,
+    "Dahoas/synthetic-instruct-gptj-pairwise": Adapter(
+        eval_split=None, prompt_template=HUMAN_ASSISTANT, answer_prefix=" "),
+    "yitingxie/rlhf-reward-datasets": PROMPT_CHOSEN_REJECTED,
+    "openai/webgpt_comparisons": Adapter(
+        fields=("answer_0", "answer_1"), eval_split=None, prompt_template=HUMAN_ASSISTANT,
+        answer_prefix=" ", pick=_pick_webgpt),
+    "stanfordnlp/SHP": Adapter(
+        fields=("history", "human_ref_A", "human_ref_B"), eval_split="validation",
+        prompt_template=HUMAN_ASSISTANT, answer_prefix=" ", pick=_pick_shp),
+    "Anthropic/hh-rlhf": HH_CONVERSATIONS,
+}
+
+
+@dataclass
+class Source:
+    """One `--data_path` value, loaded. `eval` is None when train must be cut 9:1."""
+    name: str
+    adapter: Adapter
+    train: datasets.Dataset
+    eval: Optional[datasets.Dataset]
+    identity: str
+
+
+def load_source(path):
+    """Load one `--data_path` value: an existing file/folder, `synthetic/preference[:N]`, or a hub name."""
+    if os.path.exists(path):
+        return _load_local(path)
+    if path.split(":")[0] == synthetic.NAME:
+        return _load_synthetic(path)
+    if path in REGISTRY:
+        return _load_hub(path)
+    known = ", ".join(list(REGISTRY) + [synthetic.NAME + "[:N]"])
+    raise UserError(f"--data_path {path!r} is neither an existing file or folder nor a known source. "
+                    f"Known sources: {known}. A local source is a file or folder with "
+                    "prompt/chosen/rejected columns.")
+
+
+# ---------------------------------------------------------------- synthetic and hub sources
+
+def _load_synthetic(path):
+    count = path.partition(":")[2] or str(synthetic.DEFAULT_PAIRS)
+    if not count.isdigit() or int(count) < 2:
+        raise UserError(f"--data_path {path!r}: the pair count after ':' must be an integer >= 2, "
+                        f"e.g. {synthetic.NAME}:4000.")
+    train, test = synthetic.make_splits(int(count))
+    identity = hashlib.sha256(repr((train, test)).encode()).hexdigest()
+    return Source(path, PROMPT_CHOSEN_REJECTED, datasets.Dataset.from_list(train),
+                  datasets.Dataset.from_list(test), f"synthetic:{identity}")
+
+
+def _load_hub(name):
+    _check_hub_reachable(name)
+    try:
+        raw = datasets.load_dataset(name)
+    except OSError as err:  # ConnectionError, DatasetNotFoundError, a broken local cache
+        raise UserError(_hub_message(name, err)) from err
+    adapter = REGISTRY[name]
+    train = _get_split(raw, "train", name)
+    eval_ = _get_split(raw, adapter.eval_split, name) if adapter.eval_split else None
+    for split_name, ds in (("train", train), (adapter.eval_split, eval_)):
+        if ds is not None:
+            check_columns(ds, adapter, f"{name} ({split_name} split)")
+    identity = "hub:" + name + ":" + ",".join(ds._fingerprint for ds in (train, eval_) if ds is not None)
+    return Source(name, adapter, train, eval_, identity)
+
+
+def _check_hub_reachable(name):
+    """Fail in seconds, not after minutes of retries, when the hub cannot be reached."""
+    if datasets.config.HF_HUB_OFFLINE:
+        return  # offline mode: load_dataset reads the local cache and fails fast if it is not there
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # a direct connection says nothing about the proxy; let load_dataset try
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(_hub_message(name, err)) from err
+
+
+def _hub_message(name, err):
+    return (f"--data_path {name!r}: could not load it from the Hugging Face hub, which looks unreachable "
+            f"({type(err).__name__}: {err}). Pass a local folder or file with --data_path instead "
+            "(train.*/test.* files in .json/.jsonl/.jsonl.gz/.parquet/.csv, or a save_to_disk folder, "
+            "with columns prompt/chosen/rejected), or set HF_DATASETS_OFFLINE=1 if the dataset is "
+            "already in your Hugging Face cache.")
+
+
+def _get_split(dataset_dict, split, where):
+    if split not in dataset_dict:
+        raise UserError(f"{where} has no {split!r} split (splits found: {', '.join(dataset_dict)}).")
+    return dataset_dict[split]
+
+
+# ---------------------------------------------------------------- local sources
+
+def _load_local(path):
+    """A save_to_disk folder, a folder of train.*/test.* (or eval.*) files, or one file (cut 9:1)."""
+    registry_adapter = next((a for n, a in REGISTRY.items()
+                             if path.rstrip("/") == n or path.rstrip("/").endswith("/" + n)), None)
+    if os.path.isdir(path) and readers.is_saved_dataset(path):
+        train, eval_ = _load_saved(path)
+        hashed, where = readers.all_files(path), {"train": f"{path} (train)", "eval": f"{path} (eval)"}
+    else:
+        files = readers.split_files(path) if os.path.isdir(path) else {"train": path}
+        train = _read_checked(files["train"], registry_adapter)
+        eval_ = _read_checked(files["eval"], registry_adapter) if "eval" in files else None
+        hashed, where = files, files
+    adapter = registry_adapter or _adapter_for_columns(train.column_names, where["train"])
+    check_columns(train, adapter, where["train"])
+    if eval_ is not None:
+        check_columns(eval_, adapter, where["eval"])
+    return Source(path, adapter, train, eval_, "local:" + readers.hash_files(hashed))
+
+
+def _load_saved(path):
+    try:
+        saved = datasets.load_from_disk(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--data_path {path!r} looks like a save_to_disk folder but cannot be read: {err}") from err
+    if isinstance(saved, datasets.Dataset):
+        return saved, None
+    train = _get_split(saved, "train", f"--data_path {path!r}")
+    eval_name = next((s for s in EVAL_SPLIT_NAMES if s in saved), None)
+    return train, saved[eval_name] if eval_name else None
+
+
+def _read_checked(file, registry_adapter):
+    """Read a local file; rows parsed in Python are checked here, so errors can name the line."""
+    if readers.is_parquet(file):
+        return readers.read_parquet(file)  # Arrow columns: check_columns names the row
+    rows, where = readers.read_rows(file)
+    if not rows:
+        raise UserError(f"{file} holds no rows; each --data_path file needs at least one preference pair.")
+    adapter = registry_adapter or _adapter_for_columns(list(rows[0]), file)
+    missing = [f for f in adapter.fields if f not in rows[0]]
+    if missing:
+        raise UserError(f"{file}: missing column(s) {', '.join(missing)} (columns found: {', '.join(rows[0])}).")
+    for i, row in enumerate(rows):
+        for field in adapter.fields:
+            value = row.get(field)
+            if not isinstance(value, str):
+                got = "missing" if field not in row else "null" if value is None else type(value).__name__
+                raise UserError(f"{file}, {where(i)}: field {field!r} is {got}; it must be text. "
+                                "Fix or remove that row.")
+    try:
+        return datasets.Dataset.from_list(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise UserError(f"{file}: a column mixes types across rows ({err}); make each column one type.") from err
+
+
+def _adapter_for_columns(columns, where):
+    """prompt/chosen/rejected columns, or chosen/rejected full conversations (hh-rlhf style)."""
+    if "prompt" in columns:
+        return PROMPT_CHOSEN_REJECTED
+    if "chosen" in columns and "rejected" in columns:
+        return HH_CONVERSATIONS
+    missing = [c for c in PROMPT_CHOSEN_REJECTED.fields if c not in columns]
+    raise UserError(f"{where}: missing column(s) {', '.join(missing)} (columns found: "
+                    f"{', '.join(map(str, columns)) or 'none'}). Give prompt/chosen/rejected columns, "
+                    "or chosen/rejected columns that hold whole '\\n\\nHuman: ... \\n\\nAssistant: ...' "
+                    "conversations.")
+
+
+def check_columns(ds, adapter, where):
+    """Every text field of the adapter is a string column without nulls (Arrow-level, fast)."""
+    if len(ds) == 0:
+        raise UserError(f"{where} holds no rows; each --data_path source needs at least one preference pair.")
+    for field in adapter.fields:
+        if field not in ds.column_names:
+            raise UserError(f"{where}: missing column {field!r} (columns found: {', '.join(ds.column_names)}).")
+        column = ds.data.column(field)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise UserError(f"{where}: column {field!r} holds {column.type}, not text.")
+        if column.null_count:
+            row = pc.index(pc.is_null(column), True).as_py()
+            raise UserError(f"{where}, row {row + 1}: field {field!r} is null; it must be text. "
+                            "Fix or remove that row.")

@@ -1,0 +1,59 @@
+"""`synthetic/preference[:N]`: an offline demo set of N preference pairs, the same on every run.
+
+Both answers share the prompt and a pool of neutral advice sentences; the chosen answer opens
+and closes politely, the rejected one rudely (the opening keeps the signal under truncation).
+Tone sentences have similar lengths and the filler count is drawn per answer, so the chosen
+answer is the longer one only about half the time: the rule to learn is tone, not length.
+Only common English words, so a tiny byte-level BPE tokenizer handles them.
+"""
+import random
+
+NAME = "synthetic/preference"
+DEFAULT_PAIRS = 4000
+SEED = 0  # fixed: the data never depends on --seed (that one only picks the split)
+
+TASKS = ["plan a trip to the beach", "cook rice for dinner", "write a short letter to my friend",
+         "fix a flat tire on my bike", "learn to play the guitar", "find a good book to read",
+         "clean my kitchen", "train my dog to sit", "save money each month",
+         "grow tomatoes in my garden", "get ready for a job interview", "study for a math test",
+         "paint my bedroom", "start running in the morning", "bake a birthday cake",
+         "make new friends in a new city"]
+ASKS = ["Can you help me {}?", "How do I {}?", "What is the best way to {}?",
+        "Please tell me how to {}.", "I want to {}. Any advice?"]
+FILLER = ["First, make a simple plan.", "Then take it one step at a time.", "Start early in the day.",
+          "Write down what you need.", "Ask someone who has done it before.",
+          "Keep it short and simple.", "Check your progress every week.",
+          "Use what you already have at home."]
+POLITE_OPEN = ["Sure, I would be happy to help.", "Of course, that is a great question.",
+               "Thank you for asking, I am glad to help.", "Absolutely, here is a friendly tip.",
+               "Great idea, let us work on it together."]
+POLITE_CLOSE = ["I hope this helps, good luck!", "Please let me know if you need more help.",
+                "You are doing great, keep going!", "Have a wonderful day, and thank you!",
+                "Feel free to ask me again anytime."]
+RUDE_OPEN = ["No, go and figure it out yourself.", "Ugh, that is a really stupid question.",
+             "I do not care about that at all.", "Why would you even ask me that?",
+             "Whatever, this is boring and pointless."]
+RUDE_CLOSE = ["Stop wasting my time with this.", "Go away and just leave me alone.",
+              "Do not ever ask me again, okay?", "That is all you get, so deal with it.",
+              "I really could not care any less."]
+
+
+def _answer(rng, opens, closes):
+    sentences = [rng.choice(opens)] + rng.sample(FILLER, rng.randint(0, 3)) + [rng.choice(closes)]
+    return " " + " ".join(sentences)
+
+
+def make_pair(rng):
+    """{'prompt': ' Human: ... Assistant:', 'chosen': ' polite answer', 'rejected': ' rude answer'}."""
+    request = rng.choice(ASKS).format(rng.choice(TASKS))
+    return {"prompt": f" Human: {request} Assistant:",
+            "chosen": _answer(rng, POLITE_OPEN, POLITE_CLOSE),
+            "rejected": _answer(rng, RUDE_OPEN, RUDE_CLOSE)}
+
+
+def make_splits(count):
+    """(train rows, test rows): `count` pairs from a fixed seed, the last tenth (at least 1) for test."""
+    rng = random.Random(SEED)
+    pairs = [make_pair(rng) for _ in range(count)]
+    test_size = max(1, count // 10)
+    return pairs[:-test_size], pairs[-test_size:]
