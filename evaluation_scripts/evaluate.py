@@ -33,7 +33,7 @@ EXAMPLES = [
      "foot on another",
      "I don't know, I don't know."),
 ]
-DATA_FLAGS = ("data_split", "max_seq_len", "seed", "data_output_path")
+DATA_FLAGS = ("data_split", "max_seq_len", "seed", "data_output_path", "per_device_eval_batch_size")
 
 
 def parse_args(argv=None):
@@ -45,7 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_len", type=int, default=None, help="As for main.py (default: the training run's).")
     parser.add_argument("--seed", type=int, default=None, help="As for main.py (default: the training run's).")
     parser.add_argument("--data_output_path", default=None, help="Tokenised-data cache (default: the training run's).")
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=16, help="Pairs per batch.")
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=None,
+                        help="Pairs per batch (default: the training run's).")
     parser.add_argument("--output", default=None, help="Metrics JSON (default: MODEL_DIR/eval_results.json).")
     parser.add_argument("--score", default=None, help="JSONL rows with prompt and answer to score one by one.")
     parser.add_argument("--score_output", default=None,
@@ -84,39 +85,40 @@ def evaluate_data(model, tokenizer, args, settings):
     _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
                                       settings["max_seq_len"], settings["data_output_path"],
                                       model.end_of_conversation_token)
-    loader = torch.utils.data.DataLoader(eval_set, batch_size=args.per_device_eval_batch_size,
+    loader = torch.utils.data.DataLoader(eval_set, batch_size=settings["per_device_eval_batch_size"],
                                          collate_fn=PairCollator(tokenizer.pad_token_id))
-    metrics = evaluate(model, loader, torch.device("cpu"), len(eval_set))
+    metrics = evaluate(model, loader, model.v_head.weight.device, len(eval_set))
     output = args.output or os.path.join(args.model_dir, "eval_results.json")
     write_json(output, metrics)
     print(json.dumps(metrics, indent=2))
     print(f"wrote {output}")
 
 
-def score_file(model, tokenizer, args, max_seq_len):
+def score_file(model, tokenizer, args, settings):
     from tqdm import tqdm
 
     from data.readers import read_rows
     from utils.evaluation import score_texts
-    rows = read_rows(args.score)
+    rows, where = read_rows(args.score)
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
     eot = model.end_of_conversation_token
     with open(output, "w") as f:
-        for start in tqdm(range(0, len(rows), args.per_device_eval_batch_size), desc="scoring"):
-            chunk = rows[start:start + args.per_device_eval_batch_size]
-            texts = [_row_text(row, args.score, start + i + 1) + eot for i, row in enumerate(chunk)]
-            for row, reward in zip(chunk, score_texts(model, tokenizer, texts, max_seq_len).tolist()):
+        batch_size = settings["per_device_eval_batch_size"]
+        for start in tqdm(range(0, len(rows), batch_size), desc="scoring"):
+            chunk = rows[start:start + batch_size]
+            texts = [_row_text(row, args.score, where(start + i)) + eot for i, row in enumerate(chunk)]
+            for row, reward in zip(chunk, score_texts(model, tokenizer, texts, settings["max_seq_len"]).tolist()):
                 f.write(json.dumps(dict(row, reward=reward)) + "\n")
     print(f"scored {len(rows)} rows -> {output}")
 
 
-def _row_text(row, path, line):
+def _row_text(row, path, where):
     from utils.errors import UserError
     if isinstance(row.get("text"), str):
         return row["text"]
     if isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str):
         return row["prompt"] + row["answer"]
-    raise UserError(f"{path} row {line}: needs string fields 'prompt' and 'answer' (or 'text'); "
+    raise UserError(f"{path}, {where}: needs string fields 'prompt' and 'answer' (or 'text'); "
                     f"found {sorted(row)}.")
 
 
@@ -124,7 +126,10 @@ def run(args):
     from transformers import AutoTokenizer
 
     from model.reward_model import RewardModel
+    import torch
     model = RewardModel.from_pretrained(args.model_dir)
+    if torch.cuda.is_available():
+        model.cuda()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     tokenizer.pad_token_id = model.PAD_ID
     settings = data_settings(args)
@@ -132,7 +137,7 @@ def run(args):
     if args.data_path:
         evaluate_data(model, tokenizer, args, settings)
     if args.score:
-        score_file(model, tokenizer, args, settings["max_seq_len"])
+        score_file(model, tokenizer, args, settings)
 
 
 def main(argv=None):

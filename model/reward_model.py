@@ -123,8 +123,12 @@ class RewardModel(nn.Module):
                 "pad_token_id": self.PAD_ID}
 
     @classmethod
-    def from_pretrained(cls, model_dir, dtype=torch.float32, **overrides):
-        """Load a model saved by `utils.checkpoint.save_hf_model`: no other arguments needed."""
+    def from_pretrained(cls, model_dir, dtype=None, **overrides):
+        """Load a model saved by `utils.checkpoint.save_hf_model`: no other arguments needed.
+
+        `dtype` defaults to the dtype the weights were saved in (the training precision), so scores
+        match the ones main.py reported bit for bit on the same device.
+        """
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         config = AutoConfig.from_pretrained(model_dir)
@@ -133,8 +137,14 @@ class RewardModel(nn.Module):
         tokenizer.pad_token_id = settings.pop("pad_token_id")
         base = AutoModel.from_config(config)
         model = cls(base, tokenizer, **{k: v for k, v in settings.items() if k in _INIT_SETTINGS})
-        model.load_state_dict(load_file(os.path.join(model_dir, WEIGHTS_NAME)), strict=True)
-        return model.to(dtype).eval()
+        state = load_file(os.path.join(model_dir, WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            from utils.errors import UserError
+            raise UserError(f"{model_dir}/{WEIGHTS_NAME} does not match the model in config.json: "
+                            f"missing {missing[:5]}, unexpected {unexpected[:5]}. A reward model needs its "
+                            "trained value head (v_head.weight); re-save it with main.py.")
+        return model.to(dtype or state["v_head.weight"].dtype).eval()
 
 
 _INIT_SETTINGS = ("num_padding_at_beginning", "compute_fp32_loss", "end_of_conversation_token")
