@@ -67,6 +67,8 @@ def build_parser():
     train.add_argument("--eval_iters", type=int, default=0,
                        help="Eval batches per evaluation (0: the whole eval split; DeepSpeed-Chat used 100).")
     train.add_argument("--output_dir", required=True, help="Where the trained reward model is written.")
+    train.add_argument("--overwrite_output_dir", action="store_true",
+                       help="Allow --output_dir to already hold a trained model (it is replaced).")
     train.add_argument("--enable_tensorboard", action="store_true", help="Write TensorBoard scalars.")
     train.add_argument("--tensorboard_path", default="step2_tensorboard", help="TensorBoard log folder.")
 
@@ -99,6 +101,7 @@ def setup_config(args, typed):
     from deepspeed.accelerator import get_accelerator
 
     from model.create import check_model_folder, model_max_positions
+    from utils.checkpoint import check_output_dir
     from utils.ds_config import load_ds_config, resolve_ds_config
     from utils.dist import get_world_size
     from utils.errors import UserError
@@ -107,6 +110,7 @@ def setup_config(args, typed):
                                       accelerator.device_name(), accelerator.is_bf16_supported())
     if args.lora_dim:
         raise UserError("--lora_dim: LoRA is not implemented yet in this project; train without it.")
+    check_output_dir(args.output_dir, args.overwrite_output_dir)
     check_model_folder(args.model_name_or_path)
     max_positions = model_max_positions(args.model_name_or_path)
     if max_positions and args.max_seq_len > max_positions:
@@ -238,11 +242,11 @@ def run(args, typed):
     import torch
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name_or_path, END_OF_CONVERSATION, args.add_eot_token)
+    train_loader, eval_loader, eval_real = setup_data(args, tokenizer, ds_config["train_micro_batch_size_per_gpu"])
     model = create_reward_model(args.model_name_or_path, tokenizer, args.num_padding_at_beginning, args.dropout,
                                 args.compute_fp32_loss, END_OF_CONVERSATION)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    train_loader, eval_loader, eval_real = setup_data(args, tokenizer, ds_config["train_micro_batch_size_per_gpu"])
     accumulation = ds_config["gradient_accumulation_steps"]
     if len(train_loader) < accumulation:
         log.info(f"warning: {len(train_loader)} micro-batches per epoch but {accumulation} per optimizer "

@@ -17,7 +17,7 @@ from utils.errors import UserError
 
 CACHE_VERSION = 1  # bump when a change in this package changes the tokenised pairs
 LARGE = 100_000  # rows from which tokenisation uses several processes
-KEEP, EMPTY, IDENTICAL, FIRST_TOKEN = 0, 1, 2, 3
+KEEP, EMPTY, IDENTICAL, FIRST_TOKEN, SAME_TEXT = 0, 1, 2, 3, 4
 FEATURES = Features({"chosen_input_ids": List(Value("int32")),
                      "rejected_input_ids": List(Value("int32")),
                      "drop": Value("int8")})
@@ -157,8 +157,10 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file):
 def _drop_code(texts, chosen_ids, rejected_ids):
     if not texts[0] or not texts[1]:
         return EMPTY
+    if texts[0] == texts[1]:
+        return SAME_TEXT  # the pair says nothing about preference
     if chosen_ids == rejected_ids:
-        return IDENTICAL  # the pair says nothing about preference
+        return IDENTICAL  # they differ only past --max_seq_len
     if chosen_ids[0] != rejected_ids[0]:
         return FIRST_TOKEN  # the loss span starts at the first differing position, which must be > 0
     return KEEP
@@ -173,8 +175,9 @@ def _blend(parts, seed):
 def _drop_bad_pairs(pairs, split):
     """Remove unusable pairs, print one line of counts, and return (pairs, counts)."""
     codes = np.asarray(pairs.with_format("numpy")["drop"])
-    counts = np.bincount(codes, minlength=4).tolist()
-    dropped = {"identical after truncation": counts[IDENTICAL], "empty": counts[EMPTY],
+    counts = np.bincount(codes, minlength=5).tolist()
+    dropped = {"chosen same as rejected": counts[SAME_TEXT],
+               "identical after truncation": counts[IDENTICAL], "empty": counts[EMPTY],
                "diverge at first token": counts[FIRST_TOKEN]}
     print_rank0(f"data: {split}: kept {counts[KEEP]:,} of {len(codes):,} pairs: "
                 + ", ".join(f"{n:,} {why}" for why, n in dropped.items()))

@@ -6,10 +6,8 @@ into the two texts a pair is scored on, and an identity string that changes with
 import hashlib
 import os
 import re
-import socket
 from dataclasses import dataclass
 from typing import Callable, Optional
-from urllib.parse import urlparse
 
 import datasets
 import pyarrow as pa
@@ -17,8 +15,8 @@ import pyarrow.compute as pc
 
 from data import readers, synthetic
 from utils.errors import UserError
+from utils.hub import hub_unreachable_reason
 
-HUB_PROBE_TIMEOUT_S = 3
 EVAL_SPLIT_NAMES = ("test", "eval", "validation")
 
 
@@ -155,17 +153,9 @@ def _load_hub(name):
 
 def _check_hub_reachable(name):
     """Fail in seconds, not after minutes of retries, when the hub cannot be reached."""
-    if datasets.config.HF_HUB_OFFLINE:
-        return  # offline mode: load_dataset reads the local cache and fails fast if it is not there
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return  # a direct connection says nothing about the proxy; let load_dataset try
-    from huggingface_hub import constants
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError as err:
-        raise UserError(_hub_message(name, err)) from err
+    error = hub_unreachable_reason()
+    if error is not None:
+        raise UserError(_hub_message(name, error))
 
 
 def _hub_message(name, err):

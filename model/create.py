@@ -4,6 +4,7 @@ import os
 
 from model.reward_model import RewardModel
 from utils.errors import UserError
+from utils.hub import hub_unreachable_reason
 
 # Config keys that hold dropout probabilities in the supported architectures.
 DROPOUT_KEYS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout",
@@ -19,8 +20,12 @@ def _offline_hint(name, error):
 
 
 def check_model_folder(name):
-    """Fail early, before any loading, if a local folder lacks a config or tokenizer."""
+    """Fail early, before any loading, if a local folder lacks a config or tokenizer (or, for a hub
+    name, if the hub cannot be reached)."""
     if not os.path.isdir(name):
+        error = hub_unreachable_reason()
+        if error is not None:
+            raise _offline_hint(name, error)
         return
     files = set(os.listdir(name))
     if "config.json" not in files:

@@ -1,13 +1,29 @@
+"""Session fixtures: tiny models and data built once in temp folders (nothing is downloaded)."""
 import pytest
+
+from tests.fixtures import learnable_pairs, write_jsonl
 
 
 @pytest.fixture(scope="session")
-def opt_tokenizer(tmp_path_factory):
+def opt_tokenizer(tiny_opt):
     """The tiny OPT's tokenizer, loaded as main.py loads it: `</s>` BOS, pad = eos = `</s>`."""
     from transformers import AutoTokenizer
-
-    from model.tiny import build_tiny_opt
-    path = build_tiny_opt(str(tmp_path_factory.mktemp("tiny_opt")))
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_opt)
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_opt(tmp_path_factory):
+    """A tiny OPT folder (random weights, tokenizer trained on the fly, opt-350m's conventions)."""
+    from model.tiny import build_tiny_opt
+    return build_tiny_opt(str(tmp_path_factory.mktemp("tiny_opt")))
+
+
+@pytest.fixture(scope="session")
+def pair_folder(tmp_path_factory):
+    """train.jsonl (384 pairs) and test.jsonl (96) of a rule a tiny model learns in seconds."""
+    folder = tmp_path_factory.mktemp("pairs")
+    write_jsonl(folder / "train.jsonl", learnable_pairs(384, seed=1))
+    write_jsonl(folder / "test.jsonl", learnable_pairs(96, seed=2))
+    return str(folder)

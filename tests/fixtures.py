@@ -1,15 +1,15 @@
-"""Shared test fixtures: a tiny OPT and a learnable preference data folder, built in temp folders."""
+"""Test helpers: learnable preference pairs, JSONL writing, running main.py as a process."""
 import json
 import os
 import random
 import subprocess
 import sys
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = ["great", "wonderful", "helpful", "kind", "thanks", "excellent", "friendly"]
 BAD = ["awful", "terrible", "hate", "rude", "lazy", "idea", "not"]
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_SIZE",
+            "CROSS_RANK", "CROSS_SIZE")
 FILLER = ["the", "it", "is", "that", "was", "and", "this", "I", "a", "of"]
 
 
@@ -31,22 +31,10 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def tiny_opt(tmp_path_factory):
-    from model.tiny import build_tiny_opt
-    return build_tiny_opt(str(tmp_path_factory.mktemp("tiny_opt")))
-
-
-@pytest.fixture(scope="session")
-def pair_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pairs")
-    write_jsonl(folder / "train.jsonl", learnable_pairs(384, seed=1))
-    write_jsonl(folder / "test.jsonl", learnable_pairs(96, seed=2))
-    return str(folder)
-
-
 def run_main(args, launcher=None, timeout=600):
     """Run main.py as a user would; returns the CompletedProcess (stdout+stderr in .stdout)."""
     command = (launcher or [sys.executable]) + [os.path.join(ROOT, "main.py")] + [str(a) for a in args]
+    # In-process tests may have set these in this process: a child must pick its own.
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     return subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)

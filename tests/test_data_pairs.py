@@ -123,11 +123,13 @@ def test_unusable_pairs_are_dropped_and_counted(opt_tokenizer, tmp_path, capsys)
     same_start = {"prompt": " Human: a long shared question that fills the window? Assistant:",
                   "chosen": " kind", "rejected": " rude"}
     empty = {"prompt": "", "chosen": "", "rejected": " something"}
-    items = good + [same_start, empty]
+    same_text = {"prompt": " Q:", "chosen": " yes", "rejected": " yes"}
+    items = good + [same_start, empty, same_text]
     src = folder(tmp_path, "src", items, items)
     train_ds, _ = build(opt_tokenizer, [src], tmp_path, split="0,1,0", max_len=8)
     out = capsys.readouterr().out
-    assert "train: kept 4 of 6 pairs: 1 identical after truncation, 1 empty, 0 diverge at first token" in out
+    assert ("train: kept 4 of 7 pairs: 1 chosen same as rejected, 1 identical after truncation, 1 empty, "
+            "0 diverge at first token") in out
     assert len(train_ds) == 4
     assert all(c != r for c, r in zip(train_ds["chosen_input_ids"], train_ds["rejected_input_ids"]))
 

@@ -5,7 +5,6 @@ Run: .venv/bin/python -m pytest tests/test_data_sources.py -q
 import csv
 import gzip
 import json
-import os
 import time
 
 import datasets

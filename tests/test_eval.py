@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.reward_model import RewardModel
-from tests.fixtures import ROOT, pair_folder, run_main, tiny_opt, write_jsonl  # noqa: F401  (fixtures)
+from tests.fixtures import ROOT, run_main, write_jsonl
 
 EVAL = os.path.join(ROOT, "evaluation_scripts", "run_eval.sh")
 
@@ -24,7 +24,7 @@ def run_eval(*args):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_opt, pair_folder, tmp_path_factory):  # noqa: F811
+def trained(tiny_opt, pair_folder, tmp_path_factory):
     """A briefly trained model: small margins, so any mismatch in eval numerics would show."""
     out = tmp_path_factory.mktemp("trained") / "model"
     result = run_main(["--model_name_or_path", tiny_opt, "--data_path", pair_folder, "--output_dir", out,
@@ -35,7 +35,7 @@ def trained(tiny_opt, pair_folder, tmp_path_factory):  # noqa: F811
     return out
 
 
-def test_eval_script_reproduces_the_training_accuracy(trained, pair_folder):  # noqa: F811
+def test_eval_script_reproduces_the_training_accuracy(trained, pair_folder):
     result = run_eval(trained, "--data_path", pair_folder)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "good answer score" in result.stdout and "bad answer score" in result.stdout

@@ -5,12 +5,11 @@ from transformers import AutoTokenizer
 
 from model.create import create_reward_model, load_tokenizer
 from model.reward_model import RewardModel
-from tests.fixtures import tiny_opt  # noqa: F401  (fixture)
 from utils.checkpoint import save_hf_model
 from utils.errors import UserError
 
 
-def test_reload_gives_identical_scores(tiny_opt, tmp_path):  # noqa: F811
+def test_reload_gives_identical_scores(tiny_opt, tmp_path):
     tokenizer = load_tokenizer(tiny_opt, "<|endoftext|>")
     torch.manual_seed(0)
     model = create_reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1).eval()
@@ -31,6 +30,6 @@ def test_reload_gives_identical_scores(tiny_opt, tmp_path):  # noqa: F811
     torch.testing.assert_close(loaded.v_head.weight, model.v_head.weight, atol=0, rtol=0)
 
 
-def test_plain_lm_folder_is_not_a_reward_model(tiny_opt):  # noqa: F811
+def test_plain_lm_folder_is_not_a_reward_model(tiny_opt):
     with pytest.raises(UserError, match="not a reward model"):
         RewardModel.from_pretrained(tiny_opt)

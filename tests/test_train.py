@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.reward_model import RewardModel
-from tests.fixtures import pair_folder, run_main, tiny_opt  # noqa: F401  (fixtures)
+from tests.fixtures import run_main
 
 FAST = ["--max_seq_len", "64", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
         "--per_device_eval_batch_size", "32", "--learning_rate", "2e-3", "--num_train_epochs", "2",
@@ -43,7 +43,7 @@ def check_saved_model(output_dir, data_folder, expected_accuracy):
     assert metrics["accuracy"] == pytest.approx(expected_accuracy, abs=1.5 / len(eval_set))
 
 
-def test_training_learns_and_saves_a_reloadable_model(tiny_opt, pair_folder, tmp_path):  # noqa: F811
+def test_training_learns_and_saves_a_reloadable_model(tiny_opt, pair_folder, tmp_path):
     out = tmp_path / "out"
     result = run_main(["--model_name_or_path", tiny_opt, "--data_path", pair_folder, "--output_dir", out,
                        "--data_output_path", tmp_path / "cache", "--enable_tensorboard",
@@ -62,7 +62,7 @@ def test_training_learns_and_saves_a_reloadable_model(tiny_opt, pair_folder, tmp
     check_saved_model(str(out), pair_folder, results["accuracy"])
 
 
-def test_card_config_command_runs_without_a_launcher(tiny_opt, pair_folder, tmp_path):  # noqa: F811
+def test_card_config_command_runs_without_a_launcher(tiny_opt, pair_folder, tmp_path):
     """The issue's command: the card's global batch 64 from ds_config.json, micro batch 8."""
     out = tmp_path / "out"
     result = run_main(["--deepspeed_config", "./ds_config.json", "--model_name_or_path", tiny_opt,
@@ -76,7 +76,7 @@ def test_card_config_command_runs_without_a_launcher(tiny_opt, pair_folder, tmp_
 
 
 @pytest.mark.slow
-def test_two_ranks_train_and_rank0_saves(tiny_opt, pair_folder, tmp_path):  # noqa: F811
+def test_two_ranks_train_and_rank0_saves(tiny_opt, pair_folder, tmp_path):
     deepspeed = shutil.which("deepspeed") or os.path.join(os.path.dirname(os.sys.executable), "deepspeed")
     out = tmp_path / "out"
     args = ["--model_name_or_path", tiny_opt, "--data_path", pair_folder, "--output_dir", out,

@@ -8,6 +8,14 @@ from model.reward_model import REWARD_CONFIG_KEY, WEIGHTS_NAME
 from utils.dist import barrier, is_main_process
 
 
+def check_output_dir(output_dir, overwrite):
+    """Refuse to train into a folder that already holds a finished model, unless told to."""
+    from utils.errors import UserError
+    if not overwrite and os.path.exists(os.path.join(output_dir, WEIGHTS_NAME)):
+        raise UserError(f"--output_dir {output_dir} already holds a trained model ({WEIGHTS_NAME}): pick "
+                        "another folder or pass --overwrite_output_dir to replace it.")
+
+
 def gathered_state_dict(model, zero_stage):
     """Full CPU state dict on rank 0 (an empty dict elsewhere); under ZeRO-3 every rank must call it."""
     keys = list(model.state_dict().keys())

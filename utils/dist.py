@@ -1,7 +1,6 @@
 """Distributed helpers that also work with a single process and no process group."""
 import os
 
-import torch
 import torch.distributed as dist
 
 
@@ -16,7 +15,7 @@ def set_single_process_defaults():
 def _free_port():
     import socket
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))  # all interfaces: a port free on 127.0.0.1 alone may be taken on another address
         return str(s.getsockname()[1])
 
 
