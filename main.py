@@ -69,6 +69,11 @@ def build_parser():
     train.add_argument("--output_dir", required=True, help="Where the trained reward model is written.")
     train.add_argument("--overwrite_output_dir", action="store_true",
                        help="Allow --output_dir to already hold a trained model (it is replaced).")
+    train.add_argument("--save_steps", type=int, default=0,
+                       help="Write a resumable checkpoint to OUTPUT_DIR/checkpoints every N optimizer steps (0: never).")
+    train.add_argument("--save_total_limit", type=int, default=0, help="Keep only the newest K checkpoints (0: all).")
+    train.add_argument("--resume_from_checkpoint", default=None,
+                       help="'auto' (newest complete checkpoint in --output_dir, or a fresh start) or a checkpoint folder.")
     train.add_argument("--enable_tensorboard", action="store_true", help="Write TensorBoard scalars.")
     train.add_argument("--tensorboard_path", default="step2_tensorboard", help="TensorBoard log folder.")
 
@@ -120,6 +125,7 @@ def setup_config(args, typed):
 
 
 def setup_data(args, tokenizer, micro_batch):
+    import torch
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from data import PairCollator, build_pair_datasets
@@ -131,10 +137,12 @@ def setup_data(args, tokenizer, micro_batch):
     collator = PairCollator(tokenizer.pad_token_id)
     sampler = DistributedSampler(train_set, num_replicas=get_world_size(), rank=get_rank(), shuffle=True,
                                  seed=args.seed)
-    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
+    # Own generators: creating a loader iterator must not consume the global RNG (exact resume).
+    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator,
+                              generator=torch.Generator().manual_seed(args.seed))
     eval_indices, eval_real = eval_shard(len(eval_set))
     eval_loader = DataLoader(Subset(eval_set, eval_indices), batch_size=args.per_device_eval_batch_size,
-                             collate_fn=collator)
+                             collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
     return train_loader, eval_loader, eval_real
 
 
@@ -175,6 +183,10 @@ class Logger:
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
 
+    def step(self, step, loss, lr, pairs_per_s, seconds):
+        self.info(f"step {step} | loss {loss:.4f} | lr {lr:.3e} | {pairs_per_s:.1f} pairs/s | {seconds * 1000:.0f} ms")
+        self.scalars("train", {"loss": loss, "lr": lr, "pairs_per_s": pairs_per_s}, step)
+
     def eval(self, tag, metrics, step):
         self.info(f"eval ({tag}) | acc {metrics['accuracy']:.4f} | chosen {metrics['chosen_mean']:.4f} | "
                   f"rejected {metrics['rejected_mean']:.4f} | margin {metrics['margin']:.4f} | "
@@ -182,48 +194,114 @@ class Logger:
         self.scalars("rewards", metrics, step)
 
 
-def train(args, engine, train_loader, eval_loader, eval_real, log):
-    """The training loop; returns (final eval metrics, mean training loss of the last epoch)."""
+class StopSignal:
+    """SIGTERM/SIGINT ask for a checkpoint at the next optimizer step, then a clean exit (a second
+    Ctrl-C stops at once). All ranks agree on stopping, so they save the same step."""
+
+    def __init__(self):
+        import signal
+        self.signum = 0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum == signum == 2:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def agreed(self, device):
+        import torch
+
+        from utils.dist import all_reduce_sum
+        flag = all_reduce_sum(torch.tensor([float(self.signum)], device=device))
+        return int(flag.item()) != 0
+
+
+class Stopped(Exception):
+    """Training stopped by a signal after saving a checkpoint."""
+
+
+def train(args, engine, train_loader, run_eval, log, position):
+    """The training loop from `position` (epoch, batches done in it, their loss sum).
+
+    Returns (final eval metrics, mean training loss of the last epoch).
+    """
+    import itertools
+
     import torch
     from tqdm import tqdm
 
+    from utils.checkpoint import save_checkpoint
     from utils.dist import get_world_size
-    from utils.evaluation import evaluate, to_device
-    run_eval = lambda: evaluate(engine, eval_loader, engine.device, eval_real, args.eval_iters)  # noqa: E731
-    metrics = run_eval()
-    log.eval("before training", metrics, 0)
-    pairs_per_micro = train_loader.batch_size * get_world_size()
-    for epoch in range(args.num_train_epochs):
+    from utils.errors import UserError
+    from utils.evaluation import to_device
+    stop = StopSignal()
+    accumulation = engine.gradient_accumulation_steps()
+    pairs_per_step = train_loader.batch_size * get_world_size() * accumulation
+    for epoch in range(position["epoch"], args.num_train_epochs):
+        engine.train()  # from_pretrained leaves the base in eval mode (no dropout)
         train_loader.sampler.set_epoch(epoch)
-        epoch_loss = torch.zeros((), device=engine.device)
+        skip = position["batches_done"] if epoch == position["epoch"] else 0
+        epoch_loss = torch.tensor(position["epoch_loss_sum"] if skip else 0.0, device=engine.device)
         step_loss, step_start = torch.zeros((), device=engine.device), time.time()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=not log.enabled)
-        for micro_step, batch in enumerate(bar):
+        bar = tqdm(itertools.islice(train_loader, skip, None), total=len(train_loader), initial=skip,
+                   desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=not log.enabled)
+        for batch_index, batch in enumerate(bar, start=skip):
             loss = engine(**to_device(batch, engine.device))["loss"]
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
             epoch_loss += loss.detach().float()
             step_loss += loss.detach().float()
-            if boundary:
-                step = engine.global_steps
-                mean_loss = step_loss.item() / engine.gradient_accumulation_steps()
-                elapsed = time.time() - step_start
-                rate = pairs_per_micro * engine.gradient_accumulation_steps() / elapsed
-                lr = engine.get_lr()[0]
-                bar.set_postfix(loss=f"{mean_loss:.4f}", pairs_per_s=f"{rate:.1f}")
-                log.info(f"step {step} | loss {mean_loss:.4f} | lr {lr:.3e} | {rate:.1f} pairs/s | "
-                         f"{elapsed * 1000:.0f} ms")
-                log.scalars("train", {"loss": mean_loss, "lr": lr, "pairs_per_s": rate}, step)
-                step_loss.zero_()
-                step_start = time.time()
-                if args.eval_interval and step % args.eval_interval == 0:
-                    log.eval(f"step {step}", run_eval(), step)
+            if not boundary:
+                continue
+            step, mean_loss = engine.global_steps, step_loss.item() / accumulation
+            if not math.isfinite(mean_loss):
+                raise UserError(f"training loss is {mean_loss} at optimizer step {step}: stopping without "
+                                "saving a model. Resume from the last checkpoint (--resume_from_checkpoint auto) "
+                                "with a lower --learning_rate, or check the data.")
+            elapsed = time.time() - step_start
+            bar.set_postfix(loss=f"{mean_loss:.4f}", pairs_per_s=f"{pairs_per_step / elapsed:.1f}")
+            log.step(step, mean_loss, engine.get_lr()[0], pairs_per_step / elapsed, elapsed)
+            position = {"epoch": epoch, "batches_done": batch_index + 1, "epoch_loss_sum": epoch_loss.item()}
+            if args.eval_interval and step % args.eval_interval == 0:
+                log.eval(f"step {step}", run_eval(), step)
+            stopping = stop.agreed(engine.device)
+            if stopping or (args.save_steps and step % args.save_steps == 0):
+                folder = save_checkpoint(engine, args.output_dir, {"position": position,
+                                         "world_size": get_world_size()}, args.save_total_limit)
+                log.info(f"saved checkpoint {folder}")
+            if stopping:
+                raise Stopped(f"stopped by signal {stop.signum or 15} at step {step}; checkpoint in {folder}. "
+                              "Continue with --resume_from_checkpoint auto.")
+            step_loss.zero_()
+            step_start = time.time()
         mean_epoch_loss = epoch_loss.item() / max(len(train_loader), 1)
         log.info(f"epoch {epoch + 1}/{args.num_train_epochs} | mean loss {mean_epoch_loss:.4f}")
         metrics = run_eval()
         log.eval(f"epoch {epoch + 1}", metrics, engine.global_steps)
     return metrics, mean_epoch_loss
+
+
+def resume(args, engine, log):
+    """Where training starts: a fresh start, or the state saved in a checkpoint."""
+    from utils.checkpoint import find_checkpoint, load_checkpoint
+    from utils.dist import get_world_size
+    from utils.errors import UserError
+    fresh = {"epoch": 0, "batches_done": 0, "epoch_loss_sum": 0.0}
+    if not args.resume_from_checkpoint:
+        return fresh
+    folder = find_checkpoint(args.output_dir, args.resume_from_checkpoint, log.info)
+    if folder is None:
+        log.info(f"no complete checkpoint in {args.output_dir}: starting fresh")
+        return fresh
+    state = load_checkpoint(engine, folder)
+    if state["world_size"] != get_world_size():
+        raise UserError(f"{folder} was saved by {state['world_size']} ranks, this run has {get_world_size()}: "
+                        "resume with the same number of ranks.")
+    log.info(f"resumed from {folder} (step {engine.global_steps}, epoch {state['position']['epoch'] + 1}, "
+             f"{state['position']['batches_done']} micro-batches done in it)")
+    return state["position"]
 
 
 def run(args, typed):
@@ -232,6 +310,7 @@ def run(args, typed):
     from model.create import create_reward_model, load_tokenizer
     from utils.checkpoint import save_hf_model
     from utils.dist import set_single_process_defaults
+    from utils.evaluation import evaluate
     set_single_process_defaults()
     ds_config, notes = setup_config(args, typed)
     deepspeed.init_distributed()
@@ -252,7 +331,17 @@ def run(args, typed):
         log.info(f"warning: {len(train_loader)} micro-batches per epoch but {accumulation} per optimizer "
                  "step: lower --per_device_train_batch_size or train_batch_size, or add data.")
     engine = setup_engine(args, model, ds_config, math.ceil(len(train_loader) / accumulation))
-    metrics, train_loss = train(args, engine, train_loader, eval_loader, eval_real, log)
+
+    def run_eval():
+        return evaluate(engine, eval_loader, engine.device, eval_real, args.eval_iters)
+    position = resume(args, engine, log)
+    if position["epoch"] == position["batches_done"] == 0:
+        log.eval("before training", run_eval(), 0)
+    try:
+        metrics, train_loss = train(args, engine, train_loader, run_eval, log, position)
+    except Stopped as stopped:
+        log.info(str(stopped))
+        sys.exit(128 + 15)
     results = dict(metrics, train_loss=train_loss, optimizer_steps=engine.global_steps)
     save_hf_model(engine.module, tokenizer, args.output_dir, ds_config["zero_optimization"]["stage"],
                   {"ds_config.json": ds_config, "train_results.json": results,

@@ -1,6 +1,7 @@
 """Save the trained reward model in Hugging Face format (rank 0 writes; ZeRO-3 gathers first)."""
 import json
 import os
+import shutil
 
 import torch
 
@@ -34,19 +35,42 @@ def gathered_state_dict(model, zero_stage):
 
 
 def save_hf_model(model, tokenizer, output_dir, zero_stage, extra_json=None):
-    """Write config.json (+ reward settings), model.safetensors, tokenizer files and `extra_json`."""
+    """Write config.json (+ reward settings), model.safetensors, tokenizer files and `extra_json`.
+
+    Files are written to a temporary folder, then moved in with the weights last, so output_dir
+    never holds weights next to a half-written config. Non-finite weights are never saved.
+    """
     from safetensors.torch import save_file
+
+    from utils.dist import all_reduce_sum
+    from utils.errors import UserError
     state = gathered_state_dict(model, zero_stage)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if all_reduce_sum(torch.tensor([float(len(bad))])).item():
+        raise UserError(f"the trained weights hold NaN/inf ({', '.join(bad[:3]) or 'on rank 0'}): the model "
+                        "was not saved. Resume from a checkpoint with a lower --learning_rate.")
     if is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
+        staging = os.path.join(output_dir, ".saving")
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
         setattr(model.config, REWARD_CONFIG_KEY, model.reward_settings())
-        model.config.save_pretrained(output_dir)
-        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(output_dir, WEIGHTS_NAME),
+        model.config.save_pretrained(staging)
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(staging, WEIGHTS_NAME),
                   metadata={"format": "pt"})
-        tokenizer.save_pretrained(output_dir)
+        tokenizer.save_pretrained(staging)
         for name, content in (extra_json or {}).items():
-            write_json(os.path.join(output_dir, name), content)
+            write_json(os.path.join(staging, name), content)
+        _publish(staging, output_dir)
     barrier()
+
+
+def _publish(staging, output_dir):
+    weights = os.path.join(output_dir, WEIGHTS_NAME)
+    if os.path.exists(weights):
+        os.remove(weights)  # from here until the end, output_dir holds no model
+    for name in sorted(os.listdir(staging), key=lambda n: n == WEIGHTS_NAME):
+        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    os.rmdir(staging)
 
 
 def write_json(path, content):
@@ -203,3 +227,101 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
     model.to(dtype or state[HEAD_KEY].dtype).save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return type(model).__name__
+
+
+# ---- resumable DeepSpeed checkpoints -------------------------------------------------------------
+
+CHECKPOINT_DIR = "checkpoints"
+COMPLETE_MARKER = "COMPLETE"  # written last, by rank 0, after every rank has finished writing
+
+
+def _rng_state():
+    import random
+
+    import numpy as np
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state):
+    import random
+
+    import numpy as np
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def checkpoint_steps(output_dir):
+    """{step: folder} of the complete checkpoints in output_dir, and the incomplete folders."""
+    root = os.path.join(output_dir, CHECKPOINT_DIR)
+    complete, incomplete = {}, []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        folder = os.path.join(root, name)
+        if not (name.startswith("step-") and name[5:].isdigit()):
+            continue
+        if os.path.exists(os.path.join(folder, COMPLETE_MARKER)):
+            complete[int(name[5:])] = folder
+        else:
+            incomplete.append(folder)
+    return complete, incomplete
+
+
+def save_checkpoint(engine, output_dir, client_state, total_limit=0):
+    """Every rank writes its shards and RNG state; the marker makes the folder count only when whole."""
+    from utils.dist import get_rank
+    root = os.path.join(output_dir, CHECKPOINT_DIR)
+    tag = f"step-{engine.global_steps}"
+    folder = os.path.join(root, tag)
+    if is_main_process() and os.path.isdir(folder):
+        shutil.rmtree(folder)  # a stale, incomplete attempt at the same step
+    barrier()
+    engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+    torch.save(_rng_state(), os.path.join(folder, f"rng_state_rank{get_rank()}.pt"))
+    barrier()
+    if is_main_process():
+        write_json(os.path.join(folder, COMPLETE_MARKER), {"step": engine.global_steps})
+        if total_limit:
+            _prune(output_dir, total_limit)
+    barrier()
+    return folder
+
+
+def _prune(output_dir, total_limit):
+    complete, _ = checkpoint_steps(output_dir)
+    for step in sorted(complete)[:-total_limit]:
+        shutil.rmtree(complete[step])
+
+
+def find_checkpoint(output_dir, resume_from, warn=print):
+    """The checkpoint folder to resume from: `auto` = newest complete one in output_dir (or None)."""
+    from utils.errors import UserError
+    if resume_from != "auto":
+        if not os.path.exists(os.path.join(resume_from, COMPLETE_MARKER)):
+            raise UserError(f"--resume_from_checkpoint {resume_from} is not a complete checkpoint (no "
+                            f"{COMPLETE_MARKER} marker): pass another one, or 'auto'.")
+        return resume_from
+    complete, incomplete = checkpoint_steps(output_dir)
+    for folder in incomplete:
+        warn(f"warning: ignoring incomplete checkpoint {folder} (interrupted while saving)")
+    return complete[max(complete)] if complete else None
+
+
+def load_checkpoint(engine, folder):
+    """Restore model, optimizer, scheduler, loss scaler and this rank's RNG; returns the client state."""
+    from utils.dist import get_rank
+    from utils.errors import UserError
+    load_path, client_state = engine.load_checkpoint(os.path.dirname(folder), tag=os.path.basename(folder),
+                                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    if load_path is None:
+        raise UserError(f"DeepSpeed could not load the checkpoint in {folder}.")
+    rng_file = os.path.join(folder, f"rng_state_rank{get_rank()}.pt")
+    if not os.path.exists(rng_file):
+        raise UserError(f"{folder} has no RNG state for rank {get_rank()}: resume with the same number of "
+                        "ranks it was saved with.")
+    _set_rng_state(torch.load(rng_file, weights_only=False))
+    return client_state

@@ -41,9 +41,17 @@ def barrier():
 
 
 def all_reduce_sum(tensor):
-    """Sum a tensor over ranks in place (no-op with one process); returns it."""
+    """Sum a tensor over ranks in place (no-op with one process); returns it. Works for tensors on
+    any device: NCCL only reduces accelerator tensors, gloo CPU ones."""
     if is_initialized() and get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "gloo":
+            comm = tensor.cpu()
+        else:
+            from deepspeed.accelerator import get_accelerator
+            comm = tensor.to(get_accelerator().current_device_name())
+        dist.all_reduce(comm, op=dist.ReduceOp.SUM)
+        if comm is not tensor:
+            tensor.copy_(comm)
     return tensor
 
 

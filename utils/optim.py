@@ -25,8 +25,17 @@ def param_groups(model, weight_decay, lora_learning_rate=None):
     return result
 
 
+def offloads_optimizer(ds_config):
+    """True when the resolved DeepSpeed config keeps optimizer states on CPU or NVMe (ZeRO-Offload /
+    Infinity, from --offload or from the config file itself): DeepSpeed then refuses any client
+    optimizer but DeepSpeedCPUAdam."""
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") in ("cpu", "nvme")
+
+
 def make_optimizer(groups, learning_rate, offload, device_type):
-    """DeepSpeedCPUAdam with --offload, FusedAdam on CUDA, torch's AdamW otherwise (all AdamW-style)."""
+    """DeepSpeedCPUAdam when `offload` (see `offloads_optimizer`), FusedAdam on CUDA, torch's AdamW
+    otherwise (all AdamW-style)."""
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         return DeepSpeedCPUAdam(groups, lr=learning_rate, betas=ADAM_BETAS)
