@@ -39,6 +39,10 @@ def build_parser():
     model.add_argument("--dropout", type=float, default=None,
                        help="Override the model's dropout probabilities (default: keep the model's).")
     model.add_argument("--compute_fp32_loss", action="store_true", help="Upcast rewards to fp32 for the loss.")
+    model.add_argument("--use_margin", action="store_true",
+                       help="Loss -logsigmoid(r_c - r_j - margin) with each pair's 'margin' column (TRL-style).")
+    model.add_argument("--center_rewards_coefficient", type=float, default=0.0,
+                       help="Add c * mean((s_c + s_j)^2) over end scores to keep rewards centred (0: off).")
     model.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute activations in backward to save memory.")
     model.add_argument("--lora_dim", type=int, default=0, help="LoRA rank (0: no LoRA).")
@@ -74,6 +78,8 @@ def build_parser():
     train.add_argument("--save_total_limit", type=int, default=0, help="Keep only the newest K checkpoints (0: all).")
     train.add_argument("--resume_from_checkpoint", default=None,
                        help="'auto' (newest complete checkpoint in --output_dir, or a fresh start) or a checkpoint folder.")
+    train.add_argument("--loss_plateau_warning", type=int, default=100,
+                       help="Warn if the loss stays within 0.02 of ln 2 for the first N optimizer steps (0: off).")
     train.add_argument("--enable_tensorboard", action="store_true", help="Write TensorBoard scalars.")
     train.add_argument("--tensorboard_path", default="step2_tensorboard", help="TensorBoard log folder.")
 
@@ -125,20 +131,25 @@ def setup_config(args, typed):
 
 
 def setup_data(args, tokenizer, micro_batch):
+    import numpy as np
     import torch
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     from data import PairCollator, build_pair_datasets
     from utils.dist import get_rank, get_world_size
+    from utils.errors import UserError
     from utils.evaluation import eval_shard
     train_set, eval_set = build_pair_datasets(
         args.data_path, args.data_split, args.seed, tokenizer, args.max_seq_len, args.data_output_path,
         END_OF_CONVERSATION)
+    if args.use_margin and np.isnan(train_set.with_format("numpy")["margin"]).any():
+        raise UserError("--use_margin needs a numeric 'margin' column in every training pair; some have none.")
     collator = PairCollator(tokenizer.pad_token_id)
     sampler = DistributedSampler(train_set, num_replicas=get_world_size(), rank=get_rank(), shuffle=True,
                                  seed=args.seed)
     # Own generators: creating a loader iterator must not consume the global RNG (exact resume).
-    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator,
+    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler,
+                              collate_fn=PairCollator(tokenizer.pad_token_id, with_margin=args.use_margin),
                               generator=torch.Generator().manual_seed(args.seed))
     eval_indices, eval_real = eval_shard(len(eval_set))
     eval_loader = DataLoader(Subset(eval_set, eval_indices), batch_size=args.per_device_eval_batch_size,
@@ -167,6 +178,10 @@ class Logger:
         from utils.dist import is_main_process
         self.enabled = is_main_process()
         self.writer = None
+        self.jsonl = None
+        if self.enabled:  # every logged number, for plots (evaluation_scripts/evaluate.py) and scripts
+            os.makedirs(args.output_dir, exist_ok=True)
+            self.jsonl = open(os.path.join(args.output_dir, "train_log.jsonl"), "a")
         if self.enabled and args.enable_tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(args.tensorboard_path, "step2_reward_model"))
@@ -178,6 +193,9 @@ class Logger:
             sys.stdout.flush()
 
     def scalars(self, prefix, values, step):
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"kind": prefix, "step": step, **values}) + "\n")
+            self.jsonl.flush()
         if self.writer:
             for key, value in values.items():
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
@@ -217,6 +235,23 @@ class StopSignal:
         return int(flag.item()) != 0
 
 
+class PlateauWarning:
+    """A loss stuck at ln 2 means r_c == r_j everywhere: usually the end token is read at the wrong
+    place (e.g. a wrong --num_padding_at_beginning) or the head gets no gradient."""
+
+    def __init__(self, steps, log):
+        self.steps, self.log, self.stuck = steps, log, True
+
+    def update(self, step, loss):
+        if not self.steps or step > self.steps:
+            return
+        self.stuck = self.stuck and abs(loss - math.log(2)) < 0.02
+        if step == self.steps and self.stuck:
+            self.log.info(f"warning: the training loss stayed within 0.02 of ln 2 = 0.693 for the first {step} "
+                          "steps: the reward model is not separating chosen from rejected. Check "
+                          "--num_padding_at_beginning (OPT: 1, most others: 0), the learning rate and the data.")
+
+
 class Stopped(Exception):
     """Training stopped by a signal after saving a checkpoint."""
 
@@ -236,6 +271,7 @@ def train(args, engine, train_loader, run_eval, log, position):
     from utils.errors import UserError
     from utils.evaluation import to_device
     stop = StopSignal()
+    plateau = PlateauWarning(args.loss_plateau_warning, log)
     accumulation = engine.gradient_accumulation_steps()
     pairs_per_step = train_loader.batch_size * get_world_size() * accumulation
     for epoch in range(position["epoch"], args.num_train_epochs):
@@ -263,6 +299,7 @@ def train(args, engine, train_loader, run_eval, log, position):
             elapsed = time.time() - step_start
             bar.set_postfix(loss=f"{mean_loss:.4f}", pairs_per_s=f"{pairs_per_step / elapsed:.1f}")
             log.step(step, mean_loss, engine.get_lr()[0], pairs_per_step / elapsed, elapsed)
+            plateau.update(step, mean_loss)
             position = {"epoch": epoch, "batches_done": batch_index + 1, "epoch_loss_sum": epoch_loss.item()}
             if args.eval_interval and step % args.eval_interval == 0:
                 log.eval(f"step {step}", run_eval(), step)
@@ -323,7 +360,7 @@ def run(args, typed):
     tokenizer = load_tokenizer(args.model_name_or_path, END_OF_CONVERSATION, args.add_eot_token)
     train_loader, eval_loader, eval_real = setup_data(args, tokenizer, ds_config["train_micro_batch_size_per_gpu"])
     model = create_reward_model(args.model_name_or_path, tokenizer, args.num_padding_at_beginning, args.dropout,
-                                args.compute_fp32_loss, END_OF_CONVERSATION)
+                                args.compute_fp32_loss, END_OF_CONVERSATION, args.center_rewards_coefficient)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     accumulation = ds_config["gradient_accumulation_steps"]
@@ -343,6 +380,7 @@ def run(args, typed):
         log.info(str(stopped))
         sys.exit(128 + 15)
     results = dict(metrics, train_loss=train_loss, optimizer_steps=engine.global_steps)
+    engine.module.reward_stats = {"reward_mean": metrics["reward_mean"], "reward_std": metrics["reward_std"]}
     save_hf_model(engine.module, tokenizer, args.output_dir, ds_config["zero_optimization"]["stage"],
                   {"ds_config.json": ds_config, "train_results.json": results,
                    "training_args.json": vars(args)})

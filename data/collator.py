@@ -30,12 +30,13 @@ class PairCollator:
             [2, 7, 1, 1, 1, 1, 1, 1]])
     """
 
-    def __init__(self, pad_token_id, pad_to_multiple_of=None, pad_to_length=None):
+    def __init__(self, pad_token_id, pad_to_multiple_of=None, pad_to_length=None, with_margin=False):
         if pad_to_multiple_of is not None and pad_to_length is not None:
             raise ValueError("PairCollator: give pad_to_multiple_of or pad_to_length, not both")
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pad_to_length = pad_to_length
+        self.with_margin = with_margin  # also return 'margin' (B,) from the rows' margin column
 
     def __call__(self, rows):
         seqs = [r["chosen_input_ids"] for r in rows] + [r["rejected_input_ids"] for r in rows]
@@ -50,4 +51,7 @@ class PairCollator:
         for i, seq in enumerate(seqs):
             input_ids[i, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
             attention_mask[i, :len(seq)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.with_margin:
+            batch["margin"] = torch.tensor([r["margin"] for r in rows], dtype=torch.float32)
+        return batch

@@ -15,11 +15,12 @@ from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
 from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
 
-CACHE_VERSION = 1  # bump when a change in this package changes the tokenised pairs
+CACHE_VERSION = 2  # bump when a change in this package changes the tokenised pairs
 LARGE = 100_000  # rows from which tokenisation uses several processes
 KEEP, EMPTY, IDENTICAL, FIRST_TOKEN, SAME_TEXT = 0, 1, 2, 3, 4
 FEATURES = Features({"chosen_input_ids": List(Value("int32")),
                      "rejected_input_ids": List(Value("int32")),
+                     "margin": Value("float32"),  # the source's optional `margin` column, else NaN
                      "drop": Value("int8")})
 
 
@@ -147,11 +148,20 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file):
         chosen = tokenizer([c + eot for c, _ in texts], truncation=True, max_length=max_len)["input_ids"]
         rejected = tokenizer([r + eot for _, r in texts], truncation=True, max_length=max_len)["input_ids"]
         drop = [_drop_code(t, c, r) for t, c, r in zip(texts, chosen, rejected)]
-        return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "drop": drop}
+        margin = _margins(batch.get("margin", [None] * size))
+        return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": margin, "drop": drop}
 
     return rows.map(encode, batched=True, remove_columns=rows.column_names, features=FEATURES,
                     num_proc=min(os.cpu_count() or 1, 8) if len(rows) >= LARGE else None,
                     cache_file_name=cache_file, desc="Tokenising pairs")
+
+
+def _margins(values):
+    """The optional `margin` column as floats (NaN where absent)."""
+    try:
+        return [float("nan") if m is None else float(m) for m in values]
+    except (TypeError, ValueError) as err:
+        raise UserError(f"the 'margin' column must hold numbers ({err}); fix it or drop the column.") from err
 
 
 def _drop_code(texts, chosen_ids, rejected_ids):

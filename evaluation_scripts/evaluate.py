@@ -51,6 +51,10 @@ def parse_args(argv=None):
     parser.add_argument("--score", default=None, help="JSONL rows with prompt and answer to score one by one.")
     parser.add_argument("--score_output", default=None,
                         help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
+    parser.add_argument("--center_rewards", action="store_true",
+                        help="Subtract the eval reward mean saved at training time from every score.")
+    parser.add_argument("--no_plots", action="store_true",
+                        help="Skip eval_rewards.png / training_curves.png (written next to --output).")
     parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
     return parser.parse_args(argv)
 
@@ -87,11 +91,16 @@ def evaluate_data(model, tokenizer, args, settings):
                                       model.end_of_conversation_token)
     loader = torch.utils.data.DataLoader(eval_set, batch_size=settings["per_device_eval_batch_size"],
                                          collate_fn=PairCollator(tokenizer.pad_token_id))
-    metrics = evaluate(model, loader, model.v_head.weight.device, len(eval_set))
+    scores = []
+    metrics = evaluate(model, loader, model.v_head.weight.device, len(eval_set), scores_out=scores)
     output = args.output or os.path.join(args.model_dir, "eval_results.json")
     write_json(output, metrics)
     print(json.dumps(metrics, indent=2))
     print(f"wrote {output}")
+    if not args.no_plots:
+        from evaluation_scripts.plots import write_plots
+        for path in write_plots(args.model_dir, scores, os.path.dirname(os.path.abspath(output))):
+            print(f"wrote {path}")
 
 
 def score_file(model, tokenizer, args, settings):
@@ -127,7 +136,7 @@ def run(args):
 
     from model.reward_model import RewardModel
     import torch
-    model = RewardModel.from_pretrained(args.model_dir)
+    model = RewardModel.from_pretrained(args.model_dir, center_rewards=args.center_rewards)
     if torch.cuda.is_available():
         model.cuda()
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)

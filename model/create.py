@@ -51,7 +51,8 @@ def load_tokenizer(name, end_of_conversation_token, add_eot_token=False):
 
 
 def create_reward_model(name, tokenizer, num_padding_at_beginning, dropout=None,
-                        compute_fp32_loss=False, end_of_conversation_token="<|endoftext|>"):
+                        compute_fp32_loss=False, end_of_conversation_token="<|endoftext|>",
+                        center_rewards_coefficient=0.0):
     from transformers import AutoConfig, AutoModel
     try:
         config = AutoConfig.from_pretrained(name)
@@ -66,7 +67,7 @@ def create_reward_model(name, tokenizer, num_padding_at_beginning, dropout=None,
     base.config.pad_token_id = base.config.eos_token_id
     base.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
     return RewardModel(base, tokenizer, num_padding_at_beginning, compute_fp32_loss,
-                       end_of_conversation_token)
+                       end_of_conversation_token, center_rewards_coefficient)
 
 
 def model_max_positions(name):

@@ -29,11 +29,14 @@ def end_indices(input_ids, pad_id, num_padding_at_beginning):
 
 
 def pairwise_loss(chosen_ids, rejected_ids, chosen_rewards, rejected_rewards, pad_id,
-                  num_padding_at_beginning, compute_fp32_loss=False):
+                  num_padding_at_beginning, compute_fp32_loss=False, margin=None, center_coefficient=0.0):
     """DeepSpeed-Chat's pairwise ranking loss for B pairs at once.
 
     ids and rewards are (B, L). For each pair the loss is the mean of -logsigmoid(r_c - r_j) over
     [first differing position, max(end_c, end_j)); identical pairs use the single position L-1.
+    Options (off by default, so the default is DeepSpeed-Chat's): `margin` (B,) makes the term
+    -logsigmoid(r_c - r_j - margin); `center_coefficient` adds c * mean((s_c + s_j)^2) over the end
+    scores, which keeps rewards centred on 0.
     Returns (loss averaged over pairs, chosen end scores (B,), rejected end scores (B,)).
     """
     length = chosen_ids.size(1)
@@ -48,14 +51,19 @@ def pairwise_loss(chosen_ids, rejected_ids, chosen_rewards, rejected_rewards, pa
     rejected_end = torch.where(identical, chosen_end, rejected_end)
     in_span = (positions >= span_start[:, None]) & (positions < span_end[:, None])
 
-    margin = chosen_rewards - rejected_rewards
+    difference = chosen_rewards - rejected_rewards
     if compute_fp32_loss:
-        margin = margin.float()
-    per_token = torch.where(in_span, -F.logsigmoid(margin), 0.0)
+        difference = difference.float()
+    if margin is not None:
+        difference = difference - margin.to(difference.dtype)[:, None]
+    per_token = torch.where(in_span, -F.logsigmoid(difference), 0.0)
     pair_loss = per_token.sum(dim=1) / in_span.sum(dim=1)
     chosen_scores = chosen_rewards.gather(1, (chosen_end - 1)[:, None]).squeeze(1)
     rejected_scores = rejected_rewards.gather(1, (rejected_end - 1)[:, None]).squeeze(1)
-    return pair_loss.mean(), chosen_scores, rejected_scores
+    loss = pair_loss.mean()
+    if center_coefficient:
+        loss = loss + center_coefficient * ((chosen_scores.float() + rejected_scores.float()) ** 2).mean()
+    return loss, chosen_scores, rejected_scores
 
 
 def end_scores_after(values, input_ids, pad_id, prompt_length):
@@ -76,7 +84,7 @@ class RewardModel(nn.Module):
     """
 
     def __init__(self, base_model, tokenizer, num_padding_at_beginning=0, compute_fp32_loss=False,
-                 end_of_conversation_token="<|endoftext|>"):
+                 end_of_conversation_token="<|endoftext|>", center_rewards_coefficient=0.0):
         super().__init__()
         self.config = base_model.config
         width = getattr(self.config, "word_embed_proj_dim", None) or self.config.hidden_size
@@ -86,6 +94,9 @@ class RewardModel(nn.Module):
         self.num_padding_at_beginning = num_padding_at_beginning
         self.compute_fp32_loss = compute_fp32_loss
         self.end_of_conversation_token = end_of_conversation_token
+        self.center_rewards_coefficient = center_rewards_coefficient
+        self.reward_stats = {}  # reward_mean / reward_std over the eval set, saved for step 3
+        self.reward_offset = 0.0  # subtracted from every value (see from_pretrained's center_rewards)
 
     def gradient_checkpointing_enable(self, **kwargs):
         self.rwtransformer.gradient_checkpointing_enable(**kwargs)
@@ -96,14 +107,16 @@ class RewardModel(nn.Module):
     def _values(self, input_ids, attention_mask, **kwargs):
         """(N, L) ids -> (N, L) per-token rewards."""
         outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-        return self.v_head(outputs[0]).squeeze(-1)
+        values = self.v_head(outputs[0]).squeeze(-1)
+        return values - self.reward_offset if self.reward_offset else values
 
-    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, margin=None, **kwargs):
+        """`margin` (B,): optional per-pair margins (the data's `margin` column with --use_margin)."""
         rewards = self._values(input_ids, attention_mask, **kwargs)
         pairs = input_ids.size(0) // 2
         loss, chosen_scores, rejected_scores = pairwise_loss(
             input_ids[:pairs], input_ids[pairs:], rewards[:pairs], rewards[pairs:], self.PAD_ID,
-            self.num_padding_at_beginning, self.compute_fp32_loss)
+            self.num_padding_at_beginning, self.compute_fp32_loss, margin, self.center_rewards_coefficient)
         return {"loss": loss, "chosen_mean_scores": chosen_scores, "rejected_mean_scores": rejected_scores}
 
     def forward_value(self, input_ids=None, attention_mask=None, return_value_only=False,
@@ -120,14 +133,16 @@ class RewardModel(nn.Module):
     def reward_settings(self):
         return {"num_padding_at_beginning": self.num_padding_at_beginning,
                 "end_of_conversation_token": self.end_of_conversation_token,
-                "pad_token_id": self.PAD_ID}
+                "pad_token_id": self.PAD_ID, **self.reward_stats}
 
     @classmethod
-    def from_pretrained(cls, model_dir, dtype=None, **overrides):
+    def from_pretrained(cls, model_dir, dtype=None, center_rewards=False, **overrides):
         """Load a model saved by `utils.checkpoint.save_hf_model`: no other arguments needed.
 
         `dtype` defaults to the dtype the weights were saved in (the training precision), so scores
-        match the ones main.py reported bit for bit on the same device.
+        match the ones main.py reported bit for bit on the same device. `center_rewards` subtracts
+        the eval-set reward mean saved at the end of training from every value (step 3's usual
+        normalisation); the loss is unchanged by it.
         """
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -144,6 +159,13 @@ class RewardModel(nn.Module):
             raise UserError(f"{model_dir}/{WEIGHTS_NAME} does not match the model in config.json: "
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}. A reward model needs its "
                             "trained value head (v_head.weight); re-save it with main.py.")
+        model.reward_stats = {k: settings[k] for k in ("reward_mean", "reward_std") if k in settings}
+        if center_rewards:
+            if "reward_mean" not in model.reward_stats:
+                from utils.errors import UserError
+                raise UserError(f"{model_dir}/config.json has no reward_mean to centre with: re-train or "
+                                "evaluate with this project's main.py.")
+            model.reward_offset = model.reward_stats["reward_mean"]
         return model.to(dtype or state["v_head.weight"].dtype).eval()
 
 

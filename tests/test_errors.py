@@ -80,6 +80,7 @@ CASES = {
     "model_without_tokenizer": (lambda t, m: ["--data_path", data_folder(t), "--model_name_or_path",
                                               model_without(m, t, "tokenizer.json", "tokenizer_config.json")],
                                 "tokenizer"),
+    "margin_without_column": (lambda t, m: ["--data_path", data_folder(t), "--use_margin"], "'margin' column"),
     "offline_hub_model": (lambda t, m: ["--data_path", data_folder(t), "--model_name_or_path",
                                         "facebook/opt-350m"], "--model_name_or_path LOCAL_FOLDER"),
 }

@@ -23,11 +23,12 @@ def to_device(batch, device):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, num_real, max_batches=0, desc="eval"):
+def evaluate(model, loader, device, num_real, max_batches=0, desc="eval", scores_out=None):
     """Accuracy (chosen end score > rejected), mean scores, margin and reward mean/std, over all ranks.
 
     `model` is a RewardModel or a DeepSpeed engine wrapping one; `loader` yields this rank's shard,
-    of which the first `num_real` rows count.
+    of which the first `num_real` rows count. `scores_out`, a list, receives this rank's
+    (chosen, rejected) end scores.
     """
     was_training = model.training
     model.eval()
@@ -41,6 +42,9 @@ def evaluate(model, loader, device, num_real, max_batches=0, desc="eval"):
         chosen = out["chosen_mean_scores"].double()
         rejected = out["rejected_mean_scores"].double()
         counted = (torch.arange(seen, seen + chosen.numel(), device=device) < num_real).double()
+        if scores_out is not None:
+            keep = counted.bool()
+            scores_out.extend(zip(chosen[keep].tolist(), rejected[keep].tolist()))
         seen += chosen.numel()
         totals += torch.stack([((chosen > rejected).double() * counted).sum(), counted.sum(),
                                (chosen * counted).sum(), (rejected * counted).sum(),
