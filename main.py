@@ -388,15 +388,9 @@ def run(args, typed):
 
 
 def main(argv=None):
+    from utils.errors import exit_on_user_error
     args, typed = parse_args(argv)
-    from utils.errors import UserError
-    try:
-        run(args, typed)
-    except UserError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    exit_on_user_error(run, args, typed, debug=args.debug)
 
 
 if __name__ == "__main__":

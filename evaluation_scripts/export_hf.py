@@ -53,15 +53,9 @@ def run(args):
 
 
 def main(argv=None):
-    from utils.errors import UserError
+    from utils.errors import exit_on_user_error
     args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    exit_on_user_error(run, args, debug=args.debug)
 
 
 if __name__ == "__main__":
