@@ -104,9 +104,9 @@ class RewardModel(nn.Module):
     def gradient_checkpointing_disable(self):
         self.rwtransformer.gradient_checkpointing_disable()
 
-    def _values(self, input_ids, attention_mask, **kwargs):
-        """(N, L) ids -> (N, L) per-token rewards."""
-        outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+    def _values(self, input_ids, attention_mask, use_cache=False, **kwargs):
+        """(N, L) ids -> (N, L) per-token rewards. kwargs (head_mask, ...) go to the base model."""
+        outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
         values = self.v_head(outputs[0]).squeeze(-1)
         return values - self.reward_offset if self.reward_offset else values
 

@@ -78,7 +78,7 @@ def test_model_forward_matches_loop_on_its_own_values(tiny_reward_model, case):
     attention_mask = (input_ids != PAD).long()
     attention_mask[:, 0] = 1
     with torch.no_grad():
-        out = tiny_reward_model(input_ids, attention_mask=attention_mask)
+        out = tiny_reward_model(input_ids, attention_mask=attention_mask, use_cache=False)  # as DeepSpeed-Chat calls it
         values = tiny_reward_model.forward_value(input_ids, attention_mask, return_value_only=True)
     loss, chosen, rejected = reference_pairwise_loss(input_ids, values, PAD, 1)
     torch.testing.assert_close(out["loss"], loss, atol=1e-6, rtol=0)
