@@ -28,6 +28,11 @@ def build_parser():
     data.add_argument("--data_output_path", default="/tmp/data_files",
                       help="Where tokenised data is cached (must be shared by all ranks of a node).")
     data.add_argument("--max_seq_len", type=int, default=512, help="Tokens per prompt+answer (truncated).")
+    data.add_argument("--group_by_length", action="store_true",
+                      help="Batch pairs of similar length (random, seeded): much less padding. Off: "
+                           "DeepSpeed-Chat's sample order.")
+    data.add_argument("--pad_to_multiple_of", type=int, default=None,
+                      help="Round each batch's padded length up to a multiple of this (e.g. 8 for tensor cores).")
     data.add_argument("--add_eot_token", action="store_true",
                       help=f"Make {END_OF_CONVERSATION!r}, appended to every answer, a special token.")
 
@@ -133,28 +138,30 @@ def setup_config(args, typed):
 def setup_data(args, tokenizer, micro_batch):
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from torch.utils.data import DataLoader, DistributedSampler
 
     from data import PairCollator, build_pair_datasets
+    from data.sampler import LengthGroupedSampler
     from utils.dist import get_rank, get_world_size
     from utils.errors import UserError
-    from utils.evaluation import eval_shard
+    from utils.evaluation import eval_loader
     train_set, eval_set = build_pair_datasets(
         args.data_path, args.data_split, args.seed, tokenizer, args.max_seq_len, args.data_output_path,
         END_OF_CONVERSATION)
     if args.use_margin and np.isnan(train_set.with_format("numpy")["margin"]).any():
         raise UserError("--use_margin needs a numeric 'margin' column in every training pair; some have none.")
-    collator = PairCollator(tokenizer.pad_token_id)
-    sampler = DistributedSampler(train_set, num_replicas=get_world_size(), rank=get_rank(), shuffle=True,
-                                 seed=args.seed)
-    # Own generators: creating a loader iterator must not consume the global RNG (exact resume).
-    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler,
-                              collate_fn=PairCollator(tokenizer.pad_token_id, with_margin=args.use_margin),
+    ranks = {"num_replicas": get_world_size(), "rank": get_rank(), "seed": args.seed}
+    if args.group_by_length:
+        sampler = LengthGroupedSampler(train_set, batch_size=micro_batch, **ranks)
+    else:
+        sampler = DistributedSampler(train_set, shuffle=True, **ranks)
+    collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=args.use_margin)
+    # Its own generator: creating a loader iterator must not consume the global RNG (exact resume).
+    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator,
                               generator=torch.Generator().manual_seed(args.seed))
-    eval_indices, eval_real = eval_shard(len(eval_set))
-    eval_loader = DataLoader(Subset(eval_set, eval_indices), batch_size=args.per_device_eval_batch_size,
-                             collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
-    return train_loader, eval_loader, eval_real
+    loader, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id,
+                                    args.pad_to_multiple_of)
+    return train_loader, loader, eval_real
 
 
 def setup_engine(args, model, config, steps_per_epoch):

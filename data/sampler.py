@@ -3,11 +3,12 @@
 A pair's length is max(len(chosen ids), len(rejected ids)): the collator pads both rows of every
 pair in a batch to the batch's longest row, so that is what a batch costs.
 """
+import itertools
 import math
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler, Subset
+from torch.utils.data import DistributedSampler, Sampler, Subset
 
 
 def pair_lengths(dataset):
@@ -124,6 +125,32 @@ class LengthGroupedSampler(Sampler):
     def __iter__(self):
         rows = [i for batch in self.global_batches() for i in batch[self.rank::self.num_replicas]]
         return iter(rows[self.skip_batches * self.batch_size:])
+
+    def __len__(self):
+        return max(self.num_samples - self.skip_batches * self.batch_size, 0)
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's `DistributedSampler` (shuffle=True: DeepSpeed-Chat's sample order, the default without
+    `--group_by_length`) with LengthGroupedSampler's resume interface: `set_epoch(epoch, skip_batches=k)`
+    starts the epoch at this rank's micro-batch k of `batch_size` rows."""
+
+    def __init__(self, dataset, batch_size=1, num_replicas=None, rank=None, seed=0, drop_last=False,
+                 skip_batches=0):
+        if num_replicas is None or rank is None:
+            from utils.dist import get_rank, get_world_size
+            num_replicas = get_world_size() if num_replicas is None else num_replicas
+            rank = get_rank() if rank is None else rank
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                         drop_last=drop_last)
+        self.batch_size, self.skip_batches = batch_size, skip_batches
+
+    def set_epoch(self, epoch, skip_batches=0):
+        super().set_epoch(epoch)
+        self.skip_batches = skip_batches
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip_batches * self.batch_size, None)
 
     def __len__(self):
         return max(self.num_samples - self.skip_batches * self.batch_size, 0)

@@ -81,18 +81,16 @@ def score_examples(model, tokenizer, max_seq_len):
 
 
 def evaluate_data(model, tokenizer, args, settings):
-    import torch
-
-    from data import PairCollator, build_pair_datasets
+    from data import build_pair_datasets
     from utils.checkpoint import write_json
-    from utils.evaluation import evaluate
+    from utils.evaluation import eval_loader, evaluate
     _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
                                       settings["max_seq_len"], settings["data_output_path"],
                                       model.end_of_conversation_token)
-    loader = torch.utils.data.DataLoader(eval_set, batch_size=settings["per_device_eval_batch_size"],
-                                         collate_fn=PairCollator(tokenizer.pad_token_id))
+    loader, num_real = eval_loader(eval_set, settings["per_device_eval_batch_size"], tokenizer.pad_token_id,
+                                   settings.get("pad_to_multiple_of"))
     scores = []
-    metrics = evaluate(model, loader, model.v_head.weight.device, len(eval_set), scores_out=scores)
+    metrics = evaluate(model, loader, model.v_head.weight.device, num_real, scores_out=scores)
     output = args.output or os.path.join(args.model_dir, "eval_results.json")
     write_json(output, metrics)
     print(json.dumps(metrics, indent=2))

@@ -63,9 +63,15 @@ def assert_same_model(out_a, out_b):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_opt, pair_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    finish(command(tiny_opt, pair_folder, out))
-    return out
+    """uninterrupted(*extra_flags) -> output folder of a full run with those flags (cached)."""
+    runs = {}
+
+    def get(*extra):
+        if extra not in runs:
+            runs[extra] = tmp_path_factory.mktemp("uninterrupted") / "out"
+            finish(command(tiny_opt, pair_folder, runs[extra], *extra))
+        return runs[extra]
+    return get
 
 
 def test_sigkill_then_auto_resume_matches_an_uninterrupted_run(tiny_opt, pair_folder, uninterrupted, tmp_path):
@@ -79,17 +85,18 @@ def test_sigkill_then_auto_resume_matches_an_uninterrupted_run(tiny_opt, pair_fo
     log = finish(cmd + ["--resume_from_checkpoint", "auto"])
     assert "ignoring incomplete checkpoint" in log and "step-20" in log
     assert "resumed from" in log and "step-10" in log and "eval (before training)" not in log
-    assert_same_model(uninterrupted, out)
+    assert_same_model(uninterrupted(), out)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_opt, pair_folder, uninterrupted, tmp_path):
+    """With --group_by_length: the length-grouped order resumes exactly too."""
     out = tmp_path / "out"
-    cmd = command(tiny_opt, pair_folder, out)
+    cmd = command(tiny_opt, pair_folder, out, "--group_by_length")
     code, log = run_until(cmd, "| loss", 3, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM and "Traceback" not in log, log[-2000:]
     assert "stopped by signal 15" in log and "--resume_from_checkpoint auto" in log
     finish(cmd + ["--resume_from_checkpoint", "auto"])
-    assert_same_model(uninterrupted, out)
+    assert_same_model(uninterrupted("--group_by_length"), out)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_opt, pair_folder, tmp_path,

@@ -7,15 +7,27 @@ from tqdm import tqdm
 from utils.dist import all_reduce_sum, get_rank, get_world_size, is_main_process
 
 
-def eval_shard(num_rows):
-    """This rank's row indices, padded so every rank runs the same number of forwards (ZeRO-3 needs
-    that), and how many of them are real (the padding repeats rows and is not counted)."""
+def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None):
+    """(DataLoader over this rank's share of eval_set, number of real rows in it).
+
+    Rows go longest first (little padding, and an out-of-memory error shows in the first batch),
+    dealt to ranks in turn; each rank's share is padded by repeating a row so every rank runs the
+    same number of forwards (ZeRO-3 needs that), and the padding is not counted.
+    main.py and evaluation_scripts/ both use this, so they see the same batches.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from data import PairCollator
+    from data.sampler import length_sorted_indices
     rank, world = get_rank(), get_world_size()
-    indices = list(range(rank, num_rows, world))
-    per_rank = math.ceil(num_rows / world)
+    indices = [int(i) for i in length_sorted_indices(eval_set)][rank::world]
     num_real = len(indices)
+    per_rank = math.ceil(len(eval_set) / world)
     indices += indices[-1:] * (per_rank - num_real) if indices else [0] * per_rank
-    return indices, num_real
+    loader = DataLoader(Subset(eval_set, indices), batch_size=batch_size,
+                        collate_fn=PairCollator(pad_token_id, pad_to_multiple_of),
+                        generator=torch.Generator().manual_seed(0))
+    return loader, num_real
 
 
 def to_device(batch, device):
