@@ -124,8 +124,6 @@ def setup_config(args, typed):
     accelerator = get_accelerator()
     config, notes = resolve_ds_config(load_ds_config(args.deepspeed_config), args, typed, get_world_size(),
                                       accelerator.device_name(), accelerator.is_bf16_supported())
-    if args.lora_dim:
-        raise UserError("--lora_dim: LoRA is not implemented yet in this project; train without it.")
     check_output_dir(args.output_dir, args.overwrite_output_dir)
     check_model_folder(args.model_name_or_path)
     max_positions = model_max_positions(args.model_name_or_path)
@@ -168,8 +166,9 @@ def setup_engine(args, model, config, steps_per_epoch):
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    from utils.optim import make_optimizer, make_scheduler, param_groups
-    optimizer = make_optimizer(param_groups(model, args.weight_decay), args.learning_rate, args.offload,
+    from utils.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
+    groups = param_groups(model, args.weight_decay, args.lora_learning_rate if args.lora_dim else None)
+    optimizer = make_optimizer(groups, args.learning_rate, offloads_optimizer(config),
                                get_accelerator().device_name())
     scheduler = make_scheduler(optimizer, args.lr_scheduler_type, args.num_warmup_steps,
                                args.num_train_epochs * steps_per_epoch)
@@ -352,6 +351,7 @@ def run(args, typed):
     import deepspeed
 
     from model.create import create_reward_model, load_tokenizer
+    from model.lora import apply_lora, merge_lora
     from utils.checkpoint import save_hf_model
     from utils.dist import set_single_process_defaults
     from utils.evaluation import evaluate
@@ -368,6 +368,8 @@ def run(args, typed):
     train_loader, eval_loader, eval_real = setup_data(args, tokenizer, ds_config["train_micro_batch_size_per_gpu"])
     model = create_reward_model(args.model_name_or_path, tokenizer, args.num_padding_at_beginning, args.dropout,
                                 args.compute_fp32_loss, END_OF_CONVERSATION, args.center_rewards_coefficient)
+    if args.lora_dim:
+        apply_lora(model, args.lora_dim, args.lora_module_name, args.only_optimize_lora)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     accumulation = ds_config["gradient_accumulation_steps"]
@@ -388,6 +390,8 @@ def run(args, typed):
         sys.exit(128 + 15)
     results = dict(metrics, train_loss=train_loss, optimizer_steps=engine.global_steps)
     engine.module.reward_stats = {"reward_mean": metrics["reward_mean"], "reward_std": metrics["reward_std"]}
+    if args.lora_dim:
+        merge_lora(engine.module)  # step 3 and evaluation load a plain model
     save_hf_model(engine.module, tokenizer, args.output_dir, ds_config["zero_optimization"]["stage"],
                   {"ds_config.json": ds_config, "train_results.json": results,
                    "training_args.json": vars(args)})

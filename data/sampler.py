@@ -11,34 +11,38 @@ import torch
 from torch.utils.data import DistributedSampler, Sampler, Subset
 
 
-def pair_lengths(dataset):
-    """(N,) int64 numpy array: max(len(chosen_input_ids), len(rejected_input_ids)) per row.
+def pair_row_lengths(dataset):
+    """(N, 2) int64 numpy array: [len(chosen_input_ids), len(rejected_input_ids)] per row.
 
     Read from the Arrow list offsets of a `datasets.Dataset` (no Python loop over rows; an index
     mapping left by `select` is honoured). A `torch.utils.data.Subset` of one, or any sequence of
     dicts with those two keys, also works (the latter by iterating).
     """
     if isinstance(dataset, Subset):
-        return pair_lengths(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+        return pair_row_lengths(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
     table = getattr(dataset, "data", None)
     if table is not None and hasattr(table, "column"):
         import pyarrow.compute as pc
-        chosen, rejected = (pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False)
-                            for name in ("chosen_input_ids", "rejected_input_ids"))
-        lengths = np.maximum(chosen, rejected).astype(np.int64)
+        lengths = np.stack([pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False)
+                            for name in ("chosen_input_ids", "rejected_input_ids")], axis=1).astype(np.int64)
         indices = getattr(dataset, "_indices", None)  # set by Dataset.select without a flatten
         if indices is not None:
             lengths = lengths[indices.column(0).to_numpy()]
         return lengths
-    return np.array([max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in dataset],
-                    dtype=np.int64)
+    return np.array([[len(r["chosen_input_ids"]), len(r["rejected_input_ids"])] for r in dataset],
+                    dtype=np.int64).reshape(-1, 2)
+
+
+def pair_lengths(dataset):
+    """(N,) int64: max(len(chosen), len(rejected)) per row, the length a pair pads its batch to."""
+    return pair_row_lengths(dataset).max(axis=1, initial=0)
 
 
 def length_sorted_indices(dataset):
     """Row indices of `dataset` from the longest pair to the shortest (stable for ties).
 
     For evaluation: batches of consecutive rows in this order pad little, and the longest batch
-    comes first, so an out-of-memory error shows up at once. Accepts what `pair_lengths` accepts.
+    comes first, so an out-of-memory error shows up at once. Accepts what `pair_row_lengths` accepts.
     """
     return np.argsort(-pair_lengths(dataset), kind="stable").tolist()
 
@@ -55,9 +59,10 @@ class LengthGroupedSampler(Sampler):
     2. cut into megabatches of `megabatch_size` global batches (global batch = batch_size x
        num_replicas rows), each sorted by length, longest first, then cut into global batches:
        the rows of a global batch have similar lengths, so no rank waits for a longer one;
-    3. the full global batches are shuffled, the one holding the longest row is moved to the front
-       (an out-of-memory error shows at step 1, not hours in), and a partial last global batch, if
-       any, stays last;
+    3. the full global batches are shuffled and the one holding the longest row is moved to the
+       front (an out-of-memory error shows at step 1, not hours in); a partial global batch (the
+       shortest rows of the last megabatch, when total_size is not a multiple of the global batch)
+       stays last, so every rank's micro-batches line up;
     4. rank r takes rows r, r + num_replicas, ... of every global batch: an equal, disjoint share,
        in the same place of the stream on every rank.
 

@@ -51,12 +51,11 @@ def apply_lora(model, lora_dim, module_name="decoder.layers.", only_optimize_lor
             if ".lora_A." in name:  # DeepSpeed-Chat: kaiming_uniform(a=sqrt(5)) on an (in, r) tensor
                 param.uniform_(-lora_dim ** -0.5, lora_dim ** -0.5)
     # peft freezes the base model; DeepSpeed-Chat trains it too unless --only_optimize_lora.
+    # With every base weight frozen, reentrant gradient checkpointing needs the embeddings' output to
+    # require grad or the adapters get none: transformers' gradient_checkpointing_enable sees to that
+    # (tests/test_lora.py checks both checkpointing kinds).
     for name, param in model.named_parameters():
         param.requires_grad = not only_optimize_lora or is_lora_param(name) or name.startswith(HEAD_PREFIX)
-    if only_optimize_lora:
-        # With every base weight frozen the embeddings' output needs no grad, and reentrant gradient
-        # checkpointing would then drop the adapters' gradients: make the input require grad.
-        base.enable_input_require_grads()
     return model
 
 
