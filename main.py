@@ -124,6 +124,10 @@ def setup_config(args, typed):
     accelerator = get_accelerator()
     config, notes = resolve_ds_config(load_ds_config(args.deepspeed_config), args, typed, get_world_size(),
                                       accelerator.device_name(), accelerator.is_bf16_supported())
+    if args.lora_dim < 0:
+        raise UserError(f"--lora_dim must be 0 (no LoRA) or a positive rank, not {args.lora_dim}.")
+    if args.only_optimize_lora and not args.lora_dim:
+        raise UserError("--only_optimize_lora needs --lora_dim > 0.")
     check_output_dir(args.output_dir, args.overwrite_output_dir)
     check_model_folder(args.model_name_or_path)
     max_positions = model_max_positions(args.model_name_or_path)
@@ -311,8 +315,8 @@ def train(args, engine, train_loader, run_eval, log, position):
                 log.eval(f"step {step}", run_eval(), step)
             stopping = stop.agreed(engine.device)
             if stopping or (args.save_steps and step % args.save_steps == 0):
-                folder = save_checkpoint(engine, args.output_dir, {"position": position,
-                                         "world_size": get_world_size()}, args.save_total_limit)
+                folder = save_checkpoint(engine, args.output_dir, {"position": position, "world_size": get_world_size(),
+                                         "lora": lora_settings(args)}, args.save_total_limit)
                 log.info(f"saved checkpoint {folder}")
             if stopping:
                 raise Stopped(f"stopped by signal {stop.signum or 15} at step {step}; checkpoint in {folder}. "
@@ -326,9 +330,14 @@ def train(args, engine, train_loader, run_eval, log, position):
     return metrics, mean_epoch_loss
 
 
+def lora_settings(args):
+    return {"lora_dim": args.lora_dim, "lora_module_name": args.lora_module_name if args.lora_dim else None,
+            "only_optimize_lora": args.only_optimize_lora}
+
+
 def resume(args, engine, log):
     """Where training starts: a fresh start, or the state saved in a checkpoint."""
-    from utils.checkpoint import find_checkpoint, load_checkpoint
+    from utils.checkpoint import checkpoint_info, find_checkpoint, load_checkpoint
     from utils.dist import get_world_size
     from utils.errors import UserError
     fresh = {"epoch": 0, "batches_done": 0, "epoch_loss_sum": 0.0}
@@ -338,10 +347,14 @@ def resume(args, engine, log):
     if folder is None:
         log.info(f"no complete checkpoint in {args.output_dir}: starting fresh")
         return fresh
-    state = load_checkpoint(engine, folder)
-    if state["world_size"] != get_world_size():
-        raise UserError(f"{folder} was saved by {state['world_size']} ranks, this run has {get_world_size()}: "
+    saved = checkpoint_info(folder)
+    if saved.get("world_size") != get_world_size():
+        raise UserError(f"{folder} was saved by {saved.get('world_size')} ranks, this run has {get_world_size()}: "
                         "resume with the same number of ranks.")
+    if saved.get("lora") != lora_settings(args):
+        raise UserError(f"{folder} was saved with LoRA settings {saved.get('lora')}, this run has "
+                        f"{lora_settings(args)}: resume with the same --lora_* flags.")
+    state = load_checkpoint(engine, folder)
     log.info(f"resumed from {folder} (step {engine.global_steps}, epoch {state['position']['epoch'] + 1}, "
              f"{state['position']['batches_done']} micro-batches done in it)")
     return state["position"]

@@ -1,4 +1,5 @@
 """Test helpers: learnable preference pairs, JSONL writing, running main.py as a process."""
+import hashlib
 import json
 import os
 import random
@@ -31,10 +32,20 @@ def write_jsonl(path, rows):
     return str(path)
 
 
+def child_env():
+    """Environment for a child main.py: no inherited rank variables (in-process tests may have set
+    them), one thread per rank (2 cores: more threads thrash), compiled ops cached per venv."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~/.cache/torch_extensions"),
+                                                        hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]))
+    return env
+
+
 def run_main(args, launcher=None, timeout=600):
     """Run main.py as a user would; returns the CompletedProcess (stdout+stderr in .stdout)."""
     command = (launcher or [sys.executable]) + [os.path.join(ROOT, "main.py")] + [str(a) for a in args]
     # In-process tests may have set these in this process: a child must pick its own.
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env = child_env()
     return subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout, env=env)

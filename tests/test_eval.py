@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.reward_model import RewardModel
-from tests.fixtures import ROOT, run_main, write_jsonl
+from tests.fixtures import ROOT, child_env, run_main, write_jsonl
 
 EVAL = os.path.join(ROOT, "evaluation_scripts", "run_eval.sh")
 
 
 def run_eval(*args):
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = dict(child_env(), PYTHON=sys.executable)  # same threads as the training run: same numbers
     return subprocess.run(["bash", EVAL, *map(str, args)], env=env, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=300)
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import main
-from tests.fixtures import DIST_ENV, ROOT
+from tests.fixtures import DIST_ENV, ROOT, child_env
 
 RUN = ["--max_seq_len", "64", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
        "--data_split", "0,5,5", "--num_train_epochs", "2", "--learning_rate", "1e-3", "--dropout", "0.1",
@@ -25,8 +25,7 @@ def command(tiny_opt, pair_folder, out, *extra, launcher=None):
 
 
 def start(cmd):
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, cwd=ROOT, env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model.reward_model import RewardModel, pairwise_loss
-from tests.fixtures import ROOT, learnable_pairs, run_main, write_jsonl
+from tests.fixtures import ROOT, child_env, learnable_pairs, run_main, write_jsonl
 
 PAD = 2
 
@@ -63,7 +63,7 @@ def test_reward_stats_are_saved_and_centre_the_scores(margin_run):
     centred = out / "centred.json"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "evaluation_scripts", "evaluate.py"), str(out),
                              "--data_path", data, "--center_rewards", "--output", str(centred)],
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+                            env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     metrics = json.loads(centred.read_text())
     assert abs(metrics["reward_mean"]) < 0.05 * max(1.0, settings["reward_std"])

@@ -284,7 +284,7 @@ def save_checkpoint(engine, output_dir, client_state, total_limit=0):
     torch.save(_rng_state(), os.path.join(folder, f"rng_state_rank{get_rank()}.pt"))
     barrier()
     if is_main_process():
-        write_json(os.path.join(folder, COMPLETE_MARKER), {"step": engine.global_steps})
+        write_json(os.path.join(folder, COMPLETE_MARKER), dict(client_state, step=engine.global_steps))
         if total_limit:
             _prune(output_dir, total_limit)
     barrier()
@@ -309,6 +309,12 @@ def find_checkpoint(output_dir, resume_from, warn=print):
     for folder in incomplete:
         warn(f"warning: ignoring incomplete checkpoint {folder} (interrupted while saving)")
     return complete[max(complete)] if complete else None
+
+
+def checkpoint_info(folder):
+    """What the COMPLETE marker records: step, position, world size, LoRA settings (readable before loading)."""
+    with open(os.path.join(folder, COMPLETE_MARKER)) as f:
+        return json.load(f)
 
 
 def load_checkpoint(engine, folder):
