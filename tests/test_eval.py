@@ -83,7 +83,7 @@ def test_score_writes_one_reward_per_row(trained, tmp_path):
 
 @pytest.mark.slow
 def test_offline_demo_learns(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable)
+    env = dict(child_env(), PYTHON=sys.executable)
     result = subprocess.run(["bash", os.path.join(ROOT, "training_scripts", "run_demo_cpu.sh"), str(tmp_path)],
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
