@@ -127,7 +127,7 @@ def write_pair_folder(folder, count, seed=0, eval_count=64):
 
 def build_tokenizer(folder, rows, vocab_size=16000, max_length=2048):
     """Train a byte-level BPE with OPT's conventions (`</s>` BOS, pad = eos = `</s>`) and save it."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from model.tiny import OPT_SPECIAL_TOKENS, train_bpe_tokenizer
     corpus = [r["prompt"] + r["chosen"] for r in rows] + [r["rejected"] for r in rows]
@@ -140,7 +140,7 @@ def build_tokenizer(folder, rows, vocab_size=16000, max_length=2048):
 
 def load_tokenizer(folder):
     """As main.py loads it (model/create.py): right padding, pad = eos."""
-
+    from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
