@@ -110,14 +110,16 @@ class RewardModel(nn.Module):
         self.rwtransformer.gradient_checkpointing_disable()
 
     def _pick_attention(self, input_ids):
-        """On CPU: eager attention for rows up to CPU_EAGER_MAX_LEN tokens, SDPA above.
+        """Training on CPU: eager attention for rows up to CPU_EAGER_MAX_LEN tokens, SDPA above.
 
         PyTorch's CPU flash-attention backward is 2-4x slower than eager attention on short rows
-        and faster on long ones (benchmarks/attention.py); on GPU transformers' choice stays.
+        and faster on long ones. Without gradients SDPA stays, so scores equal plain transformers'
+        bit for bit; on GPU transformers' choice stays.
         """
         if not self.switch_attention_on_cpu or input_ids.device.type != "cpu":
             return
-        kernel = "eager" if input_ids.size(1) <= CPU_EAGER_MAX_LEN else "sdpa"
+        short = input_ids.size(1) <= CPU_EAGER_MAX_LEN
+        kernel = "eager" if short and torch.is_grad_enabled() else "sdpa"
         if self.config._attn_implementation != kernel:
             self.rwtransformer.set_attn_implementation(kernel)
 

@@ -122,6 +122,11 @@ def test_cpu_attention_switch_keeps_values_and_gradients(tiny_reward_model, leng
             runs[switch] = (model.config._attn_implementation, values.detach(), model.v_head.weight.grad.clone())
         assert runs[True][0] == ("eager" if length <= CPU_EAGER_MAX_LEN else "sdpa")
         assert runs[False][0] == "sdpa"
+        model.switch_attention_on_cpu = True
+        model.rwtransformer.set_attn_implementation("eager")
+        with torch.no_grad():  # scoring uses SDPA: the same numbers as plain transformers
+            model.forward_value(input_ids, attention_mask, return_value_only=True)
+        assert model.config._attn_implementation == "sdpa"
         torch.testing.assert_close(runs[True][1][attention_mask.bool()], runs[False][1][attention_mask.bool()])
         torch.testing.assert_close(runs[True][2], runs[False][2])
     finally:
