@@ -158,7 +158,8 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file):
 
     return rows.map(encode, batched=True, remove_columns=rows.column_names, features=FEATURES,
                     num_proc=min(os.cpu_count() or 1, 8) if len(rows) >= LARGE else None,
-                    cache_file_name=cache_file, desc="Tokenising pairs")
+                    cache_file_name=cache_file, desc="Tokenising pairs",
+                    new_fingerprint=hashlib.sha256(cache_file.encode()).hexdigest()[:32])  # skips hashing `encode`
 
 
 def _id_encoder(tokenizer, max_len, sample):
