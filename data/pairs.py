@@ -8,11 +8,11 @@ import socket
 import datasets
 import numpy as np
 from datasets import Features, List, Value
-from tokenizers import Tokenizer
 
 from data.readers import hash_files
 from data.sources import load_source
 from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
+from data.tokenize import pair_encoder
 from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
 
@@ -142,16 +142,16 @@ def _phase2_rows(source, split, settings):
 def _tokenize(rows, adapter, tokenizer, settings, cache_file):
     """Map raw rows to chosen/rejected token ids plus a `drop` code (KEEP or why the pair is unusable)."""
     eot, max_len = settings["end_of_conversation_token"], settings["max_seq_len"]
-    token_ids = None
+    encode_pairs = None
 
     def encode(batch):
-        nonlocal token_ids
+        nonlocal encode_pairs
         size = len(next(iter(batch.values())))
         texts = [adapter.texts({k: v[i] for k, v in batch.items()}) for i in range(size)]
-        if token_ids is None:  # built here so that each worker process of a multi-process map builds its own
-            token_ids = _id_encoder(tokenizer, max_len, [c + eot for c, _ in texts[:64]])
-        chosen = token_ids([c + eot for c, _ in texts])
-        rejected = token_ids([r + eot for _, r in texts])
+        full = [(c + eot, r + eot) for c, r in texts]
+        if encode_pairs is None:  # built here so that each worker of a multi-process map builds its own
+            encode_pairs = pair_encoder(tokenizer, max_len, full[:64])
+        chosen, rejected = encode_pairs([c for c, _ in full], [r for _, r in full])
         drop = [_drop_code(t, c, r) for t, c, r in zip(texts, chosen, rejected)]
         margin = _margins(batch.get("margin", [None] * size))
         return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": margin, "drop": drop}
@@ -160,28 +160,6 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file):
                     num_proc=min(os.cpu_count() or 1, 8) if len(rows) >= LARGE else None,
                     cache_file_name=cache_file, desc="Tokenising pairs",
                     new_fingerprint=hashlib.sha256(cache_file.encode()).hexdigest()[:32])  # skips hashing `encode`
-
-
-def _id_encoder(tokenizer, max_len, sample):
-    """texts -> `tokenizer(texts, truncation=True, max_length=max_len)['input_ids']`.
-
-    Straight from the Rust backend's `encode_batch_fast` (no offsets, no per-token Python objects:
-    ~25% less tokenising time) when that gives the same ids on `sample`; otherwise, e.g. for a Python
-    tokenizer or a class that adds its own steps, the tokenizer itself.
-    """
-    def with_tokenizer(texts):
-        return tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_batch_fast"):
-        return with_tokenizer
-    rust = Tokenizer.from_str(backend.to_str())  # a copy: the user's tokenizer keeps its settings
-    rust.no_padding()
-    rust.enable_truncation(max_len, direction=tokenizer.truncation_side)
-
-    def with_backend(texts):
-        return [e.ids for e in rust.encode_batch_fast(texts, add_special_tokens=True)]
-    return with_backend if with_backend(sample) == with_tokenizer(sample) else with_tokenizer
 
 
 def _margins(values):

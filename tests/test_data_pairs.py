@@ -178,15 +178,3 @@ def test_other_ranks_read_the_cache_rank0_wrote(opt_tokenizer, tmp_path, monkeyp
 def test_synthetic_source_end_to_end(opt_tokenizer, tmp_path):
     train_ds, eval_ds = build(opt_tokenizer, ["synthetic/preference:100"], tmp_path)
     assert (len(train_ds), len(eval_ds)) == (36, 4)  # 90/10 pairs, then share 2 of "2,4,4"
-
-
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_rust_backend_ids_equal_the_tokenizers_with_truncation(opt_tokenizer, side):
-    opt_tokenizer.truncation_side = side
-    try:
-        texts = ["short", "a much longer text that runs past the limit " * 4, " Human: hi\n\nAssistant: yes" + EOT]
-        encode = data.pairs._id_encoder(opt_tokenizer, 12, texts[:1])
-        assert encode.__name__ == "with_backend"  # the fast path, not the fallback
-        assert encode(texts) == opt_tokenizer(texts, truncation=True, max_length=12)["input_ids"]
-    finally:
-        opt_tokenizer.truncation_side = "right"
