@@ -120,7 +120,7 @@ def build_model(shape, tokenizer, attn_implementation, seed):
                        **SHAPES[shape])
     base = AutoModel.from_config(config, attn_implementation="eager" if attn_implementation == "eager" else "sdpa")
     model = RewardModel(base, tokenizer, num_padding_at_beginning=1)
-    model.switch_attention_on_cpu = attn_implementation == "auto"
+    model.switch_attention_on_cpu &= attn_implementation == "auto"
     return model
 
 

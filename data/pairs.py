@@ -148,10 +148,10 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file):
         nonlocal encode_pairs
         size = len(next(iter(batch.values())))
         texts = [adapter.texts({k: v[i] for k, v in batch.items()}) for i in range(size)]
-        full = [(c + eot, r + eot) for c, r in texts]
+        chosen_texts, rejected_texts = [c + eot for c, _ in texts], [r + eot for _, r in texts]
         if encode_pairs is None:  # built here so that each worker of a multi-process map builds its own
-            encode_pairs = pair_encoder(tokenizer, max_len, full[:64])
-        chosen, rejected = encode_pairs([c for c, _ in full], [r for _, r in full])
+            encode_pairs = pair_encoder(tokenizer, max_len, chosen_texts[:64], rejected_texts[:64])
+        chosen, rejected = encode_pairs(chosen_texts, rejected_texts)
         drop = [_drop_code(t, c, r) for t, c, r in zip(texts, chosen, rejected)]
         margin = _margins(batch.get("margin", [None] * size))
         return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": margin, "drop": drop}

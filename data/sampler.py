@@ -11,6 +11,13 @@ import torch
 from torch.utils.data import DistributedSampler, Sampler, Subset
 
 
+def _replicas(num_replicas, rank):
+    """(num_replicas, rank), each defaulting to this process group's, as DistributedSampler does."""
+    from utils.dist import get_rank, get_world_size
+    return (get_world_size() if num_replicas is None else num_replicas,
+            get_rank() if rank is None else rank)
+
+
 def pair_row_lengths(dataset):
     """(N, 2) int64 numpy array: [len(chosen_input_ids), len(rejected_input_ids)] per row.
 
@@ -77,10 +84,7 @@ class LengthGroupedSampler(Sampler):
 
     def __init__(self, dataset=None, batch_size=1, num_replicas=None, rank=None, seed=0, drop_last=False,
                  lengths=None, megabatch_size=50, skip_batches=0):
-        if num_replicas is None or rank is None:
-            from utils.dist import get_rank, get_world_size
-            num_replicas = get_world_size() if num_replicas is None else num_replicas
-            rank = get_rank() if rank is None else rank
+        num_replicas, rank = _replicas(num_replicas, rank)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"LengthGroupedSampler: rank {rank} is not in [0, {num_replicas})")
         if batch_size < 1 or megabatch_size < 1:
@@ -142,10 +146,7 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __init__(self, dataset, batch_size=1, num_replicas=None, rank=None, seed=0, drop_last=False,
                  skip_batches=0):
-        if num_replicas is None or rank is None:
-            from utils.dist import get_rank, get_world_size
-            num_replicas = get_world_size() if num_replicas is None else num_replicas
-            rank = get_rank() if rank is None else rank
+        num_replicas, rank = _replicas(num_replicas, rank)
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
                          drop_last=drop_last)
         self.batch_size, self.skip_batches = batch_size, skip_batches

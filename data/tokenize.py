@@ -11,19 +11,18 @@ from tokenizers import Tokenizer
 WHITESPACE = " \t\n\r\f\v"  # \s in any regex flavour
 
 
-def pair_encoder(tokenizer, max_len, sample):
+def pair_encoder(tokenizer, max_len, chosen, rejected):
     """(chosen_texts, rejected_texts) -> (chosen_ids, rejected_ids), the fastest exact way.
 
     1. shared prefix (byte-level BPE with GPT-2's pre-tokenizer: GPT-2, OPT, ...): the text both
        answers share, usually the prompt, is tokenised once, not twice (see `split_point`);
     2. the Rust backend's `encode_batch_fast` (no offsets, no per-token Python objects);
     3. the tokenizer itself.
-    `sample` is a list of (chosen, rejected) texts each candidate must get right.
+    `chosen` and `rejected` are sample texts each candidate must get right.
     """
     def with_tokenizer(chosen, rejected):
         return tuple(tokenizer(texts, truncation=True, max_length=max_len)["input_ids"] for texts in (chosen, rejected))
 
-    chosen, rejected = [c for c, _ in sample], [r for _, r in sample]
     expected = with_tokenizer(chosen, rejected)
     for make in (_shared_prefix_encoder, _backend_encoder):
         candidate = make(tokenizer, max_len)

@@ -38,7 +38,7 @@ def test_split_point_is_at_a_word_start_inside_the_shared_text():
 @pytest.mark.parametrize("max_len", [512, 20])
 def test_shared_prefix_encoder_matches_the_tokenizer(opt_tokenizer, max_len):
     chosen, rejected = texts(PAIRS)
-    encode = pair_encoder(opt_tokenizer, max_len, list(zip(chosen, rejected))[:2])
+    encode = pair_encoder(opt_tokenizer, max_len, chosen[:2], rejected[:2])
     assert encode.__name__ == "with_shared_prefix"  # the OPT/GPT-2 byte-level tokenizer takes the fast path
     want = tuple(opt_tokenizer(t, truncation=True, max_length=max_len)["input_ids"] for t in (chosen, rejected))
     assert encode(chosen, rejected) == want
@@ -48,7 +48,7 @@ def test_left_truncation_falls_back_to_an_exact_encoder(opt_tokenizer):
     chosen, rejected = texts(PAIRS)
     opt_tokenizer.truncation_side = "left"
     try:
-        encode = pair_encoder(opt_tokenizer, 20, list(zip(chosen, rejected)))
+        encode = pair_encoder(opt_tokenizer, 20, chosen, rejected)
         assert encode.__name__ == "with_backend"
         want = tuple(opt_tokenizer(t, truncation=True, max_length=20)["input_ids"] for t in (chosen, rejected))
         assert encode(chosen, rejected) == want
