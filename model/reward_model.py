@@ -4,12 +4,15 @@ The pure tensor functions below (`end_indices`, `pairwise_loss`, `end_scores_aft
 reward maths, computed for the whole batch at once, so tests can check them directly against a
 per-pair reference loop (tests/reference.py).
 """
+import contextlib
 import json
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.dropout import cpu_dropout
 
 REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json
 WEIGHTS_NAME = "model.safetensors"
@@ -123,10 +126,18 @@ class RewardModel(nn.Module):
         if self.config._attn_implementation != kernel:
             self.rwtransformer.set_attn_implementation(kernel)
 
+    def _dropout_context(self, input_ids):
+        """Training on CPU: `model.dropout.fast_dropout`. Not with gradient checkpointing, whose
+        recomputation in the backward pass runs outside this forward and must draw the same masks."""
+        fast = (self.training and torch.is_grad_enabled() and input_ids.device.type == "cpu"
+                and not _is_checkpointing(self.rwtransformer))
+        return cpu_dropout() if fast else contextlib.nullcontext()
+
     def _values(self, input_ids, attention_mask, use_cache=False, **kwargs):
         """(N, L) ids -> (N, L) per-token rewards. kwargs (head_mask, ...) go to the base model."""
         self._pick_attention(input_ids)
-        outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+        with self._dropout_context(input_ids):
+            outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
         values = self.v_head(outputs[0]).squeeze(-1)
         return values - self.reward_offset if self.reward_offset else values
 
@@ -187,6 +198,14 @@ class RewardModel(nn.Module):
                                 "evaluate with this project's main.py.")
             model.reward_offset = model.reward_stats["reward_mean"]
         return model.to(dtype or state["v_head.weight"].dtype).eval()
+
+
+def _is_checkpointing(base_model):
+    """transformers 5 renamed is_gradient_checkpointing; unknown models count as checkpointing."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(base_model), name) or hasattr(base_model, name):
+            return getattr(base_model, name)
+    return True
 
 
 _INIT_SETTINGS = ("num_padding_at_beginning", "compute_fp32_loss", "end_of_conversation_token")

@@ -1,0 +1,41 @@
+"""Dropout for training on CPU: torch's mask and scale, with the random bits drawn ~3x faster.
+
+On CPU `torch.nn.functional.dropout` draws its Bernoulli mask one element at a time from the
+Mersenne Twister generator: at the card's dropout 0.1 that was 14% of an opt-350m training step
+(torch profiler, 152-token batch). Here each call takes one 64-bit seed from torch's generator (so
+runs stay reproducible from --seed, and checkpoints that save torch's RNG state resume exactly),
+then draws the bits with numpy's SFC64 generator, 64 bits per step.
+"""
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_torch_dropout = F.dropout
+
+
+def fast_dropout(input, p=0.5, training=True, inplace=False):
+    """`F.dropout` for CPU training: each element is kept with probability 1 - p and scaled by 1/(1 - p).
+
+    The keep test compares 32 random bits with round(p * 2**32), so p is exact to 2**-33. Calls this
+    path does not cover (eval, in-place, p of 0 or 1, other devices or dtypes) go to torch's dropout.
+    """
+    if not training or inplace or not 0 < p < 1 or input.device.type != "cpu" or not input.is_floating_point():
+        return _torch_dropout(input, p, training, inplace)
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    count = input.numel()
+    bits = np.random.SFC64(seed).random_raw((count + 1) // 2).view(np.int32)[:count]
+    # uniform over int32, so P(bits < t - 2**31) = t / 2**32 = p
+    keep = torch.from_numpy(bits).view(input.shape) >= round(p * 2**32) - 2**31
+    return input * keep.to(input.dtype).div_(1 - p)  # the scale rounds to input's dtype, as in torch's
+
+
+@contextlib.contextmanager
+def cpu_dropout():
+    """Within this block every `F.dropout` call (nn.Dropout's too) goes through `fast_dropout`."""
+    previous, F.dropout = F.dropout, fast_dropout
+    try:
+        yield
+    finally:
+        F.dropout = previous
