@@ -111,14 +111,15 @@ def _build(tmp, sources, data_split, settings, tokenizer):
     scratch = os.path.join(tmp, "scratch")
     os.makedirs(scratch)
     meta = {"settings": settings, "sources": [s.name for s in sources], "rows": {}, "dropped": {}}
+    encoders = {}  # the pair encoder picked for the first rows, reused for the rest (see _tokenize)
     for split in ("train", "eval"):
         parts = [_phase2_rows(s, split, settings) for s in sources]
         if sum(map(len, parts)) == 0:
             raise UserError(f"--data_split {data_split!r} leaves no {split} pairs for reward-model training "
                             f"(share {PHASE} rounds to 0 rows of {', '.join(s.name for s in sources)}). "
                             f"Give share {PHASE} a positive value, e.g. '2,4,4'.")
-        tokenised = [_tokenize(rows, s.adapter, tokenizer, settings, os.path.join(scratch, f"{i}-{split}.arrow"))
-                     for i, (s, rows) in enumerate(zip(sources, parts)) if len(rows)]
+        tokenised = [_tokenize(rows, s.adapter, tokenizer, settings, os.path.join(scratch, f"{i}-{split}.arrow"),
+                               encoders) for i, (s, rows) in enumerate(zip(sources, parts)) if len(rows)]
         pairs = _blend(tokenised, settings["seed"]) if len(sources) > 1 else tokenised[0]
         pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, split)
         pairs.save_to_disk(os.path.join(tmp, split))
@@ -139,19 +140,21 @@ def _phase2_rows(source, split, settings):
     return rows.select(split_indices(len(rows), settings["data_split"], PHASE - 1, seed), keep_in_memory=True)
 
 
-def _tokenize(rows, adapter, tokenizer, settings, cache_file):
-    """Map raw rows to chosen/rejected token ids plus a `drop` code (KEEP or why the pair is unusable)."""
+def _tokenize(rows, adapter, tokenizer, settings, cache_file, encoders):
+    """Map raw rows to chosen/rejected token ids plus a `drop` code (KEEP or why the pair is unusable).
+
+    `encoders` holds the pair encoder once the first batch has picked it; each worker of a
+    multi-process map gets a copy of the empty dict and picks its own.
+    """
     eot, max_len = settings["end_of_conversation_token"], settings["max_seq_len"]
-    encode_pairs = None
 
     def encode(batch):
-        nonlocal encode_pairs
         size = len(next(iter(batch.values())))
         texts = [adapter.texts({k: v[i] for k, v in batch.items()}) for i in range(size)]
         chosen_texts, rejected_texts = [c + eot for c, _ in texts], [r + eot for _, r in texts]
-        if encode_pairs is None:  # built here so that each worker of a multi-process map builds its own
-            encode_pairs = pair_encoder(tokenizer, max_len, chosen_texts[:64], rejected_texts[:64])
-        chosen, rejected = encode_pairs(chosen_texts, rejected_texts)
+        if "pairs" not in encoders:
+            encoders["pairs"] = pair_encoder(tokenizer, max_len, chosen_texts[:64], rejected_texts[:64])
+        chosen, rejected = encoders["pairs"](chosen_texts, rejected_texts)
         drop = [_drop_code(t, c, r) for t, c, r in zip(texts, chosen, rejected)]
         margin = _margins(batch.get("margin", [None] * size))
         return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": margin, "drop": drop}

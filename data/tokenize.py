@@ -24,27 +24,25 @@ def pair_encoder(tokenizer, max_len, chosen, rejected):
         return tuple(tokenizer(texts, truncation=True, max_length=max_len)["input_ids"] for texts in (chosen, rejected))
 
     expected = with_tokenizer(chosen, rejected)
-    for make in (_shared_prefix_encoder, _backend_encoder):
-        candidate = make(tokenizer, max_len)
-        if candidate is not None and candidate(chosen, rejected) == expected:
-            return candidate
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        state = backend.to_str()  # the Rust tokenizer as JSON: the candidates copy it
+        for make in (_shared_prefix_encoder, _backend_encoder):
+            candidate = make(tokenizer, state, max_len)
+            if candidate is not None and candidate(chosen, rejected) == expected:
+                return candidate
     return with_tokenizer
 
 
-def _rust_copy(tokenizer):
-    """A copy of the fast tokenizer's Rust backend (the user's tokenizer keeps its settings), or None."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_batch_fast"):
-        return None
-    rust = Tokenizer.from_str(backend.to_str())
+def _rust_copy(state):
+    """A copy of the fast tokenizer's Rust backend from its JSON `state` (the user's keeps its settings)."""
+    rust = Tokenizer.from_str(state)
     rust.no_padding()
     return rust
 
 
-def _backend_encoder(tokenizer, max_len):
-    rust = _rust_copy(tokenizer)
-    if rust is None:
-        return None
+def _backend_encoder(tokenizer, state, max_len):
+    rust = _rust_copy(state)
     rust.enable_truncation(max_len, direction=tokenizer.truncation_side)
 
     def with_backend(chosen, rejected):
@@ -53,11 +51,11 @@ def _backend_encoder(tokenizer, max_len):
     return with_backend
 
 
-def _shared_prefix_encoder(tokenizer, max_len):
+def _shared_prefix_encoder(tokenizer, state, max_len):
     """ids(text) = specials + ids(text[:k]) + ids(text[k:]) at a split point k, truncated on the right."""
-    rust = _rust_copy(tokenizer)
-    if rust is None or tokenizer.truncation_side != "right" or not _splits_like_gpt2(rust):
+    if tokenizer.truncation_side != "right" or not _splits_like_gpt2(json.loads(state)):
         return None
+    rust = _rust_copy(state)
     rust.no_truncation()
     specials = rust.encode("", add_special_tokens=True).ids
     probe = "Human: it's 42 degrees?\n\nAssistant:  Yes"
@@ -76,10 +74,9 @@ def _shared_prefix_encoder(tokenizer, max_len):
     return with_shared_prefix
 
 
-def _splits_like_gpt2(rust):
+def _splits_like_gpt2(state):
     """True when the text is cut into words by GPT-2's regex alone: no normalizer, a plain ByteLevel
     pre-tokenizer, deterministic BPE, and no added token that holds or strips whitespace."""
-    state = json.loads(rust.to_str())
     pre = state.get("pre_tokenizer") or {}
     return (state.get("normalizer") is None and state["model"].get("type") == "BPE"
             and not state["model"].get("dropout")
