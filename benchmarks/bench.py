@@ -11,7 +11,10 @@ One command, one model shape, one dataset (issue 4, item 5):
    - baseline: DeepSpeed-Chat's per-sample tokenisation padded to max_seq_len, torch.save + torch.load
      (benchmarks/deepspeed_chat.py);
    then one epoch of batches as the trainer reads them, and one training step on the path's longest
-   batch, so the peak covers data + model + optimizer + activations.
+   batch, so the peak covers data + model + optimizer + activations. The project's process also
+   times the Rust tokenizer alone over the text once (every prompt and answer, one batch call): no
+   path that gives the tokenizer's exact ids can be faster, so baseline time / that time is the
+   ceiling of tokenize_speedup on this data and machine.
 3. Training throughput, in this process on one model: three paths take turns micro batch by micro
    batch (other load on the machine slows them alike): the baseline (rows padded to max_seq_len,
    per-pair loss loop), the project with random batches (DistributedSampler, as main.py by default)
@@ -238,17 +241,31 @@ def prepare(path, cfg):
         loader = DataLoader(train, batch_size=cfg["batch_size"], collate_fn=deepspeed_chat.DataCollatorReward(),
                             sampler=DistributedSampler(train, num_replicas=1, rank=0, seed=cfg["seed"]))
         loss_fn = baseline_loss
+    floor = rust_floor_s(tokenizer, cfg["pairs"], now) if path == "project" else None
     longest = None
     for batch in loader:  # one epoch, as the trainer reads it
         if longest is None or batch["input_ids"].size(1) > longest["input_ids"].size(1):
             longest = batch
-    result = {"tokenize_s": seconds, "pairs": len(train), "rss_after_imports_mb": rss_imports,
+    result = {"tokenize_s": seconds, "rust_floor_s": floor, "pairs": len(train), "rss_after_imports_mb": rss_imports,
               "data_peak_rss_mb": max_rss_mb()}
     if cfg["rss_step"]:
         model = build_model(cfg["shape"], tokenizer, cfg["attn_implementation"], cfg["seed"])
         Trainer(model, cfg["precision"]).step(loss_fn, longest)
         result.update(peak_rss_mb=max_rss_mb(), rss_step_length=int(longest["input_ids"].size(1)))
     return result
+
+
+def rust_floor_s(tokenizer, pairs_dir, now):
+    """Seconds the Rust tokenizer alone takes over the text once (each prompt and each answer, one
+    batch call, nothing around it): what any tokenisation giving the tokenizer's exact ids spends."""
+    from tokenizers import Tokenizer
+    rows = [json.loads(line) for name in sorted(os.listdir(pairs_dir))
+            for line in open(os.path.join(pairs_dir, name))]
+    texts = [row[key] for row in rows for key in ("prompt", "chosen", "rejected")]
+    rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a fresh copy: a cold word cache
+    start = now()
+    rust.encode_batch_fast(texts, add_special_tokens=False)
+    return now() - start
 
 
 def prepare_in_fresh_process(path, cfg):
@@ -416,6 +433,8 @@ def summarise(args, records, probes, optimizer_s, paths, prep, data_info, params
         "tokenize_s": prep["project"]["tokenize_s"],
         "baseline_tokenize_s": prep["baseline"]["tokenize_s"],
         "tokenize_speedup": prep["baseline"]["tokenize_s"] / prep["project"]["tokenize_s"],
+        "tokenize_rust_floor_s": prep["project"]["rust_floor_s"],
+        "tokenize_speedup_ceiling": prep["baseline"]["tokenize_s"] / prep["project"]["rust_floor_s"],
         "tokenize_pairs": {n: prep[n]["pairs"] for n in ("project", "baseline")},
         "data_peak_rss_mb": prep["project"]["data_peak_rss_mb"],
         "baseline_data_peak_rss_mb": prep["baseline"]["data_peak_rss_mb"],
@@ -453,7 +472,8 @@ def print_table(r):
         print(f"{p['label']:<66} {p['pairs_per_s']:>8.2f} {speedup:>7.2f}x {p['epoch_real_token_fraction']:>8.0%} "
               f"{p['real_token_utilization']:>6.0%} {p['cpu_share']:>5.0%}")
     print(f"tokenise: project {r['tokenize_s']:.1f} s, baseline {r['baseline_tokenize_s']:.1f} s "
-          f"-> {r['tokenize_speedup']:.1f}x ({r['tokenize_pairs']['baseline']:,} pairs)")
+          f"-> {r['tokenize_speedup']:.1f}x ({r['tokenize_pairs']['baseline']:,} pairs); the Rust tokenizer alone "
+          f"over the text once: {r['tokenize_rust_floor_s']:.1f} s (ceiling {r['tokenize_speedup_ceiling']:.1f}x)")
     rss = (f"peak RSS (data + 1 step): project {r['peak_rss_mb']:.0f} MB, baseline {r['baseline_peak_rss_mb']:.0f} MB "
            f"-> {r['peak_rss_ratio']:.2f}; " if "peak_rss_mb" in r else "")
     print(rss + f"data only: project {r['data_peak_rss_mb']:.0f} MB, baseline {r['baseline_data_peak_rss_mb']:.0f} MB "
