@@ -361,16 +361,15 @@ def resume(args, engine, log):
 
 
 def run(args, typed):
-    import deepspeed
 
     from model.create import create_reward_model, load_tokenizer
     from model.lora import apply_lora, merge_lora
     from utils.checkpoint import save_hf_model
-    from utils.dist import set_single_process_defaults
+    from utils.dist import init_distributed, set_single_process_defaults
     from utils.evaluation import evaluate
     set_single_process_defaults()
     ds_config, notes = setup_config(args, typed)
-    deepspeed.init_distributed()
+    init_distributed()
     log = Logger(args)
     for note in notes:
         log.info(f"config: {note}")

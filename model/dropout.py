@@ -1,10 +1,11 @@
-"""Dropout for training on CPU: torch's mask and scale, with the random bits drawn ~3x faster.
+"""Dropout for training on CPU: torch's keep rate and scale, with the random bits drawn faster.
 
 On CPU `torch.nn.functional.dropout` draws its Bernoulli mask one element at a time from the
 Mersenne Twister generator: at the card's dropout 0.1 that was 14% of an opt-350m training step
 (torch profiler, 152-token batch). Here each call takes one 64-bit seed from torch's generator (so
 runs stay reproducible from --seed, and checkpoints that save torch's RNG state resume exactly),
-then draws the bits with numpy's SFC64 generator, 64 bits per step.
+then numpy's SFC64 generator gives 64 random bits per two elements. Forward + backward on a
+2432 x 1024 bf16 activation: 11 ms instead of 26 ms.
 """
 import contextlib
 

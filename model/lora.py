@@ -52,7 +52,7 @@ def apply_lora(model, lora_dim, module_name="decoder.layers.", only_optimize_lor
                 param.uniform_(-lora_dim ** -0.5, lora_dim ** -0.5)
     # peft freezes the base model; DeepSpeed-Chat trains it too unless --only_optimize_lora.
     # With every base weight frozen, reentrant gradient checkpointing needs the embeddings' output to
-    # require grad or the adapters get none: transformers' gradient_checkpointing_enable sees to that
+    # require grad or the adapters get none: transformers' activation_checkpointing_enable sees to that
     # (tests/test_lora.py checks both checkpointing kinds).
     for name, param in model.named_parameters():
         param.requires_grad = not only_optimize_lora or is_lora_param(name) or name.startswith(HEAD_PREFIX)

@@ -106,11 +106,12 @@ class RewardModel(nn.Module):
         can_switch = getattr(base_model, "_can_set_attn_implementation", lambda: False)()
         self.switch_attention_on_cpu = can_switch and self.config._attn_implementation == "sdpa"
 
-    def gradient_checkpointing_enable(self, **kwargs):
-        self.rwtransformer.gradient_checkpointing_enable(**kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        """Recompute activations in the backward pass (transformers 5 calls it activation checkpointing)."""
+        self.rwtransformer.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     def gradient_checkpointing_disable(self):
-        self.rwtransformer.gradient_checkpointing_disable()
+        self.rwtransformer.activation_checkpointing_disable()
 
     def _pick_attention(self, input_ids):
         """Training on CPU: eager attention for rows up to CPU_EAGER_MAX_LEN tokens, SDPA above.
@@ -130,7 +131,7 @@ class RewardModel(nn.Module):
         """Training on CPU: `model.dropout.fast_dropout`. Not with gradient checkpointing, whose
         recomputation in the backward pass runs outside this forward and must draw the same masks."""
         fast = (self.training and torch.is_grad_enabled() and input_ids.device.type == "cpu"
-                and not _is_checkpointing(self.rwtransformer))
+                and not self.rwtransformer.is_activation_checkpointing)
         return cpu_dropout() if fast else contextlib.nullcontext()
 
     def _values(self, input_ids, attention_mask, use_cache=False, **kwargs):
@@ -198,14 +199,6 @@ class RewardModel(nn.Module):
                                 "evaluate with this project's main.py.")
             model.reward_offset = model.reward_stats["reward_mean"]
         return model.to(dtype or state["v_head.weight"].dtype).eval()
-
-
-def _is_checkpointing(base_model):
-    """transformers 5 renamed is_gradient_checkpointing; unknown models count as checkpointing."""
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(base_model), name) or hasattr(base_model, name):
-            return getattr(base_model, name)
-    return True
 
 
 _INIT_SETTINGS = ("num_padding_at_beginning", "compute_fp32_loss", "end_of_conversation_token")

@@ -77,7 +77,7 @@ def test_trainable_parameters_and_the_lora_learning_rate(tiny_opt, tokenizer, on
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_opt, tokenizer, batch, only_optimize_lora,
                                                          use_reentrant):
     """Reentrant checkpointing with every base weight frozen loses the adapters' gradients unless the
-    embeddings' output requires grad (transformers' gradient_checkpointing_enable sets that up)."""
+    embeddings' output requires grad (transformers' activation_checkpointing_enable sets that up)."""
     grads = []
     for checkpointing in (False, True):
         model = apply_lora(reward_model(tiny_opt, tokenizer), 4, "decoder.layers.", only_optimize_lora)

@@ -2,6 +2,7 @@
 
 Run: python -m pytest tests/test_train.py -q    (the 2-rank test is marked slow)
 """
+import glob
 import json
 import os
 import re
@@ -91,3 +92,5 @@ def test_two_ranks_train_and_rank0_saves(tiny_opt, pair_folder, tmp_path):
     assert len(losses) == 2 * 384 // 8  # 4 pairs x 2 ranks per step
     assert accuracies[-1] >= 0.8, accuracies
     check_saved_model(str(out), pair_folder, json.loads((out / "train_results.json").read_text())["accuracy"])
+    # DeepSpeed's CPU all-reduce files (66 MB of RAM each) are gone with the run (utils/dist.init_distributed)
+    assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_29533_*")

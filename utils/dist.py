@@ -19,6 +19,27 @@ def _free_port():
         return str(s.getsockname()[1])
 
 
+def init_distributed():
+    """deepspeed.init_distributed(), then drop the names of DeepSpeed's CPU all-reduce buffers.
+
+    With several ranks on one machine, DeepSpeed's CPU backend maps a ~66 MB file per rank,
+    /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>, and never removes it: every run
+    would leave its files (RAM) behind until reboot. init_distributed returns once this rank has
+    mapped every rank's file; after a barrier all have, so each rank unlinks its own. The memory
+    stays mapped until the processes exit, however they exit.
+    """
+    import deepspeed
+    deepspeed.init_distributed()
+    if get_world_size() > 1:
+        barrier()
+        name = "_".join(["deepspeed_allreduce_buffer", str(os.getuid()), os.environ.get("MASTER_ADDR", ""),
+                         os.environ.get("MASTER_PORT", ""), str(get_rank())])
+        try:
+            os.remove(os.path.join("/dev/shm", name))
+        except OSError:  # no such file: not the CPU backend, or ranks on several machines
+            pass
+
+
 def is_initialized():
     return dist.is_available() and dist.is_initialized()
 
