@@ -361,7 +361,6 @@ def resume(args, engine, log):
 
 
 def run(args, typed):
-
     from model.create import create_reward_model, load_tokenizer
     from model.lora import apply_lora, merge_lora
     from utils.checkpoint import save_hf_model
