@@ -258,9 +258,10 @@ def rust_floor_s(cfg):
     """Seconds the Rust tokenizer alone takes over the text once (each prompt and each answer, one
     batch call, nothing around it): what any tokenisation giving the tokenizer's exact ids spends."""
     from tokenizers import Tokenizer
-    tokenizer, pairs_dir, now = hh_like.load_tokenizer(cfg["tokenizer"]), cfg["pairs"], clock(cfg["clock"])
-    rows = [json.loads(line) for name in sorted(os.listdir(pairs_dir))
-            for line in open(os.path.join(pairs_dir, name))]
+
+    from data.readers import read_rows, split_files
+    tokenizer, now = hh_like.load_tokenizer(cfg["tokenizer"]), clock(cfg["clock"])
+    rows = [row for file in split_files(cfg["pairs"]).values() for row in read_rows(file)[0]]
     texts = [row[key] for row in rows for key in ("prompt", "chosen", "rejected")]
     rust = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # a fresh copy: a cold word cache
     start = now()
