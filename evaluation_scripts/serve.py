@@ -1,0 +1,431 @@
+"""Serve a trained reward model over HTTP, batching concurrent requests into one forward at a time.
+
+    python evaluation_scripts/serve.py OUT --port 8000
+    curl -s localhost:8000/score -H 'Content-Type: application/json' \\
+         -d '{"prompts": ["Human: Hi! Assistant:"], "answers": [" Hello, how can I help?"]}'
+
+POST /score       {"texts": [...]} | {"prompts": [...], "answers": [...]} | {"conversations": [[{"role", "content"}, ...]]}
+                  -> {"rewards": [...], "truncated": [indices of texts cut at max_seq_len]}
+POST /get_reward  {"query": [...]} -> {"rewards": [...], "scores": [...], "extra_logs": {...}}  (OpenRLHF's remote RM)
+GET  /health, GET /info
+
+Every text gets the model's end-of-conversation token appended and is scored by
+`utils.evaluation.score_texts`, so rewards equal `evaluate.py OUT --score` for the same texts and dtype.
+"""
+import argparse
+import asyncio
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model_dir", help="A reward model folder written by main.py.")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+    server.add_argument("--port", type=int, default=8000, help="TCP port to listen on.")
+    server.add_argument("--access_log", action="store_true", help="Log one line per HTTP request.")
+    scoring = parser.add_argument_group("scoring")
+    scoring.add_argument("--max_seq_len", type=int, default=None,
+                         help="Tokens per text; longer texts are cut (default: the training run's, as evaluate.py).")
+    scoring.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+                         help="Weights dtype; auto: the dtype they were saved in (as evaluate.py).")
+    scoring.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+    rescale = scoring.add_mutually_exclusive_group()
+    rescale.add_argument("--normalize", action="store_true",
+                         help="Return (r - reward_mean) / reward_std, the eval-set statistics saved in config.json.")
+    rescale.add_argument("--center", action="store_true", help="Return r - reward_mean (as --center_rewards).")
+    batching = parser.add_argument_group("batching and limits")
+    batching.add_argument("--max_batch_tokens", type=int, default=8192,
+                          help="Padded tokens (rows x longest row) per forward; a longer single text runs alone.")
+    batching.add_argument("--max_wait_ms", type=float, default=10.0,
+                          help="How long the first queued request waits for others to share its forward.")
+    batching.add_argument("--max_texts_per_request", type=int, default=1024,
+                          help="Requests with more texts get 413.")
+    batching.add_argument("--max_body_bytes", type=int, default=16 * 2 ** 20,
+                          help="Request bodies larger than this get 413.")
+    parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
+    return parser.parse_args(argv)
+
+
+# ---- scoring ------------------------------------------------------------------------------------
+
+class Scorer:
+    """Token lengths and rewards of texts; called from the batching thread only (the Rust tokenizer
+    must not be used from two threads at once)."""
+
+    def __init__(self, model, tokenizer, max_seq_len, shift=0.0, scale=1.0):
+        self.model, self.tokenizer, self.max_seq_len = model, tokenizer, max_seq_len
+        self.shift, self.scale = shift, scale
+
+    def lengths(self, texts):
+        """Untruncated token counts, as score_texts tokenises (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
+
+    def __call__(self, texts):
+        from utils.evaluation import score_texts
+        rewards = score_texts(self.model, self.tokenizer, texts, self.max_seq_len).tolist()
+        return [(r - self.shift) / self.scale for r in rewards]
+
+
+def load_scorer(args):
+    """The model, tokenizer, max_seq_len and reward rescaling the flags ask for (UserError if impossible)."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from evaluation_scripts.evaluate import DATA_FLAGS, data_settings
+    from model.create import model_max_positions
+    from model.reward_model import RewardModel
+    from utils.errors import UserError
+    dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
+    model = RewardModel.from_pretrained(args.model_dir, dtype=dtype, center_rewards=args.center)
+    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokenizer.pad_token_id = model.PAD_ID
+    flags = SimpleNamespace(**dict.fromkeys(DATA_FLAGS), model_dir=args.model_dir)
+    flags.max_seq_len = args.max_seq_len
+    max_seq_len = data_settings(flags)["max_seq_len"]
+    positions = model_max_positions(args.model_dir)
+    if max_seq_len < 1 or (positions and max_seq_len > positions):
+        raise UserError(f"--max_seq_len {max_seq_len} is outside 1..{positions}, the model's positions.")
+    shift, scale = 0.0, 1.0
+    if args.normalize:
+        stats = model.reward_stats
+        if not stats.get("reward_std"):
+            raise UserError(f"{args.model_dir}/config.json has no reward_mean/reward_std (or std is 0): "
+                            "--normalize needs the statistics main.py saves after its final evaluation.")
+        shift, scale = stats["reward_mean"], stats["reward_std"]
+    return Scorer(model, tokenizer, max_seq_len, shift, scale)
+
+
+# ---- dynamic batching ---------------------------------------------------------------------------
+
+def length_batches(lengths, max_batch_tokens):
+    """Cut rows sorted longest first into (start, end) runs whose rows x longest row fits the budget."""
+    batches, start = [], 0
+    while start < len(lengths):
+        end = start + 1
+        while end < len(lengths) and (end - start + 1) * lengths[start] <= max_batch_tokens:
+            end += 1
+        batches.append((start, end))
+        start = end
+    return batches
+
+
+class Job:
+    """One request's texts; its future gets (rewards, truncated flags) or the exception that failed it."""
+
+    def __init__(self, texts, loop, future):
+        self.texts, self.loop, self.future = texts, loop, future
+        self.arrived = time.monotonic()
+        self.lengths = self.truncated = None
+        self.rewards = [None] * len(texts)
+        self.left = len(texts)
+        self.failed = False
+
+    def settle(self, result=None, error=None):
+        self.failed = error is not None
+        self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+
+
+def _settle(future, result, error):
+    if not future.done():  # the handler may have been cancelled
+        future.set_exception(error) if error is not None else future.set_result(result)
+
+
+class Batcher:
+    """A single thread that merges queued requests into length-sorted batches and runs one forward at a time.
+
+    It takes the first waiting request, collects others for up to `max_wait_s` after it arrived (or
+    until `max_batch_tokens` are waiting), sorts all their texts by length, runs `length_batches` of them,
+    and answers each request as soon as its last text is scored. A batch that raises is re-run one
+    request at a time, so an error fails only the requests that cause it.
+    """
+
+    def __init__(self, scorer, max_batch_tokens, max_wait_s):
+        self.scorer, self.max_batch_tokens, self.max_wait_s = scorer, max_batch_tokens, max_wait_s
+        self.queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
+        self.stats = {"forwards": 0, "texts": 0}
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        """Score everything queued, then end the thread."""
+        self.queue.put(None)
+        self.thread.join()
+
+    async def score(self, texts):
+        loop = asyncio.get_running_loop()
+        job = Job(texts, loop, loop.create_future())
+        self.queue.put(job)
+        return await job.future
+
+    def _run(self):
+        while True:
+            jobs, stopping = self._collect()
+            if jobs:
+                self._process(jobs)
+            if stopping:
+                return
+
+    def _measure(self, job):
+        try:
+            lengths = self.scorer.lengths(job.texts)
+        except Exception as error:
+            traceback.print_exc()
+            job.settle(error=error)
+            return 0
+        job.truncated = [n > self.scorer.max_seq_len for n in lengths]
+        job.lengths = [min(n, self.scorer.max_seq_len) for n in lengths]
+        return sum(job.lengths)
+
+    def _collect(self):
+        """(jobs to run now, whether stop() was called)."""
+        first = self.queue.get()
+        if first is None:
+            return [], True
+        jobs, tokens = [first], self._measure(first)
+        deadline = first.arrived + self.max_wait_s
+        while tokens < self.max_batch_tokens:
+            try:
+                job = self.queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                break
+            if job is None:
+                return [j for j in jobs if not j.failed], True
+            jobs.append(job)
+            tokens += self._measure(job)
+        return [j for j in jobs if not j.failed], False
+
+    def _process(self, jobs):
+        rows = sorted(((length, job, i) for job in jobs for i, length in enumerate(job.lengths)),
+                      key=lambda row: -row[0])
+        for start, end in length_batches([row[0] for row in rows], self.max_batch_tokens):
+            batch = [(job, i) for _, job, i in rows[start:end] if not job.failed]
+            try:
+                self._score(batch)
+            except Exception:
+                traceback.print_exc()
+                for job in dict.fromkeys(job for job, _ in batch):  # one request at a time, in order
+                    try:
+                        self._score([(j, i) for j, i in batch if j is job])
+                    except Exception as error:
+                        job.settle(error=error)
+
+    def _score(self, batch):
+        rewards = self.scorer([job.texts[i] for job, i in batch])
+        self.stats["forwards"] += 1
+        self.stats["texts"] += len(batch)
+        for (job, i), reward in zip(batch, rewards):
+            job.rewards[i] = reward
+            job.left -= 1
+            if job.left == 0:
+                job.settle((job.rewards, job.truncated))
+
+
+# ---- requests -> texts --------------------------------------------------------------------------
+
+class BadRequest(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def string_list(body, key, limit, kind=str):
+    """body[key] as a non-empty list of `kind` of at most `limit` items, else BadRequest."""
+    value = body.get(key)
+    if not isinstance(value, list) or not value:
+        raise BadRequest(422, f"'{key}' must be a non-empty list; got {type(value).__name__}"
+                              f"{' (empty)' if value == [] else ''}.")
+    if len(value) > limit:
+        raise BadRequest(413, f"'{key}' holds {len(value)} items; at most {limit} per request "
+                              "(--max_texts_per_request): split it.")
+    for i, item in enumerate(value):
+        if not isinstance(item, kind):
+            raise BadRequest(422, f"'{key}'[{i}] must be a {kind.__name__}; got {type(item).__name__}.")
+    return value
+
+
+def render_conversation(messages, tokenizer, where):
+    """A list of {"role", "content"} messages as text, by the tokenizer's chat template."""
+    for i, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise BadRequest(422, f"{where}[{i}] must be an object with string 'role' and 'content'.")
+    if not getattr(tokenizer, "chat_template", None):
+        raise BadRequest(422, "this model's tokenizer has no chat template, so conversations cannot be "
+                              "rendered: send {\"texts\": [...]} written the way the model was trained.")
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as error:  # jinja raises its own errors for conversations a template refuses
+        raise BadRequest(422, f"{where}: the chat template refused it ({type(error).__name__}: {error}).")
+    return strip_special_ends(text, tokenizer)
+
+
+def strip_special_ends(text, tokenizer):
+    """Drop a leading BOS text and trailing EOS / PAD texts: the tokenizer adds its own BOS, and the end
+    token is appended after, so a query decoded with special tokens scores like the plain text."""
+    bos, ends = tokenizer.bos_token, [t for t in (tokenizer.eos_token, tokenizer.pad_token) if t]
+    while bos and text.startswith(bos):
+        text = text[len(bos):]
+    while any(text.endswith(t) for t in ends):
+        text = text[:-len(next(t for t in ends if text.endswith(t)))]
+    return text
+
+
+def score_texts_of(body, tokenizer, limit):
+    """/score's body -> the texts to score (before the end-of-conversation token)."""
+    given = [key for key in ("texts", "prompts", "conversations") if key in body]
+    if len(given) != 1:
+        raise BadRequest(422, "send exactly one of {\"texts\": [...]}, {\"prompts\": [...], \"answers\": [...]} "
+                              f"or {{\"conversations\": [[messages]]}}; got keys {sorted(body)}.")
+    if given == ["texts"]:
+        return string_list(body, "texts", limit)
+    if given == ["prompts"]:
+        prompts, answers = string_list(body, "prompts", limit), string_list(body, "answers", limit)
+        if len(prompts) != len(answers):
+            raise BadRequest(422, f"'prompts' has {len(prompts)} items but 'answers' has {len(answers)}.")
+        return [p + a for p, a in zip(prompts, answers)]
+    conversations = string_list(body, "conversations", limit, kind=list)
+    return [render_conversation(c, tokenizer, f"'conversations'[{i}]") for i, c in enumerate(conversations)]
+
+
+async def read_json(request, max_bytes):
+    """The request's JSON object, or BadRequest (413 past max_bytes, 400 if not JSON, 422 if not an object)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise BadRequest(413, f"body of {declared} bytes is over the {max_bytes}-byte limit (--max_body_bytes).")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BadRequest(413, f"body is over the {max_bytes}-byte limit (--max_body_bytes).")
+    try:
+        data = json.loads(body)
+    except ValueError as error:
+        raise BadRequest(400, f"body is not valid JSON: {error}.")
+    if not isinstance(data, dict):
+        raise BadRequest(422, f"body must be a JSON object; got {type(data).__name__}.")
+    return data
+
+
+# ---- the app ------------------------------------------------------------------------------------
+
+def build_app(scorer, batcher, args):
+    import contextlib
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    counts = {"accepted": 0, "answered": 0, "ok": 0}
+    eot = scorer.model.end_of_conversation_token
+    info = server_info(scorer, args)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        batcher.stop()
+        print(f"serve: stopped after answering {counts['answered']} of {counts['accepted']} accepted "
+              f"scoring requests ({counts['ok']} with rewards)", file=sys.stderr, flush=True)
+
+    app = FastAPI(title="reward model", lifespan=lifespan)
+
+    async def answer(request, texts_of, respond):
+        counts["accepted"] += 1
+        try:
+            texts = texts_of(await read_json(request, args.max_body_bytes))
+            rewards, truncated = await batcher.score([text + eot for text in texts])
+            status, content = 200, respond(rewards, truncated)
+            counts["ok"] += 1
+        except BadRequest as error:
+            status, content = error.status, {"detail": str(error)}
+        except Exception as error:  # this request only: the server keeps serving
+            traceback.print_exc()
+            status, content = 500, {"detail": f"scoring failed: {type(error).__name__}: {error}"}
+        counts["answered"] += 1
+        return JSONResponse(content, status_code=status)
+
+    @app.post("/score")
+    async def score(request: Request):
+        return await answer(request, lambda body: score_texts_of(body, scorer.tokenizer, args.max_texts_per_request),
+                            lambda rewards, truncated: {"rewards": rewards,
+                                                        "truncated": [i for i, t in enumerate(truncated) if t]})
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request):
+        """OpenRLHF's remote reward model protocol: its client also sends prompts and labels (ignored)."""
+        def texts_of(body):
+            return [strip_special_ends(q, scorer.tokenizer)
+                    for q in string_list(body, "query", args.max_texts_per_request)]
+        return await answer(request, texts_of,
+                            lambda rewards, truncated: {"rewards": rewards, "scores": rewards,
+                                                        "extra_logs": {"truncated": [float(t) for t in truncated]}})
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "requests": counts["answered"], **batcher.stats}
+
+    @app.get("/info")
+    async def get_info():
+        return info
+
+    return app
+
+
+def server_info(scorer, args):
+    model = scorer.model
+    n = model.num_padding_at_beginning
+    return {"model": os.path.abspath(args.model_dir), "dtype": str(model.v_head.weight.dtype).removeprefix("torch."),
+            "device": str(model.v_head.weight.device), "max_seq_len": scorer.max_seq_len,
+            "num_padding_at_beginning": n, "pad_token_id": model.PAD_ID,
+            "end_token_rule": f"reward at the token before pad token number {n + 1} (pad id {model.PAD_ID}; "
+                              f"num_padding_at_beginning={n} skips a pad-equal BOS), or at the last token",
+            "end_of_conversation_token": model.end_of_conversation_token,
+            "reward_mean": model.reward_stats.get("reward_mean"), "reward_std": model.reward_stats.get("reward_std"),
+            "normalize": args.normalize, "center": args.center,
+            "chat_template": bool(getattr(scorer.tokenizer, "chat_template", None)),
+            "max_batch_tokens": args.max_batch_tokens, "max_wait_ms": args.max_wait_ms,
+            "max_texts_per_request": args.max_texts_per_request, "max_body_bytes": args.max_body_bytes}
+
+
+def run(args):
+    import uvicorn
+
+    from utils.errors import UserError
+    for flag in ("max_batch_tokens", "max_texts_per_request", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1; got {getattr(args, flag)}.")
+    scorer = load_scorer(args)
+    batcher = Batcher(scorer, args.max_batch_tokens, args.max_wait_ms / 1000)
+    app = build_app(scorer, batcher, args)
+    print(f"serve: {args.model_dir} ({json.dumps(server_info(scorer, args))})", file=sys.stderr, flush=True)
+    # uvicorn stops accepting on SIGTERM/SIGINT, finishes the requests it holds, runs the lifespan exit,
+    # then re-raises the signal it caught: these handlers make that last step a no-op, so we exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
+
+
+def main(argv=None):
+    from utils.errors import exit_on_user_error
+    args = parse_args(argv)
+    exit_on_user_error(run, args, debug=args.debug)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""The HTTP scoring server, run as a real process on a free loopback port and called over HTTP.
+
+Run: python -m pytest tests/test_serve.py -q
+"""
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from tests.fixtures import ROOT, child_env, learnable_pairs
+
+SERVE = os.path.join(ROOT, "evaluation_scripts", "serve.py")
+MAX_SEQ_LEN = 64
+REWARD_MEAN, REWARD_STD = 0.25, 2.0
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tiny_opt, tmp_path_factory):
+    """A reward model folder (tiny OPT, random trained-looking head, saved reward mean/std): no training."""
+    from model.create import create_reward_model, load_tokenizer
+    from utils.checkpoint import save_hf_model
+    tokenizer = load_tokenizer(tiny_opt, "<|endoftext|>")
+    torch.manual_seed(0)
+    model = create_reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1).eval()
+    torch.nn.init.normal_(model.v_head.weight)
+    model.reward_stats = {"reward_mean": REWARD_MEAN, "reward_std": REWARD_STD}
+    folder = str(tmp_path_factory.mktemp("reward_model"))
+    save_hf_model(model, tokenizer, folder, zero_stage=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def offline(reward_dir):
+    """texts -> (rewards, token lengths) as evaluate.py --score computes them, in this process."""
+    from transformers import AutoTokenizer
+
+    from model.reward_model import RewardModel
+    from utils.evaluation import score_texts
+    model = RewardModel.from_pretrained(reward_dir)
+    tokenizer = AutoTokenizer.from_pretrained(reward_dir)
+    eot = model.end_of_conversation_token
+
+    def score(texts):
+        texts = [t + eot for t in texts]
+        rewards = [r for s in range(0, len(texts), 8)
+                   for r in score_texts(model, tokenizer, texts[s:s + 8], MAX_SEQ_LEN).tolist()]
+        return rewards, [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    return score
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """serve.py as a child process; `url`, `log()` (its stdout + stderr), `stop()` -> exit status."""
+
+    def __init__(self, model_dir, tmp_path, *flags):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log_path = tmp_path / f"serve_{self.url.rsplit(':', 1)[1]}.log"
+        command = [sys.executable, SERVE, model_dir, "--port", self.url.rsplit(":", 1)[1],
+                   "--max_seq_len", str(MAX_SEQ_LEN), *flags]
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=child_env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"server exited early:\n{self.log()}"
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"server did not answer /health in 90 s:\n{self.log()}")
+
+    def log(self):
+        return self.log_path.read_text()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(reward_dir, tmp_path_factory):
+    running = Server(reward_dir, tmp_path_factory.mktemp("serve"), "--max_wait_ms", "50",
+                     "--max_batch_tokens", "2048", "--max_texts_per_request", "50", "--max_body_bytes", "100000")
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+def sample_texts(count, seed):
+    """prompt + answer texts of varied length; every 10th is long enough to be cut at MAX_SEQ_LEN."""
+    rows = learnable_pairs(count, seed)
+    return [r["prompt"] + r["chosen"] * (6 if i % 10 == 3 else 1) for i, r in enumerate(rows)]
+
+
+def test_concurrent_clients_get_the_offline_scores(server, offline):
+    texts = sample_texts(200, seed=3)
+    expected, lengths = offline(texts)
+    rng = random.Random(0)
+    requests, start = [], 0  # requests of 1..12 texts
+    while start < len(texts):
+        size = rng.randint(1, 12)
+        requests.append(list(range(start, min(start + size, len(texts)))))
+        start += size
+    before = httpx.get(server.url + "/health").json()
+    got, truncated = {}, set()
+
+    def client(mine):
+        with httpx.Client(timeout=60) as http:
+            for indices in mine:
+                response = http.post(server.url + "/score", json={"texts": [texts[i] for i in indices]})
+                assert response.status_code == 200, response.text
+                body = response.json()
+                got.update(zip(indices, body["rewards"]))
+                truncated.update(indices[k] for k in body["truncated"])
+    threads = [threading.Thread(target=client, args=(requests[k::8],)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(got) == list(range(len(texts)))
+    assert [got[i] for i in range(len(texts))] == pytest.approx(expected, abs=1e-5)
+    assert truncated == {i for i, n in enumerate(lengths) if n > MAX_SEQ_LEN} and truncated
+    after = httpx.get(server.url + "/health").json()
+    assert after["texts"] - before["texts"] == len(texts)
+    assert after["forwards"] - before["forwards"] < len(requests)  # requests were merged
+
+
+def test_prompts_answers_and_get_reward_match_texts(server, offline):
+    rows = learnable_pairs(5, seed=4)
+    texts = [r["prompt"] + r["chosen"] for r in rows]
+    expected, _ = offline(texts)
+    by_pairs = httpx.post(server.url + "/score", json={"prompts": [r["prompt"] for r in rows],
+                                                       "answers": [r["chosen"] for r in rows]}).json()
+    assert by_pairs["rewards"] == pytest.approx(expected, abs=1e-5) and by_pairs["truncated"] == []
+    # OpenRLHF's client sends prompts and labels too, and decodes queries with special tokens
+    openrlhf = {"query": [texts[0], "</s>" + texts[1] + "</s>"] + texts[2:], "prompts": [""] * 5, "labels": [""] * 5}
+    response = httpx.post(server.url + "/get_reward", json=openrlhf)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["rewards"] == pytest.approx(expected, abs=1e-5) and body["scores"] == body["rewards"]
+    assert body["extra_logs"] == {"truncated": [0.0] * 5}
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b'{"texts": ["unclosed"', 400, "not valid JSON"),
+    (b'["a list"]', 422, "JSON object"),
+    (b'{"texts": "one string"}', 422, "'texts' must be a non-empty list"),
+    (b'{"texts": []}', 422, "(empty)"),
+    (b'{"texts": ["ok", 3]}', 422, "'texts'[1] must be a str"),
+    (b'{"text": ["typo"]}', 422, "exactly one of"),
+    (b'{"prompts": ["a", "b"], "answers": ["c"]}', 422, "'answers' has 1"),
+    (b'{"conversations": [[{"role": "user", "content": "hi"}]]}', 422, "no chat template"),
+    (b'{"conversations": [[{"role": "user"}]]}', 422, "string 'role' and 'content'"),
+    (json.dumps({"texts": ["x"] * 51}).encode(), 413, "at most 50"),
+    (json.dumps({"texts": ["x" * 200000]}).encode(), 413, "100000-byte limit"),
+])
+def test_bad_requests_get_a_message_and_the_server_keeps_serving(server, body, status, message):
+    response = httpx.post(server.url + "/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status and message in response.json()["detail"], response.text
+    assert httpx.post(server.url + "/score", json={"texts": ["Human: hi Assistant: hello"]}).status_code == 200
+
+
+def test_bad_get_reward_request(server):
+    response = httpx.post(server.url + "/get_reward", json={"queries": ["a"]})
+    assert response.status_code == 422 and "'query'" in response.json()["detail"]
+
+
+def test_info_describes_the_model(server, reward_dir):
+    info = httpx.get(server.url + "/info").json()
+    assert info["model"] == os.path.abspath(reward_dir) and info["dtype"] == "float32"
+    assert info["max_seq_len"] == MAX_SEQ_LEN and info["num_padding_at_beginning"] == 1
+    assert info["reward_mean"] == REWARD_MEAN and info["reward_std"] == REWARD_STD
+    assert info["end_of_conversation_token"] == "<|endoftext|>" and "pad token number 2" in info["end_token_rule"]
+    assert info["max_batch_tokens"] == 2048 and info["chat_template"] is False
+
+
+def test_sigterm_during_load_loses_no_accepted_request(reward_dir, offline, tmp_path):
+    """Every request gets a full 200 or never reaches the server: the server's count of answered
+    requests equals the clients' count of 200s, and requests still waiting at SIGTERM are answered."""
+    server = Server(reward_dir, tmp_path, "--max_wait_ms", "200")
+    texts = sample_texts(24, seed=5)
+    expected, _ = offline(texts)
+    ok, refused, wrong = [], [], []
+
+    def client(k):
+        with httpx.Client(timeout=60) as http:
+            while True:
+                indices = [(k + 3 * j) % len(texts) for j in range(3)]
+                try:
+                    response = http.post(server.url + "/score", json={"texts": [texts[i] for i in indices]})
+                except httpx.TransportError as error:
+                    refused.append(error)
+                    return
+                if response.status_code != 200 or response.json()["rewards"] != pytest.approx(
+                        [expected[i] for i in indices], abs=1e-5):
+                    wrong.append(response.text)
+                ok.append(time.monotonic())
+                k += 1
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    while len(ok) < 16:
+        time.sleep(0.01)
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert server.process.wait(timeout=60) == 0, server.log()
+    assert not wrong and len(refused) == 8
+    assert any(t > signalled for t in ok)  # in flight at SIGTERM, then answered
+    assert f"answering {len(ok)} of {len(ok)} accepted scoring requests ({len(ok)} with rewards)" in server.log()
+
+
+# ---- in-process: rescaling flags, batching and fault isolation -------------------------------------
+
+def test_normalize_and_center_use_the_saved_statistics(reward_dir, offline):
+    from evaluation_scripts.serve import load_scorer, parse_args
+    texts = ["Human: hi Assistant: thanks, great!<|endoftext|>", "Human: hi Assistant: awful.<|endoftext|>"]
+    raw = load_scorer(parse_args([reward_dir, "--max_seq_len", str(MAX_SEQ_LEN)]))(texts)
+    normalized = load_scorer(parse_args([reward_dir, "--max_seq_len", str(MAX_SEQ_LEN), "--normalize"]))(texts)
+    centered = load_scorer(parse_args([reward_dir, "--max_seq_len", str(MAX_SEQ_LEN), "--center"]))(texts)
+    assert normalized == pytest.approx([(r - REWARD_MEAN) / REWARD_STD for r in raw], abs=1e-6)
+    assert centered == pytest.approx([r - REWARD_MEAN for r in raw], abs=1e-6)
+
+
+def test_length_batches_keep_the_token_budget():
+    from evaluation_scripts.serve import length_batches
+    lengths = [300, 100, 90, 90, 50, 10, 10, 1]
+    batches = length_batches(lengths, 200)
+    assert batches == [(0, 1), (1, 3), (3, 5), (5, 8)]
+    assert all((end - start) * lengths[start] <= 200 or end - start == 1 for start, end in batches)
+
+
+class FakeScorer:
+    """Length = characters; a text containing 'boom' makes its whole batch raise."""
+    max_seq_len = 100
+
+    def __init__(self):
+        self.batches = []
+
+    def lengths(self, texts):
+        return [len(t) for t in texts]
+
+    def __call__(self, texts):
+        self.batches.append(list(texts))
+        if any("boom" in t for t in texts):
+            raise RuntimeError("boom")
+        return [float(len(t)) for t in texts]
+
+
+def test_an_error_fails_only_its_own_request():
+    from evaluation_scripts.serve import Batcher
+    scorer = FakeScorer()
+    batcher = Batcher(scorer, max_batch_tokens=10000, max_wait_s=0.2)
+    batcher.start()
+
+    async def requests():
+        return await asyncio.gather(batcher.score(["aa", "b" * 150]), batcher.score(["boom", "c"]),
+                                    batcher.score(["dddd"]), return_exceptions=True)
+    first, second, third = asyncio.run(requests())
+    batcher.stop()
+    assert first == ([2.0, 150.0], [False, True]) and third == ([4.0], [False])
+    assert isinstance(second, RuntimeError)
+    assert scorer.batches[0] == ["b" * 150, "boom", "dddd", "aa", "c"]  # one merged batch, longest first
