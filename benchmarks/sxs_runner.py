@@ -1,0 +1,131 @@
+"""Run one training script in this process with its reward model's forward and DeepSpeed's step logged.
+
+    python benchmarks/sxs_runner.py {dschat,project} SCRIPT [SCRIPT ARGS...]
+
+Used by benchmarks/side_by_side.py; not meant to be called by hand. The script's own source is
+not touched: this process patches classes in memory, then runs SCRIPT with runpy as `__main__`.
+Environment:
+  SXS_LOG          JSONL file to append records to (required)
+  SXS_DSCHAT       the DeepSpeed-Chat folder (holds `dschat/`), for side `dschat`
+  SXS_STOP_AFTER   end the process right after this many micro steps (speed mode; 0: never)
+  SXS_DTYPE        for side `dschat`: `fp32` drops the fp16/bf16 section of its DeepSpeed config
+
+Measured, per forward call of the reward model: train or eval, a hash of each row's unpadded ids
+(attention_mask == 1), each pair as (chosen hash, rejected hash), the loss as a Python float, the
+end scores, the padded length; per `DeepSpeedEngine.step`: the wall time and the learning rate;
+once: checksums of the initial weights. Not measured here: memory and process start-up (the
+parent measures those), anything that happens outside forward and step.
+"""
+import hashlib
+import json
+import os
+import runpy
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+class Recorder:
+    """Appends one JSON object per line to SXS_LOG, flushed at once (a killed run keeps its lines)."""
+
+    def __init__(self, path, stop_after):
+        self.file = open(path, "a")
+        self.stop_after = stop_after
+        self.micro_steps = 0
+        self.params_logged = False
+
+    def write(self, kind, **fields):
+        self.file.write(json.dumps({"kind": kind, "t": time.time(), **fields}) + "\n")
+        self.file.flush()
+
+
+def row_hash(ids):
+    import numpy as np
+    return hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).hexdigest()
+
+
+def describe_batch(input_ids, attention_mask):
+    """[(chosen hash, rejected hash)] per pair, and the unpadded length of every row."""
+    mask = attention_mask.bool() if attention_mask is not None else input_ids.new_ones(input_ids.shape).bool()
+    rows = [input_ids[i][mask[i]].tolist() for i in range(input_ids.size(0))]
+    hashes = [row_hash(r) for r in rows]
+    half = len(rows) // 2
+    return [list(p) for p in zip(hashes[:half], hashes[half:])], [len(r) for r in rows]
+
+
+def param_checksums(module):
+    import torch
+    with torch.no_grad():
+        total = sum(float(p.detach().double().sum()) for p in module.parameters())
+        head = float(module.v_head.weight.detach().double().sum())
+    return {"all": total, "v_head": head, "count": sum(p.numel() for p in module.parameters())}
+
+
+def patch_forward(cls, recorder):
+    """Log what every forward of the reward model sees and returns."""
+    import torch
+    original = cls.forward
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):  # both scripts call it with keywords
+        if not recorder.params_logged:
+            recorder.params_logged = True
+            recorder.write("params", **param_checksums(self))
+        out = original(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        pairs, lengths = describe_batch(input_ids, attention_mask)
+        training = self.training and torch.is_grad_enabled()
+        recorder.write("forward", train=training, pairs=pairs, lengths=lengths, padded_len=input_ids.size(1),
+                       loss=float(out["loss"].detach().float()), dtype=str(out["loss"].dtype),
+                       chosen=out["chosen_mean_scores"].detach().float().tolist(),
+                       rejected=out["rejected_mean_scores"].detach().float().tolist())
+        return out
+    cls.forward = forward
+
+
+def patch_engine_step(recorder):
+    """Log each micro step's end; with SXS_STOP_AFTER, end the process after that many."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    original = DeepSpeedEngine.step
+
+    def step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        recorder.micro_steps += 1
+        lr = self.get_lr()[0] if self.lr_scheduler is not None else None
+        recorder.write("step", n=recorder.micro_steps, lr=lr,
+                       boundary=bool(self.was_step_applied()) if hasattr(self, "was_step_applied") else None)
+        if recorder.stop_after and recorder.micro_steps >= recorder.stop_after:
+            recorder.write("stopped", n=recorder.micro_steps)
+            os._exit(0)  # the timed steps are done: skip the final evaluation and saving
+        return result
+    DeepSpeedEngine.step = step
+
+
+def reward_model_class(side):
+    if side == "dschat":
+        from dschat.utils.model.reward_model import RewardModel
+    else:
+        from model.reward_model import RewardModel
+    return RewardModel
+
+
+def main(argv):
+    side, script, script_args = argv[0], os.path.abspath(argv[1]), argv[2:]
+    sys.path.insert(0, os.path.dirname(script))  # as `python SCRIPT` would
+    if side == "dschat":
+        sys.path.insert(1, os.environ["SXS_DSCHAT"])
+        from benchmarks import dschat_shims
+        sys.path[:] = [p for p in sys.path if p not in (ROOT, HERE)]  # not this project's packages
+        dschat_shims.apply(os.environ.get("SXS_DTYPE"))
+    recorder = Recorder(os.environ["SXS_LOG"], int(os.environ.get("SXS_STOP_AFTER", "0")))
+    recorder.write("start", side=side, script=script, argv=script_args)
+    patch_forward(reward_model_class(side), recorder)
+    patch_engine_step(recorder)
+    sys.argv = [script] + script_args
+    runpy.run_path(script, run_name="__main__")
+    recorder.write("end", micro_steps=recorder.micro_steps)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)  # `benchmarks` (and, for side `project`, the project's packages)
+    main(sys.argv[1:])
