@@ -278,3 +278,14 @@ def test_an_error_fails_only_its_own_request():
     assert first == ([2.0, 150.0], [False, True]) and third == ([4.0], [False])
     assert isinstance(second, RuntimeError)
     assert scorer.batches[0] == ["b" * 150, "boom", "dddd", "aa", "c"]  # one merged batch, longest first
+
+
+def test_conversations_use_the_chat_template(reward_dir):
+    from transformers import AutoTokenizer
+
+    from evaluation_scripts.serve import score_texts_of
+    tokenizer = AutoTokenizer.from_pretrained(reward_dir)
+    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    conversation = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+    # the template's BOS text is dropped: the tokenizer adds its own
+    assert score_texts_of({"conversations": [conversation]}, tokenizer, 10) == ["user: Hi!\nassistant: Hello.\n"]
