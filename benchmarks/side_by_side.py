@@ -76,6 +76,9 @@ def parse_args(argv=None):
                         help="Training precision (default: fidelity fp32, speed bf16).")
     parser.add_argument("--long_prompt_every", type=int, default=7,
                         help="Fidelity: every Nth pair gets a prompt longer than --max_seq_len (0: none).")
+    parser.add_argument("--arch", choices=["opt", "gpt2"], default="opt",
+                        help="Fidelity: tiny model family (OPT: --num_padding_at_beginning 1; GPT-2: 0, other "
+                             "weight-decay names).")
     parser.add_argument("--tiny_vocab", type=int, default=1024, help="Fidelity: BPE vocabulary of the tiny OPT.")
     parser.add_argument("--model_shape", choices=["125m", "350m"], default="125m",
                         help="Speed: OPT shape with random weights (benchmarks/bench.py).")
@@ -166,13 +169,14 @@ def make_pairs(args):
 
 
 def fidelity_inputs(args, work):
-    from model.tiny import build_tiny_opt
+    from model.tiny import build_tiny_gpt2, build_tiny_opt
     train, test = make_pairs(args)
     train = lengthen_prompts(train, args.long_prompt_every, args.max_seq_len)
     test = lengthen_prompts(test, args.long_prompt_every, args.max_seq_len)
     corpus = [r["prompt"] + r["chosen"] for r in train + test] + [r["rejected"] for r in train + test]
-    model = build_tiny_opt(os.path.join(work, "model"), corpus=corpus, vocab_size=args.tiny_vocab,
-                           max_positions=max(512, args.max_seq_len), seed=args.seed)
+    build = build_tiny_opt if args.arch == "opt" else build_tiny_gpt2
+    model = build(os.path.join(work, "model"), corpus=corpus, vocab_size=args.tiny_vocab,
+                  max_positions=max(512, args.max_seq_len), seed=args.seed)
     return model, save_pairs(os.path.join(work, "data"), train, test)
 
 
@@ -190,7 +194,8 @@ def speed_inputs(args, work):
 def common_flags(args, model, data, cache):
     return ["--model_name_or_path", model, "--data_path", data, "--data_split", ",".join(map(str, SHARES)),
             "--seed", "1234", "--data_output_path", cache, "--max_seq_len", str(args.max_seq_len),
-            "--num_padding_at_beginning", "1", "--per_device_train_batch_size", str(args.micro_batch),
+            "--num_padding_at_beginning", "1" if args.arch == "opt" else "0",
+            "--per_device_train_batch_size", str(args.micro_batch),
             "--per_device_eval_batch_size", str(args.eval_batch), "--gradient_accumulation_steps", "1",
             "--learning_rate", str(args.learning_rate), "--weight_decay", str(args.weight_decay),
             "--lr_scheduler_type", "cosine", "--num_warmup_steps", "0", "--num_train_epochs", "1",
