@@ -40,7 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds per phase (at most).")
     parser.add_argument("--clients", type=int, default=16, help="Concurrent clients in the batched phase.")
     parser.add_argument("--max_batch_tokens", type=int, default=8192, help="Passed to the server it starts.")
+    parser.add_argument("--max_padding", type=float, default=0.5, help="Passed to the server it starts.")
     parser.add_argument("--max_wait_ms", type=float, default=10.0, help="Passed to the server it starts.")
+    parser.add_argument("--dtype", default="auto", help="Passed to the server it starts (auto: the saved fp32).")
     parser.add_argument("--max_seq_len", type=int, default=512, help="Passed to the server it starts.")
     parser.add_argument("--seed", type=int, default=1234, help="Seed for the texts and the random weights.")
     parser.add_argument("--workdir", default=None, help="Folder for the built model (default: a temp folder).")
@@ -65,7 +67,7 @@ def start_server(model_dir, args, log_path):
         port = s.getsockname()[1]
     command = [sys.executable, os.path.join(ROOT, "evaluation_scripts", "serve.py"), model_dir, "--port", str(port),
                "--max_batch_tokens", str(args.max_batch_tokens), "--max_wait_ms", str(args.max_wait_ms),
-               "--max_seq_len", str(args.max_seq_len)]
+               "--max_padding", str(args.max_padding), "--max_seq_len", str(args.max_seq_len), "--dtype", args.dtype]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

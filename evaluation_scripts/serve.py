@@ -49,6 +49,9 @@ def parse_args(argv=None):
     batching = parser.add_argument_group("batching and limits")
     batching.add_argument("--max_batch_tokens", type=int, default=8192,
                           help="Padded tokens (rows x longest row) per forward; a longer single text runs alone.")
+    batching.add_argument("--max_padding", type=float, default=0.5,
+                          help="Largest share of a forward's tokens that may be padding: a shorter text that would "
+                               "push it higher starts the next batch (1: only --max_batch_tokens cuts batches).")
     batching.add_argument("--max_wait_ms", type=float, default=10.0,
                           help="How long the first queued request waits for others to share its forward.")
     batching.add_argument("--max_texts_per_request", type=int, default=1024,
@@ -113,12 +116,17 @@ def load_scorer(args):
 
 # ---- dynamic batching ---------------------------------------------------------------------------
 
-def length_batches(lengths, max_batch_tokens):
-    """Cut rows sorted longest first into (start, end) runs whose rows x longest row fits the budget."""
+def length_batches(lengths, max_batch_tokens, max_padding=1.0):
+    """Cut rows sorted longest first into (start, end) runs whose rows x longest row fits the budget and
+    holds at most a `max_padding` share of padding (compute spent on padding is wasted on a CPU)."""
     batches, start = [], 0
     while start < len(lengths):
-        end = start + 1
-        while end < len(lengths) and (end - start + 1) * lengths[start] <= max_batch_tokens:
+        end, real = start + 1, lengths[start]
+        while end < len(lengths):
+            padded = (end - start + 1) * lengths[start]
+            if padded > max_batch_tokens or real + lengths[end] < (1 - max_padding) * padded:
+                break
+            real += lengths[end]
             end += 1
         batches.append((start, end))
         start = end
@@ -155,8 +163,9 @@ class Batcher:
     request at a time, so an error fails only the requests that cause it.
     """
 
-    def __init__(self, scorer, max_batch_tokens, max_wait_s):
+    def __init__(self, scorer, max_batch_tokens, max_wait_s, max_padding=1.0):
         self.scorer, self.max_batch_tokens, self.max_wait_s = scorer, max_batch_tokens, max_wait_s
+        self.max_padding = max_padding
         self.queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self.stats = {"forwards": 0, "texts": 0}
@@ -215,7 +224,7 @@ class Batcher:
     def _process(self, jobs):
         rows = sorted(((length, job, i) for job in jobs for i, length in enumerate(job.lengths)),
                       key=lambda row: -row[0])
-        for start, end in length_batches([row[0] for row in rows], self.max_batch_tokens):
+        for start, end in length_batches([row[0] for row in rows], self.max_batch_tokens, self.max_padding):
             batch = [(job, i) for _, job, i in rows[start:end] if not job.failed]
             try:
                 self._score(batch)
@@ -399,7 +408,8 @@ def server_info(scorer, args):
             "reward_mean": model.reward_stats.get("reward_mean"), "reward_std": model.reward_stats.get("reward_std"),
             "normalize": args.normalize, "center": args.center,
             "chat_template": bool(getattr(scorer.tokenizer, "chat_template", None)),
-            "max_batch_tokens": args.max_batch_tokens, "max_wait_ms": args.max_wait_ms,
+            "max_batch_tokens": args.max_batch_tokens, "max_padding": args.max_padding,
+            "max_wait_ms": args.max_wait_ms,
             "max_texts_per_request": args.max_texts_per_request, "max_body_bytes": args.max_body_bytes}
 
 
@@ -411,7 +421,9 @@ def run(args):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1; got {getattr(args, flag)}.")
     scorer = load_scorer(args)
-    batcher = Batcher(scorer, args.max_batch_tokens, args.max_wait_ms / 1000)
+    if not 0 <= args.max_padding <= 1:
+        raise UserError(f"--max_padding is a share of a batch's tokens, from 0 to 1; got {args.max_padding}.")
+    batcher = Batcher(scorer, args.max_batch_tokens, args.max_wait_ms / 1000, args.max_padding)
     app = build_app(scorer, batcher, args)
     print(f"serve: {args.model_dir} ({json.dumps(server_info(scorer, args))})", file=sys.stderr, flush=True)
     # uvicorn stops accepting on SIGTERM/SIGINT, finishes the requests it holds, runs the lifespan exit,

@@ -245,6 +245,9 @@ def test_length_batches_keep_the_token_budget():
     batches = length_batches(lengths, 200)
     assert batches == [(0, 1), (1, 3), (3, 5), (5, 8)]
     assert all((end - start) * lengths[start] <= 200 or end - start == 1 for start, end in batches)
+    # at most half padding: the short rows go into a batch of their own
+    assert length_batches([100, 20, 20, 20], 1000, max_padding=0.5) == [(0, 2), (2, 4)]
+    assert length_batches([100, 20, 20, 20], 1000, max_padding=1.0) == [(0, 4)]
 
 
 class FakeScorer:
