@@ -38,10 +38,10 @@ def parse_args(argv=None):
     server.add_argument("--access_log", action="store_true", help="Log one line per HTTP request.")
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--max_seq_len", type=int, default=None,
-                         help="Tokens per text; longer texts are cut (default: the training run's, as evaluate.py).")
+                         help="Tokens per text; longer texts are cut. None: the training run's, as evaluate.py.")
     scoring.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
                          help="Weights dtype; auto: the dtype they were saved in (as evaluate.py).")
-    scoring.add_argument("--device", default=None, help="Torch device (default: cuda if available, else cpu).")
+    scoring.add_argument("--device", default=None, help="Torch device. None: cuda if available, else cpu.")
     rescale = scoring.add_mutually_exclusive_group()
     rescale.add_argument("--normalize", action="store_true",
                          help="Return (r - reward_mean) / reward_std, the eval-set statistics saved in config.json.")
@@ -272,6 +272,8 @@ def string_list(body, key, limit, kind=str):
 
 def render_conversation(messages, tokenizer, where):
     """A list of {"role", "content"} messages as text, by the tokenizer's chat template."""
+    if not messages:
+        raise BadRequest(422, f"{where} holds no messages.")
     for i, message in enumerate(messages):
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                 and isinstance(message.get("content"), str)):
