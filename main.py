@@ -31,6 +31,9 @@ def build_parser():
     data.add_argument("--group_by_length", action="store_true",
                       help="Batch pairs of similar length (random, seeded): much less padding. Off: "
                            "DeepSpeed-Chat's sample order.")
+    data.add_argument("--drop_identical_pairs", action="store_true",
+                      help="Drop pairs whose chosen and rejected ids are identical (after truncation). Off: "
+                           "DeepSpeed-Chat keeps them (loss ln 2 with no gradient; wrong in evaluation).")
     data.add_argument("--pad_to_multiple_of", type=int, default=None,
                       help="Round each batch's padded length up to a multiple of this (e.g. 8 for tensor cores).")
     data.add_argument("--add_eot_token", action="store_true",
@@ -140,29 +143,24 @@ def setup_config(args, typed):
 def setup_data(args, tokenizer, micro_batch):
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
 
     from data import PairCollator, build_pair_datasets
-    from data.sampler import LengthGroupedSampler
-    from utils.dist import get_rank, get_world_size
+    from data.sampler import train_sampler
     from utils.errors import UserError
     from utils.evaluation import eval_loader
     train_set, eval_set = build_pair_datasets(
         args.data_path, args.data_split, args.seed, tokenizer, args.max_seq_len, args.data_output_path,
-        END_OF_CONVERSATION)
+        END_OF_CONVERSATION, args.num_padding_at_beginning, args.drop_identical_pairs)
     if args.use_margin and np.isnan(train_set.with_format("numpy")["margin"]).any():
         raise UserError("--use_margin needs a numeric 'margin' column in every training pair; some have none.")
-    ranks = {"num_replicas": get_world_size(), "rank": get_rank(), "seed": args.seed}
-    if args.group_by_length:
-        sampler = LengthGroupedSampler(train_set, batch_size=micro_batch, **ranks)
-    else:
-        sampler = DistributedSampler(train_set, shuffle=True, **ranks)
+    sampler = train_sampler(train_set, micro_batch, args.group_by_length, args.seed)
     collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=args.use_margin)
     # Its own generator: creating a loader iterator must not consume the global RNG (exact resume).
     train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator,
                               generator=torch.Generator().manual_seed(args.seed))
     loader, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id,
-                                    args.pad_to_multiple_of)
+                                    args.pad_to_multiple_of, args.eval_iters)
     return train_loader, loader, eval_real
 
 
@@ -218,7 +216,7 @@ class Logger:
     def eval(self, tag, metrics, step):
         self.info(f"eval ({tag}) | acc {metrics['accuracy']:.4f} | chosen {metrics['chosen_mean']:.4f} | "
                   f"rejected {metrics['rejected_mean']:.4f} | margin {metrics['margin']:.4f} | "
-                  f"pairs {metrics['num_pairs']}")
+                  f"pairs {metrics['num_pairs']} | ties {metrics['ties']}")
         self.scalars("rewards", metrics, step)
 
 
@@ -271,8 +269,6 @@ def train(args, engine, train_loader, run_eval, log, position):
 
     Returns (final eval metrics, mean training loss of the last epoch).
     """
-    import itertools
-
     import torch
     from tqdm import tqdm
 
@@ -284,15 +280,18 @@ def train(args, engine, train_loader, run_eval, log, position):
     plateau = PlateauWarning(args.loss_plateau_warning, log)
     accumulation = engine.gradient_accumulation_steps()
     pairs_per_step = train_loader.batch_size * get_world_size() * accumulation
+    batches_per_epoch = len(train_loader)
     for epoch in range(position["epoch"], args.num_train_epochs):
         engine.train()  # from_pretrained leaves the base in eval mode (no dropout)
-        train_loader.sampler.set_epoch(epoch)
         skip = position["batches_done"] if epoch == position["epoch"] else 0
+        train_loader.sampler.set_epoch(epoch, skip_batches=skip)  # resume: the sampler skips, nothing is read
         epoch_loss = torch.tensor(position["epoch_loss_sum"] if skip else 0.0, device=engine.device)
         step_loss, step_start = torch.zeros((), device=engine.device), time.time()
-        bar = tqdm(itertools.islice(train_loader, skip, None), total=len(train_loader), initial=skip,
+        bar = tqdm(train_loader, total=batches_per_epoch, initial=skip,
                    desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=not log.enabled)
+        step_batches = []  # this optimizer step's micro-batches, to tell why a loss is not finite
         for batch_index, batch in enumerate(bar, start=skip):
+            step_batches.append((batch_index, batch["input_ids"]))
             loss = engine(**to_device(batch, engine.device))["loss"]
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
@@ -303,9 +302,9 @@ def train(args, engine, train_loader, run_eval, log, position):
                 continue
             step, mean_loss = engine.global_steps, step_loss.item() / accumulation
             if not math.isfinite(mean_loss):
-                raise UserError(f"training loss is {mean_loss} at optimizer step {step}: stopping without "
-                                "saving a model. Resume from the last checkpoint (--resume_from_checkpoint auto) "
-                                "with a lower --learning_rate, or check the data.")
+                raise UserError(f"training loss is {mean_loss} at optimizer step {step}: stopping without saving "
+                                f"a model. {nonfinite_cause(step_batches, engine.module)}")
+            step_batches.clear()
             elapsed = time.time() - step_start
             bar.set_postfix(loss=f"{mean_loss:.4f}", pairs_per_s=f"{pairs_per_step / elapsed:.1f}")
             log.step(step, mean_loss, engine.get_lr()[0], pairs_per_step / elapsed, elapsed)
@@ -323,11 +322,28 @@ def train(args, engine, train_loader, run_eval, log, position):
                               "Continue with --resume_from_checkpoint auto.")
             step_loss.zero_()
             step_start = time.time()
-        mean_epoch_loss = epoch_loss.item() / max(len(train_loader), 1)
+        mean_epoch_loss = epoch_loss.item() / max(batches_per_epoch, 1)
         log.info(f"epoch {epoch + 1}/{args.num_train_epochs} | mean loss {mean_epoch_loss:.4f}")
         metrics = run_eval()
         log.eval(f"epoch {epoch + 1}", metrics, engine.global_steps)
     return metrics, mean_epoch_loss
+
+
+def nonfinite_cause(step_batches, model):
+    """Why a step's loss is not finite: pairs with an empty loss span (a data cause) or a numeric blow-up."""
+    from model.reward_model import loss_spans
+    empty = []
+    for batch_index, input_ids in step_batches:
+        pairs = input_ids.size(0) // 2
+        start, end, _, _ = loss_spans(input_ids[:pairs], input_ids[pairs:], model.PAD_ID,
+                                      model.num_padding_at_beginning)
+        empty += [f"micro-batch {batch_index} pair {i}" for i in (end == start).nonzero().flatten().tolist()]
+    if empty:
+        return (f"Data: {len(empty)} pair(s) are scored at or before the token where chosen and rejected first "
+                f"differ, so their loss span is empty (0/0): {', '.join(empty[:5])}. Check "
+                "--num_padding_at_beginning and whether the PAD/EOS token occurs inside the texts.")
+    return ("The rewards themselves are not finite (a numeric blow-up): resume from the last checkpoint "
+            "(--resume_from_checkpoint auto) with a lower --learning_rate, or train in bf16/fp32.")
 
 
 def lora_settings(args):
@@ -390,7 +406,7 @@ def run(args, typed):
     engine = setup_engine(args, model, ds_config, math.ceil(len(train_loader) / accumulation))
 
     def run_eval():
-        return evaluate(engine, eval_loader, engine.device, eval_real, args.eval_iters)
+        return evaluate(engine, eval_loader, engine.device, eval_real)
     position = resume(args, engine, log)
     if position["epoch"] == position["batches_done"] == 0:
         log.eval("before training", run_eval(), 0)

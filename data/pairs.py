@@ -9,16 +9,23 @@ import datasets
 import numpy as np
 from datasets import Features, List, Value
 
+from data.collator import PairCollator
 from data.readers import hash_files
 from data.sources import load_source
 from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
 from data.tokenize import pair_encoder
+from model.reward_model import loss_spans
 from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
 
-CACHE_VERSION = 2  # bump when a change in this package changes the tokenised pairs
+CACHE_VERSION = 3  # bump when a change in this package changes the tokenised pairs
 LARGE = 100_000  # rows from which tokenisation uses several processes
-KEEP, EMPTY, IDENTICAL, FIRST_TOKEN, SAME_TEXT = 0, 1, 2, 3, 4
+# What `_pair_codes` finds in a pair. Identical pairs train (ln 2, zero gradient) and count as wrong
+# in evaluation, as in DeepSpeed-Chat, unless --drop_identical_pairs; the others cannot be scored.
+KEEP, EMPTY, IDENTICAL, FIRST_TOKEN, SAME_TEXT, SCORED_BEFORE_DIFF = range(6)
+REASONS = {SAME_TEXT: "chosen same as rejected", IDENTICAL: "identical after truncation", EMPTY: "empty",
+           FIRST_TOKEN: "diverge at first token", SCORED_BEFORE_DIFF: "scored before they differ"}
+IDENTICAL_CODES = (SAME_TEXT, IDENTICAL)
 FEATURES = Features({"chosen_input_ids": List(Value("int32")),
                      "rejected_input_ids": List(Value("int32")),
                      "margin": Value("float32"),  # the source's optional `margin` column, else NaN
@@ -26,11 +33,14 @@ FEATURES = Features({"chosen_input_ids": List(Value("int32")),
 
 
 def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, cache_dir,
-                        end_of_conversation_token="<|endoftext|>"):
+                        end_of_conversation_token="<|endoftext|>", num_padding_at_beginning=1,
+                        drop_identical=False):
     """(train, eval) `datasets.Dataset`s of phase-2 pairs, memory-mapped from the on-disk cache.
 
     Rows are {'chosen_input_ids': [...], 'rejected_input_ids': [...]}, unpadded, each the ids of
     `tokenizer(prompt + answer + end_of_conversation_token, truncation=True, max_length=max_seq_len)`.
+    Pairs the reward model cannot score (see `_pair_codes`; `num_padding_at_beginning` and the
+    tokenizer's pad id place the score) are dropped and counted; identical ones only with `drop_identical`.
     Local rank 0 builds the cache (or reuses it); the other ranks wait, then read it.
     """
     data_paths = [data_paths] if isinstance(data_paths, str) else list(data_paths)
@@ -43,7 +53,8 @@ def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, ca
         raise UserError(f"--seed {seed!r} must be an integer in [0, 2**32) (numpy's RandomState shuffles the data).")
     settings = {"version": CACHE_VERSION, "data_split": parse_data_split(data_split), "seed": seed,
                 "max_seq_len": max_seq_len, "end_of_conversation_token": end_of_conversation_token,
-                "tokenizer": tokenizer_identity(tokenizer)}
+                "tokenizer": tokenizer_identity(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                "num_padding_at_beginning": num_padding_at_beginning, "drop_identical": drop_identical}
     builder = int(os.environ.get("LOCAL_RANK", get_rank())) == 0  # one per node: cache_dir may be node-local
     if builder:
         folder = _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir)
@@ -121,7 +132,7 @@ def _build(tmp, sources, data_split, settings, tokenizer):
         tokenised = [_tokenize(rows, s.adapter, tokenizer, settings, os.path.join(scratch, f"{i}-{split}.arrow"),
                                encoders) for i, (s, rows) in enumerate(zip(sources, parts)) if len(rows)]
         pairs = _blend(tokenised, settings["seed"]) if len(sources) > 1 else tokenised[0]
-        pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, split)
+        pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, split, settings, tokenizer)
         pairs.save_to_disk(os.path.join(tmp, split))
         meta["rows"][split] = len(pairs)
     shutil.rmtree(scratch)
@@ -155,7 +166,7 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file, encoders):
         if "pairs" not in encoders:
             encoders["pairs"] = pair_encoder(tokenizer, max_len, chosen_texts[:64], rejected_texts[:64])
         chosen, rejected = encoders["pairs"](chosen_texts, rejected_texts)
-        drop = [_drop_code(t, c, r) for t, c, r in zip(texts, chosen, rejected)]
+        drop = _pair_codes(texts, chosen, rejected, settings["pad_token_id"], settings["num_padding_at_beginning"])
         margin = _margins(batch.get("margin", [None] * size))
         return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": margin, "drop": drop}
 
@@ -173,16 +184,24 @@ def _margins(values):
         raise UserError(f"the 'margin' column must hold numbers ({err}); fix it or drop the column.") from err
 
 
-def _drop_code(texts, chosen_ids, rejected_ids):
-    if not texts[0] or not texts[1]:
-        return EMPTY
-    if texts[0] == texts[1]:
-        return SAME_TEXT  # the pair says nothing about preference
-    if chosen_ids == rejected_ids:
-        return IDENTICAL  # they differ only past --max_seq_len
-    if chosen_ids[0] != rejected_ids[0]:
-        return FIRST_TOKEN  # the loss span starts at the first differing position, which must be > 0
-    return KEEP
+def _pair_codes(texts, chosen_ids, rejected_ids, pad_id, num_padding_at_beginning):
+    """One code per pair: KEEP, or what `REASONS` says, found with the loss's own `loss_spans`."""
+    rows = [{"chosen_input_ids": c, "rejected_input_ids": r} for c, r in zip(chosen_ids, rejected_ids)]
+    ids = PairCollator(pad_id)(rows)["input_ids"]
+    chosen, rejected = ids[:len(rows)], ids[len(rows):]
+    start, end, _, _ = loss_spans(chosen, rejected, pad_id, num_padding_at_beginning)
+    identical = (chosen == rejected).all(dim=1).tolist()
+    codes = []
+    for (chosen_text, rejected_text), same, first, last in zip(texts, identical, start.tolist(), end.tolist()):
+        if not chosen_text or not rejected_text:
+            codes.append(EMPTY)
+        elif same:
+            codes.append(SAME_TEXT if chosen_text == rejected_text else IDENTICAL)  # IDENTICAL: past --max_seq_len
+        elif first == 0:
+            codes.append(FIRST_TOKEN)  # DeepSpeed-Chat asserts the first difference is past position 0
+        else:
+            codes.append(SCORED_BEFORE_DIFF if last == first else KEEP)
+    return codes
 
 
 def _blend(parts, seed):
@@ -191,21 +210,41 @@ def _blend(parts, seed):
     return joined.select(shuffle_idx(seed, len(joined)), keep_in_memory=True)
 
 
-def _drop_bad_pairs(pairs, split):
-    """Remove unusable pairs, print one line of counts, and return (pairs, counts)."""
+def _drop_bad_pairs(pairs, split, settings, tokenizer):
+    """Remove the pairs that cannot be scored (and identical ones if asked), print one line of counts,
+    and return (pairs, counts by reason)."""
     codes = pairs.select_columns(["drop"]).with_format("numpy")[:]["drop"]  # one Arrow read, not a row loop
-    counts = np.bincount(codes, minlength=5).tolist()
-    dropped = {"chosen same as rejected": counts[SAME_TEXT],
-               "identical after truncation": counts[IDENTICAL], "empty": counts[EMPTY],
-               "diverge at first token": counts[FIRST_TOKEN]}
-    print_rank0(f"data: {split}: kept {counts[KEEP]:,} of {len(codes):,} pairs: "
-                + ", ".join(f"{n:,} {why}" for why, n in dropped.items()))
+    counts = np.bincount(codes, minlength=len(REASONS) + 1)
+    dropped_codes = [c for c in REASONS if settings["drop_identical"] or c not in IDENTICAL_CODES]
+    keep = np.flatnonzero(~np.isin(codes, dropped_codes))
+    summary = ", ".join(f"{counts[c]:,} {REASONS[c]}" for c in dropped_codes)
+    line = f"data: {split}: kept {len(keep):,} of {len(codes):,} pairs: dropped {summary}"
+    if not settings["drop_identical"]:
+        line += (f"; kept {sum(counts[c] for c in IDENTICAL_CODES):,} identical pairs as DeepSpeed-Chat does "
+                 "(--drop_identical_pairs drops them)")
+    print_rank0(line)
+    if counts[SCORED_BEFORE_DIFF]:
+        _report_scored_before_diff(counts[SCORED_BEFORE_DIFF], len(codes), split, settings, tokenizer)
     if counts[KEEP] == 0:
-        raise UserError(f"No usable {split} pairs remain after dropping {len(codes):,} "
-                        f"({', '.join(f'{n:,} {why}' for why, n in dropped.items())}). Check --data_path, "
-                        "and --max_seq_len if the pairs only differ after the truncation point.")
-    keep = np.flatnonzero(codes == KEEP)
-    return pairs.select(keep, keep_in_memory=True).remove_columns("drop"), dropped
+        raise UserError(f"No usable {split} pairs remain: of {len(codes):,}, "
+                        f"{', '.join(f'{counts[c]:,} {why}' for c, why in REASONS.items())}. Check "
+                        "--data_path, and --max_seq_len if the pairs only differ after the truncation point.")
+    return pairs.select(keep, keep_in_memory=True).remove_columns("drop"), {
+        REASONS[c]: int(counts[c]) for c in REASONS}
+
+
+def _report_scored_before_diff(count, total, split, settings, tokenizer):
+    """Pairs whose score is read at or before their first difference: a warning, or an error when most are."""
+    n, pad_id = settings["num_padding_at_beginning"], settings["pad_token_id"]
+    message = (f"{count:,} of {total:,} {split} pairs are scored at or before the first token where chosen and "
+               f"rejected differ, so both answers get the same score and a 0/0 loss. The score is read before "
+               f"the {n + 1}. token equal to the PAD id {pad_id} ({tokenizer.convert_ids_to_tokens(pad_id)!r}), "
+               f"and in these pairs that token occurs {n + 1} time(s) before the answers differ. Likely causes: "
+               "the EOS/PAD token inside the text (e.g. a chat template that ends every turn with it), or "
+               f"--num_padding_at_beginning {n} (1 when the tokenizer's BOS equals its PAD, as OPT's; else 0).")
+    if 2 * count > total:
+        raise UserError(message + " Fix the data or the flag.")
+    print_rank0(f"warning: {message} They are dropped.")
 
 
 def _publish(tmp, folder):

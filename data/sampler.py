@@ -10,12 +10,24 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler, Subset
 
+DSCHAT_SAMPLER_SEED = 0  # DeepSpeed-Chat builds DistributedSampler(train_dataset): torch's default seed
+
 
 def _replicas(num_replicas, rank):
     """(num_replicas, rank), each defaulting to this process group's, as DistributedSampler does."""
     from utils.dist import get_rank, get_world_size
     return (get_world_size() if num_replicas is None else num_replicas,
             get_rank() if rank is None else rank)
+
+
+def train_sampler(dataset, batch_size, group_by_length=False, seed=0, num_replicas=None, rank=None):
+    """The training sampler: DeepSpeed-Chat's `DistributedSampler(train_dataset)` order (torch's default
+    seed, whatever --seed says), or with `group_by_length` batches of similar length seeded by `seed`.
+    Both skip batches on resume (`set_epoch(epoch, skip_batches=k)`)."""
+    ranks = {"batch_size": batch_size, "num_replicas": num_replicas, "rank": rank}
+    if group_by_length:
+        return LengthGroupedSampler(dataset, seed=seed, **ranks)
+    return ResumableDistributedSampler(dataset, seed=DSCHAT_SAMPLER_SEED, **ranks)
 
 
 def pair_row_lengths(dataset):

@@ -33,7 +33,8 @@ EXAMPLES = [
      "foot on another",
      "I don't know, I don't know."),
 ]
-DATA_FLAGS = ("data_split", "max_seq_len", "seed", "data_output_path", "per_device_eval_batch_size")
+DATA_FLAGS = ("data_split", "max_seq_len", "seed", "data_output_path", "per_device_eval_batch_size",
+              "drop_identical_pairs")
 
 
 def parse_args(argv=None):
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_len", type=int, default=None, help="As for main.py (default: the training run's).")
     parser.add_argument("--seed", type=int, default=None, help="As for main.py (default: the training run's).")
     parser.add_argument("--data_output_path", default=None, help="Tokenised-data cache (default: the training run's).")
+    parser.add_argument("--drop_identical_pairs", action="store_true", default=None,
+                        help="As for main.py (default: the training run's).")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=None,
                         help="Pairs per batch (default: the training run's).")
     parser.add_argument("--output", default=None, help="Metrics JSON (default: MODEL_DIR/eval_results.json).")
@@ -86,7 +89,8 @@ def evaluate_data(model, tokenizer, args, settings):
     from utils.evaluation import eval_loader, evaluate
     _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
                                       settings["max_seq_len"], settings["data_output_path"],
-                                      model.end_of_conversation_token)
+                                      model.end_of_conversation_token, model.num_padding_at_beginning,
+                                      settings["drop_identical_pairs"])
     loader, num_real = eval_loader(eval_set, settings["per_device_eval_batch_size"], tokenizer.pad_token_id,
                                    settings.get("pad_to_multiple_of"))
     scores = []

@@ -31,16 +31,12 @@ def end_indices(input_ids, pad_id, num_padding_at_beginning):
     return torch.where(nth_pad, positions, length).min(dim=1).values
 
 
-def pairwise_loss(chosen_ids, rejected_ids, chosen_rewards, rejected_rewards, pad_id,
-                  num_padding_at_beginning, compute_fp32_loss=False, margin=None, center_coefficient=0.0):
-    """DeepSpeed-Chat's pairwise ranking loss for B pairs at once.
+def loss_spans(chosen_ids, rejected_ids, pad_id, num_padding_at_beginning):
+    """Where DeepSpeed-Chat's loss reads each pair of (B, L) rows: (start, end, chosen_end, rejected_end), (B,) each.
 
-    ids and rewards are (B, L). For each pair the loss is the mean of -logsigmoid(r_c - r_j) over
-    [first differing position, max(end_c, end_j)); identical pairs use the single position L-1.
-    Options (off by default, so the default is DeepSpeed-Chat's): `margin` (B,) makes the term
-    -logsigmoid(r_c - r_j - margin); `center_coefficient` adds c * mean((s_c + s_j)^2) over the end
-    scores, which keeps rewards centred on 0.
-    Returns (loss averaged over pairs, chosen end scores (B,), rejected end scores (B,)).
+    The loss span is [first differing position, max(end_c, end_j)); identical rows use [L-1, L) and
+    score both at chosen_end. `end >= start` always; an empty span (`end == start`) means the score is
+    read at or before the first difference, so chosen and rejected cannot be told apart (0/0 loss).
     """
     length = chosen_ids.size(1)
     positions = torch.arange(length, device=chosen_ids.device)
@@ -49,14 +45,28 @@ def pairwise_loss(chosen_ids, rejected_ids, chosen_rewards, rejected_rewards, pa
     differs = chosen_ids != rejected_ids
     identical = ~differs.any(dim=1)
     first_diff = torch.where(differs, positions, length).min(dim=1).values
-    span_start = torch.where(identical, length - 1, first_diff)
-    span_end = torch.where(identical, length, torch.maximum(chosen_end, rejected_end))
-    rejected_end = torch.where(identical, chosen_end, rejected_end)
-    in_span = (positions >= span_start[:, None]) & (positions < span_end[:, None])
+    start = torch.where(identical, length - 1, first_diff)
+    end = torch.where(identical, length, torch.maximum(torch.maximum(chosen_end, rejected_end), start))
+    return start, end, chosen_end, torch.where(identical, chosen_end, rejected_end)
 
-    difference = chosen_rewards - rejected_rewards
-    if compute_fp32_loss:
-        difference = difference.float()
+
+def pairwise_loss(chosen_ids, rejected_ids, chosen_rewards, rejected_rewards, pad_id,
+                  num_padding_at_beginning, compute_fp32_loss=False, margin=None, center_coefficient=0.0):
+    """DeepSpeed-Chat's pairwise ranking loss for B pairs at once.
+
+    ids and rewards are (B, L). For each pair the loss is the mean of -logsigmoid(r_c - r_j) over
+    its `loss_spans` span. Options (off by default, so the default is DeepSpeed-Chat's): `margin` (B,)
+    makes the term -logsigmoid(r_c - r_j - margin); `center_coefficient` adds c * mean((s_c + s_j)^2)
+    over the end scores, which keeps rewards centred on 0.
+    Returns (loss averaged over pairs, chosen end scores (B,), rejected end scores (B,)).
+    """
+    positions = torch.arange(chosen_ids.size(1), device=chosen_ids.device)
+    start, end, chosen_end, rejected_end = loss_spans(chosen_ids, rejected_ids, pad_id, num_padding_at_beginning)
+    in_span = (positions >= start[:, None]) & (positions < end[:, None])
+    if compute_fp32_loss:  # upcast each reward, then subtract (as DeepSpeed-Chat does); scores keep their dtype
+        difference = chosen_rewards.float() - rejected_rewards.float()
+    else:
+        difference = chosen_rewards - rejected_rewards
     if margin is not None:
         difference = difference - margin.to(difference.dtype)[:, None]
     per_token = torch.where(in_span, -F.logsigmoid(difference), 0.0)

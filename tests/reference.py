@@ -43,3 +43,20 @@ def reference_end_scores(input_ids, values, pad_id, prompt_length):
         c_ind = c_inds[0].item() + prompt_length if len(c_inds) > 0 else seq_len
         scores.append(values[i][c_ind - 1])
     return torch.stack(scores)
+
+
+def reference_grouped_parameters(model, weight_decay, lora_lr=5e-4):
+    """DeepSpeed-Chat's `get_optimizer_grouped_parameters`, from its documented rule: a parameter whose
+    lower-cased name contains "bias", "layer_norm.weight", "layernorm.weight", "norm.weight" or
+    "ln_f.weight" gets no decay; the decayed ones whose name contains "lora_right_weight" or
+    "lora_left_weight" (here peft's lora_A / lora_B) form a middle group with lr=lora_lr; empty groups
+    are dropped. Returns [(parameter names, weight_decay, lr or None)]."""
+    no_decay = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
+    lora = ["lora_a", "lora_b"]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    groups = [([n for n in trainable if not any(k in n.lower() for k in no_decay)
+                and not any(k in n.lower() for k in lora)], weight_decay, None),
+              ([n for n in trainable if not any(k in n.lower() for k in no_decay)
+                and any(k in n.lower() for k in lora)], weight_decay, lora_lr),
+              ([n for n in trainable if any(k in n.lower() for k in no_decay)], 0.0, None)]
+    return [g for g in groups if g[0]]

@@ -118,7 +118,7 @@ def test_a_crash_while_building_leaves_no_cache_that_looks_valid(opt_tokenizer, 
     assert len(train_ds) == 8
 
 
-def test_unusable_pairs_are_dropped_and_counted(opt_tokenizer, tmp_path, capsys):
+def test_unusable_pairs_are_dropped_identical_ones_kept_unless_asked(opt_tokenizer, tmp_path, capsys):
     good = [{"prompt": " Q:", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(4)]
     same_start = {"prompt": " Human: a long shared question that fills the window? Assistant:",
                   "chosen": " kind", "rejected": " rude"}
@@ -128,15 +128,22 @@ def test_unusable_pairs_are_dropped_and_counted(opt_tokenizer, tmp_path, capsys)
     src = folder(tmp_path, "src", items, items)
     train_ds, _ = build(opt_tokenizer, [src], tmp_path, split="0,1,0", max_len=8)
     out = capsys.readouterr().out
-    assert ("train: kept 4 of 7 pairs: 1 chosen same as rejected, 1 identical after truncation, 1 empty, "
-            "0 diverge at first token") in out
+    assert ("train: kept 6 of 7 pairs: dropped 1 empty, 0 diverge at first token, 0 scored before they differ; "
+            "kept 2 identical pairs as DeepSpeed-Chat does (--drop_identical_pairs drops them)") in out
+    assert len(train_ds) == 6  # DeepSpeed-Chat keeps identical pairs: same permutation, steps and schedule
+    train_ds, _ = build_pair_datasets([src], "0,1,0", 1234, opt_tokenizer, 8, str(tmp_path / "cache"), EOT,
+                                      drop_identical=True)
+    assert ("train: kept 4 of 7 pairs: dropped 1 chosen same as rejected, 1 identical after truncation, 1 empty, "
+            "0 diverge at first token, 0 scored before they differ") in capsys.readouterr().out
     assert len(train_ds) == 4
     assert all(c != r for c, r in zip(train_ds["chosen_input_ids"], train_ds["rejected_input_ids"]))
 
 
 def test_pairs_that_differ_at_the_first_token_are_unusable():
-    assert data.pairs._drop_code(("Yes", "No"), [10, 11], [12, 11]) == data.pairs.FIRST_TOKEN
-    assert data.pairs._drop_code(("Yes", "No"), [2, 10], [2, 12]) == data.pairs.KEEP
+    texts = [("Yes", "No")] * 2
+    codes = data.pairs._pair_codes(texts, [[10, 11], [2, 10]], [[12, 11], [2, 12]], pad_id=1,
+                                   num_padding_at_beginning=0)
+    assert codes == [data.pairs.FIRST_TOKEN, data.pairs.KEEP]
 
 
 def test_no_pair_left_is_an_error(opt_tokenizer, tmp_path):

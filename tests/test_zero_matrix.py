@@ -148,10 +148,11 @@ def test_zero_0_1_2_3_give_the_same_loss_curve(stage_runs):
         # the log prints 4 decimals: allow one rounding step
         torch.testing.assert_close(torch.tensor(run["losses"]), torch.tensor(reference["losses"]), rtol=0,
                                    atol=1.5e-4, msg=f"ZeRO-{stage} vs ZeRO-0")
-        # ZeRO-3 runs linear layers through its own autograd function: fp32 rounding differs slightly
-        # and 16 Adam steps carry it into the final scores
+        # ZeRO-1/2 reduce and clip over flat fp32 buffers (another summation order) and ZeRO-3 runs linear
+        # layers through its own autograd function: rounding differs slightly and 16 Adam steps carry it
+        # into the final scores (ZeRO-1 vs 0 measured 3.2e-5 relative)
         for key in ("chosen_mean", "rejected_mean"):
-            assert run["results"][key] == pytest.approx(reference["results"][key], rel=1e-3 if stage == 3 else 1e-5)
+            assert run["results"][key] == pytest.approx(reference["results"][key], rel=1e-3 if stage == 3 else 1e-4)
 
 
 # ---- LoRA, with and without gradient checkpointing (ZeRO-2, one process) --------------------------------

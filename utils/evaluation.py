@@ -7,12 +7,13 @@ from tqdm import tqdm
 from utils.dist import all_reduce_sum, get_rank, get_world_size, is_main_process
 
 
-def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None):
-    """(DataLoader over this rank's share of eval_set, number of real rows in it).
+def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max_batches=0):
+    """(DataLoader over this rank's share of the pairs to score, number of real rows in it).
 
-    Rows go longest first (little padding, and an out-of-memory error shows in the first batch),
-    dealt to ranks in turn; each rank's share is padded by repeating a row so every rank runs the
-    same number of forwards (ZeRO-3 needs that), and the padding is not counted.
+    The pairs: all of eval_set, or with `max_batches` the ones DeepSpeed-Chat's `--eval_iters` scores
+    (`dschat_eval_subset`). Rows go longest first (little padding, and an out-of-memory error shows in
+    the first batch), dealt to ranks in turn; each rank's share is padded by repeating a row so every
+    rank runs the same number of forwards (ZeRO-3 needs that), and the padding is not counted.
     main.py and evaluation_scripts/ both use this, so they see the same batches.
     """
     from torch.utils.data import DataLoader, Subset
@@ -20,9 +21,10 @@ def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None):
     from data import PairCollator
     from data.sampler import length_sorted_indices
     rank, world = get_rank(), get_world_size()
-    indices = [int(i) for i in length_sorted_indices(eval_set)][rank::world]
+    chosen = dschat_eval_subset(len(eval_set), batch_size, world, max_batches)
+    indices = [chosen[i] for i in length_sorted_indices(Subset(eval_set, chosen))][rank::world]
     num_real = len(indices)
-    per_rank = math.ceil(len(eval_set) / world)
+    per_rank = math.ceil(len(chosen) / world)
     indices += indices[-1:] * (per_rank - num_real) if indices else [0] * per_rank
     loader = DataLoader(Subset(eval_set, indices), batch_size=batch_size,
                         collate_fn=PairCollator(pad_token_id, pad_to_multiple_of),
@@ -30,13 +32,28 @@ def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None):
     return loader, num_real
 
 
+def dschat_eval_subset(num_pairs, batch_size, world_size, max_batches):
+    """Indices of the eval pairs scored: all, or (max_batches > 0) the first `max_batches` batches of
+    every rank's `DistributedSampler(eval_dataset)` (shuffled, torch's default seed 0), which is what
+    DeepSpeed-Chat's evaluation with `--eval_iters max_batches` sees. Each pair counts once."""
+    if not max_batches:
+        return list(range(num_pairs))
+    from torch.utils.data import DistributedSampler
+    picked = set()
+    for rank in range(world_size):
+        order = list(DistributedSampler(range(num_pairs), num_replicas=world_size, rank=rank, shuffle=True, seed=0))
+        picked.update(order[:max_batches * batch_size])
+    return sorted(picked)
+
+
 def to_device(batch, device):
     return {key: value.to(device) for key, value in batch.items()}
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, num_real, max_batches=0, desc="eval", scores_out=None):
-    """Accuracy (chosen end score > rejected), mean scores, margin and reward mean/std, over all ranks.
+def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
+    """Accuracy (chosen end score > rejected; ties count as wrong, as in DeepSpeed-Chat, and are also
+    counted apart), mean scores, margin and reward mean/std, over all ranks.
 
     `model` is a RewardModel or a DeepSpeed engine wrapping one; `loader` yields this rank's shard,
     of which the first `num_real` rows count. `scores_out`, a list, receives this rank's
@@ -44,12 +61,10 @@ def evaluate(model, loader, device, num_real, max_batches=0, desc="eval", scores
     """
     was_training = model.training
     model.eval()
-    # correct, pairs, sum chosen, sum rejected, sum of squared rewards (chosen and rejected)
-    totals = torch.zeros(5, dtype=torch.float64, device=device)
+    # correct, ties, pairs, sum chosen, sum rejected, sum of squared rewards (chosen and rejected)
+    totals = torch.zeros(6, dtype=torch.float64, device=device)
     seen = 0
-    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=not is_main_process())):
-        if max_batches and step == max_batches:
-            break
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
         out = model(**to_device(batch, device))
         chosen = out["chosen_mean_scores"].double()
         rejected = out["rejected_mean_scores"].double()
@@ -58,15 +73,16 @@ def evaluate(model, loader, device, num_real, max_batches=0, desc="eval", scores
             keep = counted.bool()
             scores_out.extend(zip(chosen[keep].tolist(), rejected[keep].tolist()))
         seen += chosen.numel()
-        totals += torch.stack([((chosen > rejected).double() * counted).sum(), counted.sum(),
+        totals += torch.stack([((chosen > rejected).double() * counted).sum(),
+                               ((chosen == rejected).double() * counted).sum(), counted.sum(),
                                (chosen * counted).sum(), (rejected * counted).sum(),
                                ((chosen ** 2 + rejected ** 2) * counted).sum()])
     all_reduce_sum(totals)
     model.train(was_training)
-    correct, pairs, chosen_sum, rejected_sum, square_sum = totals.tolist()
+    correct, ties, pairs, chosen_sum, rejected_sum, square_sum = totals.tolist()
     pairs = max(pairs, 1.0)
     reward_mean = (chosen_sum + rejected_sum) / (2 * pairs)
-    return {"accuracy": correct / pairs, "chosen_mean": chosen_sum / pairs,
+    return {"accuracy": correct / pairs, "ties": int(ties), "chosen_mean": chosen_sum / pairs,
             "rejected_mean": rejected_sum / pairs, "margin": (chosen_sum - rejected_sum) / pairs,
             "num_pairs": int(pairs), "reward_mean": reward_mean,
             "reward_std": math.sqrt(max(square_sum / (2 * pairs) - reward_mean ** 2, 0.0))}

@@ -1,28 +1,32 @@
 """Optimizer parameter groups, the optimizer that fits the device, and the LR schedule."""
 import torch
 
-# DeepSpeed-Chat's list: biases and norm weights get no weight decay.
-NO_DECAY_NAMES = ("bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight",
-                  "ln_1.weight", "ln_2.weight")
+from model.lora import is_lora_param
+
+# DeepSpeed-Chat's rule, matched as a lower-case substring of the parameter name: these get no weight
+# decay. (GPT-2's ln_1/ln_2 weights do not match, so they are decayed, as in DeepSpeed-Chat.)
+NO_DECAY_NAMES = ("bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight")
 ADAM_BETAS = (0.9, 0.95)
 
 
 def param_groups(model, weight_decay, lora_learning_rate=None):
-    """Split trainable parameters into decay / no-decay groups (and LoRA groups with their own lr)."""
-    groups = {}
+    """DeepSpeed-Chat's `get_optimizer_grouped_parameters`: trainable parameters in up to three groups,
+    in its order: decayed, decayed LoRA weights (their own lr), not decayed (LoRA or not). Empty groups
+    are left out."""
+    decay, decay_lora, no_decay = [], [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = not any(key in name.lower() for key in NO_DECAY_NAMES)
-        lora = lora_learning_rate is not None and "lora_" in name
-        groups.setdefault((decay, lora), []).append(param)
-    result = []
-    for (decay, lora), params in groups.items():
-        group = {"params": params, "weight_decay": weight_decay if decay else 0.0}
-        if lora:
-            group["lr"] = lora_learning_rate
-        result.append(group)
-    return result
+        if any(key in name.lower() for key in NO_DECAY_NAMES):
+            no_decay.append(param)
+        elif lora_learning_rate is not None and is_lora_param(name):
+            decay_lora.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": decay_lora, "weight_decay": weight_decay, "lr": lora_learning_rate},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
 
 
 def offloads_optimizer(ds_config):
