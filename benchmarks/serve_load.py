@@ -40,7 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds per phase (at most).")
     parser.add_argument("--clients", type=int, default=16, help="Concurrent clients in the batched phase.")
     parser.add_argument("--max_batch_tokens", type=int, default=8192, help="Passed to the server it starts.")
-    parser.add_argument("--max_padding", type=float, default=0.5, help="Passed to the server it starts.")
+    parser.add_argument("--max_padding", type=float, default=0.25, help="Passed to the server it starts.")
+    parser.add_argument("--threads", type=int, default=None, help="Passed to the server it starts (torch threads).")
     parser.add_argument("--max_wait_ms", type=float, default=10.0, help="Passed to the server it starts.")
     parser.add_argument("--dtype", default="auto", help="Passed to the server it starts (auto: the saved fp32).")
     parser.add_argument("--max_seq_len", type=int, default=512, help="Passed to the server it starts.")
@@ -52,7 +53,7 @@ def parse_args(argv=None):
 
 def build_reward_model(folder, shape, rows, seed):
     """A random-weight OPT of `shape` with a BPE tokenizer trained on `rows`, saved as main.py saves."""
-    from utils.checkpoint import save_hf_model
+    from model.io import save_hf_model
     tokenizer = hh_like.build_tokenizer(os.path.join(folder, "tokenizer"), rows)
     model = build_model(shape, tokenizer, "sdpa", seed).eval()
     save_hf_model(model, tokenizer, folder, zero_stage=0)
@@ -68,6 +69,7 @@ def start_server(model_dir, args, log_path):
     command = [sys.executable, os.path.join(ROOT, "evaluation_scripts", "serve.py"), model_dir, "--port", str(port),
                "--max_batch_tokens", str(args.max_batch_tokens), "--max_wait_ms", str(args.max_wait_ms),
                "--max_padding", str(args.max_padding), "--max_seq_len", str(args.max_seq_len), "--dtype", args.dtype]
+    command += ["--threads", str(args.threads)] if args.threads else []
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

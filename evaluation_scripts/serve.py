@@ -10,7 +10,7 @@ POST /get_reward  {"query": [...]} -> {"rewards": [...], "scores": [...], "extra
 GET  /health, GET /info
 
 Every text gets the model's end-of-conversation token appended and is scored by
-`utils.evaluation.score_texts`, so rewards equal `evaluate.py OUT --score` for the same texts and dtype.
+`model.scoring.score_texts`, so rewards equal `evaluate.py OUT --score` for the same texts and dtype.
 """
 import argparse
 import asyncio
@@ -42,6 +42,9 @@ def parse_args(argv=None):
     scoring.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
                          help="Weights dtype; auto: the dtype they were saved in (as evaluate.py).")
     scoring.add_argument("--device", default=None, help="Torch device. None: cuda if available, else cpu.")
+    scoring.add_argument("--threads", type=int, default=None,
+                         help="torch CPU threads. None: torch's default (one per core); on a CPU shared with "
+                              "other work, fewer threads than cores is often faster.")
     rescale = scoring.add_mutually_exclusive_group()
     rescale.add_argument("--normalize", action="store_true",
                          help="Return (r - reward_mean) / reward_std, the eval-set statistics saved in config.json.")
@@ -49,7 +52,7 @@ def parse_args(argv=None):
     batching = parser.add_argument_group("batching and limits")
     batching.add_argument("--max_batch_tokens", type=int, default=8192,
                           help="Padded tokens (rows x longest row) per forward; a longer single text runs alone.")
-    batching.add_argument("--max_padding", type=float, default=0.5,
+    batching.add_argument("--max_padding", type=float, default=0.25,
                           help="Largest share of a forward's tokens that may be padding: a shorter text that would "
                                "push it higher starts the next batch (1: only --max_batch_tokens cuts batches).")
     batching.add_argument("--max_wait_ms", type=float, default=10.0,
@@ -77,7 +80,7 @@ class Scorer:
         return [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
 
     def __call__(self, texts):
-        from utils.evaluation import score_texts
+        from model.scoring import score_texts
         rewards = score_texts(self.model, self.tokenizer, texts, self.max_seq_len).tolist()
         return [(r - self.shift) / self.scale for r in rewards]
 
@@ -399,10 +402,12 @@ def build_app(scorer, batcher, args):
 
 
 def server_info(scorer, args):
+    import torch
     model = scorer.model
     n = model.num_padding_at_beginning
     return {"model": os.path.abspath(args.model_dir), "dtype": str(model.v_head.weight.dtype).removeprefix("torch."),
-            "device": str(model.v_head.weight.device), "max_seq_len": scorer.max_seq_len,
+            "device": str(model.v_head.weight.device), "threads": torch.get_num_threads(),
+            "max_seq_len": scorer.max_seq_len,
             "num_padding_at_beginning": n, "pad_token_id": model.PAD_ID,
             "end_token_rule": f"reward at the token before pad token number {n + 1} (pad id {model.PAD_ID}; "
                               f"num_padding_at_beginning={n} skips a pad-equal BOS), or at the last token",
@@ -422,6 +427,9 @@ def run(args):
     for flag in ("max_batch_tokens", "max_texts_per_request", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} must be at least 1; got {getattr(args, flag)}.")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     scorer = load_scorer(args)
     if not 0 <= args.max_padding <= 1:
         raise UserError(f"--max_padding is a share of a batch's tokens, from 0 to 1; got {args.max_padding}.")
