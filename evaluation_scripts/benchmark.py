@@ -208,28 +208,23 @@ def load_items(args):
     return items
 
 
-_DOWNLOADS = {}
-
-
 def local_copy(path):
-    """An http(s) address is downloaded once to a temporary file; a local path is returned as is."""
+    """An http(s) address is downloaded to a temporary file (its name kept); a local path is returned as is."""
     if not re.match(r"https?://", path):
         return path
-    if path not in _DOWNLOADS:
-        import tempfile
-        import urllib.parse
-        import urllib.request
+    import tempfile
+    import urllib.parse
+    import urllib.request
 
-        from utils.errors import UserError
-        name = urllib.parse.unquote(os.path.basename(urllib.parse.urlparse(path).path)) or "data.json"
-        target = os.path.join(tempfile.mkdtemp(prefix="benchmark_"), name)
-        try:
-            urllib.request.urlretrieve(path, target)
-        except (OSError, ValueError) as err:
-            raise UserError(f"--data {path}: could not download it ({err}). Download the file yourself "
-                            "and pass its local path.") from err
-        _DOWNLOADS[path] = target
-    return _DOWNLOADS[path]
+    from utils.errors import UserError
+    name = urllib.parse.unquote(os.path.basename(urllib.parse.urlparse(path).path)) or "data.json"
+    target = os.path.join(tempfile.mkdtemp(prefix="benchmark_"), name)
+    try:
+        urllib.request.urlretrieve(path, target)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--data {path}: could not download it ({err}). Download the file yourself "
+                        "and pass its local path.") from err
+    return target
 
 
 # ---------------------------------------------------------------- model, texts, scores
@@ -330,17 +325,17 @@ def score_sequences(model, sequences, batch_size):
     scores = np.empty(len(sequences))
     with torch.no_grad():
         for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch"):
-            chosen = order[start:start + batch_size]
-            length = len(sequences[chosen[0]])
-            ids = torch.full((len(chosen), length), model.PAD_ID, dtype=torch.long)
+            batch = order[start:start + batch_size]
+            length = len(sequences[batch[0]])
+            ids = torch.full((len(batch), length), model.PAD_ID, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for row, i in enumerate(chosen):
+            for row, i in enumerate(batch):
                 ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
                 mask[row, :len(sequences[i])] = 1
             ids, mask = ids.to(device), mask.to(device)
             values = model.forward_value(ids, mask, return_value_only=True).float()
             end = end_indices(ids, model.PAD_ID, model.num_padding_at_beginning)
-            scores[chosen] = values.gather(1, (end - 1)[:, None]).squeeze(1).cpu().numpy()
+            scores[batch] = values.gather(1, (end - 1)[:, None]).squeeze(1).cpu().numpy()
     return scores
 
 
@@ -582,6 +577,15 @@ def check_args(args):
         raise UserError("; ".join(problems) + ".")
 
 
+def max_len(args, positions):
+    """--max_seq_len, or the model's position limit (512 if it has none); never above that limit."""
+    from utils.errors import UserError
+    if args.max_seq_len and positions and args.max_seq_len > positions:
+        raise UserError(f"--max_seq_len {args.max_seq_len} is above the {positions} positions of the model in "
+                        f"{args.model_dir}; use at most {positions}.")
+    return args.max_seq_len or positions or 512
+
+
 def run(args):
     from model.create import model_max_positions
     check_args(args)
@@ -589,7 +593,7 @@ def run(args):
     items = load_items(args)
     model, tokenizer, device, dtype = load_model(args)
     prompt_format = resolve_format(args, tokenizer)
-    max_seq_len = args.max_seq_len or model_max_positions(args.model_dir) or 512
+    max_seq_len = max_len(args, model_max_positions(args.model_dir))
     sequences, lengths, cut = encode(items, tokenizer, prompt_format, model.end_of_conversation_token, max_seq_len)
     start = time.perf_counter()
     scores = score_sequences(model, sequences, args.batch_size)
