@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from data.split import split_indices
+from model.reward_model import END_OF_CONVERSATION
 from tests.reference import reference_pairwise_loss
 
 
@@ -54,7 +55,7 @@ def create_dataset_split(current_dataset, tokenizer, end_of_conversation_token, 
 
 
 def create_prompt_dataset(data_folder, tokenizer, max_seq_len, output_path, seed, data_split="0,1",
-                          end_of_conversation_token="<|endoftext|>"):
+                          end_of_conversation_token=END_OF_CONVERSATION):
     """Read train/test JSONL, split, tokenise per sample, torch.save, then torch.load (as DeepSpeed-Chat).
 
     Returns ((train, eval) PromptDatasets as loaded back, the train cache file). As in DeepSpeed-Chat,

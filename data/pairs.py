@@ -14,7 +14,7 @@ from data.readers import hash_files
 from data.sources import load_source
 from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
 from data.tokenize import pair_encoder
-from model.reward_model import loss_spans
+from model.reward_model import END_OF_CONVERSATION, loss_spans
 from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
 
@@ -33,7 +33,7 @@ FEATURES = Features({"chosen_input_ids": List(Value("int32")),
 
 
 def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, cache_dir,
-                        end_of_conversation_token="<|endoftext|>", num_padding_at_beginning=1,
+                        end_of_conversation_token=END_OF_CONVERSATION, num_padding_at_beginning=1,
                         drop_identical=False):
     """(train, eval) `datasets.Dataset`s of phase-2 pairs, memory-mapped from the on-disk cache.
 

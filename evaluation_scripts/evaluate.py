@@ -75,7 +75,7 @@ def data_settings(args):
 
 
 def score_examples(model, tokenizer, max_seq_len):
-    from utils.evaluation import score_texts
+    from model.scoring import score_texts
     eot = model.end_of_conversation_token
     for prompt, good, bad in EXAMPLES:
         good_score, bad_score = score_texts(model, tokenizer, [prompt + good + eot, prompt + bad + eot],
@@ -85,8 +85,8 @@ def score_examples(model, tokenizer, max_seq_len):
 
 def evaluate_data(model, tokenizer, args, settings):
     from data import build_pair_datasets
-    from utils.checkpoint import write_json
-    from utils.evaluation import eval_loader, evaluate
+    from utils.io import write_json
+    from training.evaluation import eval_loader, evaluate
     _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
                                       settings["max_seq_len"], settings["data_output_path"],
                                       model.end_of_conversation_token, model.num_padding_at_beginning,
@@ -109,7 +109,7 @@ def score_file(model, tokenizer, args, settings):
     from tqdm import tqdm
 
     from data.readers import read_rows
-    from utils.evaluation import score_texts
+    from model.scoring import score_texts
     rows, where = read_rows(args.score)
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
     eot = model.end_of_conversation_token

@@ -19,7 +19,7 @@ DTYPES = {"saved": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16
 
 
 def parse_args(argv=None):
-    from utils.checkpoint import DSCHAT_TRANSFORMER_KEYS
+    from model.export import DSCHAT_TRANSFORMER_KEYS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model_dir", help="A reward model folder written by main.py.")
@@ -40,7 +40,7 @@ def parse_args(argv=None):
 def run(args):
     import torch
 
-    from utils.checkpoint import export_sequence_classification, write_deepspeed_chat_weights
+    from model.export import export_sequence_classification, write_deepspeed_chat_weights
     if args.format == "hf":
         dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
         name = export_sequence_classification(args.model_dir, args.output_dir, dtype)

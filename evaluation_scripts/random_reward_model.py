@@ -23,7 +23,7 @@ def save_random_reward_model(base_dir, output_dir, shape="tiny", seed=0):
     import torch
 
     from model.create import create_reward_model, load_tokenizer
-    from utils.checkpoint import save_hf_model
+    from model.io import save_hf_model
     tokenizer = load_tokenizer(base_dir, EOT)
     torch.manual_seed(seed)
     if shape == "tiny":

@@ -2,7 +2,7 @@
 import math
 import os
 
-from model.reward_model import RewardModel
+from model.reward_model import END_OF_CONVERSATION, RewardModel
 from utils.errors import UserError
 from utils.hub import hub_unreachable_reason
 
@@ -51,7 +51,7 @@ def load_tokenizer(name, end_of_conversation_token, add_eot_token=False):
 
 
 def create_reward_model(name, tokenizer, num_padding_at_beginning, dropout=None,
-                        compute_fp32_loss=False, end_of_conversation_token="<|endoftext|>",
+                        compute_fp32_loss=False, end_of_conversation_token=END_OF_CONVERSATION,
                         center_rewards_coefficient=0.0):
     from transformers import AutoConfig, AutoModel
     try:

@@ -4,18 +4,15 @@ The pure tensor functions below (`end_indices`, `pairwise_loss`, `end_scores_aft
 reward maths, computed for the whole batch at once, so tests can check them directly against a
 per-pair reference loop (tests/reference.py).
 """
-import contextlib
-import json
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.dropout import cpu_dropout
+END_OF_CONVERSATION = "<|endoftext|>"  # appended to every chosen/rejected text (DeepSpeed-Chat's)
 
-REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json
-WEIGHTS_NAME = "model.safetensors"
+
 
 
 def end_indices(input_ids, pad_id, num_padding_at_beginning):
@@ -88,9 +85,6 @@ def end_scores_after(values, input_ids, pad_id, prompt_length):
     return values.gather(1, (end - 1)[:, None]).squeeze(1)
 
 
-CPU_EAGER_MAX_LEN = 192  # measured crossover of eager and SDPA attention (forward + backward) on CPU
-
-
 class RewardModel(nn.Module):
     """A base transformer (`rwtransformer`) plus `v_head`, with DeepSpeed-Chat's interface.
 
@@ -100,7 +94,7 @@ class RewardModel(nn.Module):
     """
 
     def __init__(self, base_model, tokenizer, num_padding_at_beginning=0, compute_fp32_loss=False,
-                 end_of_conversation_token="<|endoftext|>", center_rewards_coefficient=0.0):
+                 end_of_conversation_token=END_OF_CONVERSATION, center_rewards_coefficient=0.0):
         super().__init__()
         self.config = base_model.config
         width = getattr(self.config, "word_embed_proj_dim", None) or self.config.hidden_size
@@ -113,8 +107,6 @@ class RewardModel(nn.Module):
         self.center_rewards_coefficient = center_rewards_coefficient
         self.reward_stats = {}  # reward_mean / reward_std over the eval set, saved for step 3
         self.reward_offset = 0.0  # subtracted from every value (see from_pretrained's center_rewards)
-        can_switch = getattr(base_model, "_can_set_attn_implementation", lambda: False)()
-        self.switch_attention_on_cpu = can_switch and self.config._attn_implementation == "sdpa"
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         """Recompute activations in the backward pass (transformers 5 calls it activation checkpointing)."""
@@ -123,32 +115,9 @@ class RewardModel(nn.Module):
     def gradient_checkpointing_disable(self):
         self.rwtransformer.activation_checkpointing_disable()
 
-    def _pick_attention(self, input_ids):
-        """Training on CPU: eager attention for rows up to CPU_EAGER_MAX_LEN tokens, SDPA above.
-
-        PyTorch's CPU flash-attention backward is 2-4x slower than eager attention on short rows
-        and faster on long ones. Without gradients SDPA stays, so scores equal plain transformers'
-        bit for bit; on GPU transformers' choice stays.
-        """
-        if not self.switch_attention_on_cpu or input_ids.device.type != "cpu":
-            return
-        short = input_ids.size(1) <= CPU_EAGER_MAX_LEN
-        kernel = "eager" if short and torch.is_grad_enabled() else "sdpa"
-        if self.config._attn_implementation != kernel:
-            self.rwtransformer.set_attn_implementation(kernel)
-
-    def _dropout_context(self, input_ids):
-        """Training on CPU: `model.dropout.fast_dropout`. Not with gradient checkpointing, whose
-        recomputation in the backward pass runs outside this forward and must draw the same masks."""
-        fast = (self.training and torch.is_grad_enabled() and input_ids.device.type == "cpu"
-                and not self.rwtransformer.is_activation_checkpointing)
-        return cpu_dropout() if fast else contextlib.nullcontext()
-
     def _values(self, input_ids, attention_mask, use_cache=False, **kwargs):
         """(N, L) ids -> (N, L) per-token rewards. kwargs (head_mask, ...) go to the base model."""
-        self._pick_attention(input_ids)
-        with self._dropout_context(input_ids):
-            outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+        outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
         values = self.v_head(outputs[0]).squeeze(-1)
         return values - self.reward_offset if self.reward_offset else values
 
@@ -179,7 +148,7 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir, dtype=None, center_rewards=False, **overrides):
-        """Load a model saved by `utils.checkpoint.save_hf_model`: no other arguments needed.
+        """Load a model saved by `model.io.save_hf_model`: no other arguments needed.
 
         `dtype` defaults to the dtype the weights were saved in (the training precision), so scores
         match the ones main.py reported bit for bit on the same device. `center_rewards` subtracts
@@ -188,8 +157,11 @@ class RewardModel(nn.Module):
         """
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from model.io import WEIGHTS_NAME, read_reward_settings
+        from utils.errors import UserError
+        settings = dict(read_reward_settings(model_dir), **overrides)
         config = AutoConfig.from_pretrained(model_dir)
-        settings = dict(_read_reward_settings(model_dir), **overrides)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         tokenizer.pad_token_id = settings.pop("pad_token_id")
         base = AutoModel.from_config(config)
@@ -197,14 +169,12 @@ class RewardModel(nn.Module):
         state = load_file(os.path.join(model_dir, WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            from utils.errors import UserError
             raise UserError(f"{model_dir}/{WEIGHTS_NAME} does not match the model in config.json: "
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}. A reward model needs its "
                             "trained value head (v_head.weight); re-save it with main.py.")
         model.reward_stats = {k: settings[k] for k in ("reward_mean", "reward_std") if k in settings}
         if center_rewards:
             if "reward_mean" not in model.reward_stats:
-                from utils.errors import UserError
                 raise UserError(f"{model_dir}/config.json has no reward_mean to centre with: re-train or "
                                 "evaluate with this project's main.py.")
             model.reward_offset = model.reward_stats["reward_mean"]
@@ -212,13 +182,3 @@ class RewardModel(nn.Module):
 
 
 _INIT_SETTINGS = ("num_padding_at_beginning", "compute_fp32_loss", "end_of_conversation_token")
-
-
-def _read_reward_settings(model_dir):
-    with open(os.path.join(model_dir, "config.json")) as f:
-        settings = json.load(f).get(REWARD_CONFIG_KEY)
-    if settings is None:
-        from utils.errors import UserError
-        raise UserError(f"{model_dir}/config.json has no '{REWARD_CONFIG_KEY}' entry: this folder is not a "
-                        "reward model saved by this project (train one with main.py).")
-    return settings

@@ -1,9 +1,9 @@
-"""CPU training dropout (model/dropout.py): torch's semantics, reproducible, used only where it is safe."""
+"""CPU training dropout (training/cpu_speed.py): torch's semantics, reproducible, used only where it is safe."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model.dropout import _torch_dropout, cpu_dropout, fast_dropout
+from training.cpu_speed import _torch_dropout, cpu_dropout, cpu_training_speedups, fast_dropout
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -54,7 +54,7 @@ def test_context_swaps_dropout_and_restores_it_on_error():
     assert F.dropout is _torch_dropout
 
 
-def test_reward_model_uses_it_only_for_cpu_training_without_checkpointing(monkeypatch):
+def test_training_context_uses_it_only_for_cpu_training_without_checkpointing(monkeypatch):
     from transformers import OPTConfig, OPTModel
 
     from model.reward_model import RewardModel
@@ -74,20 +74,24 @@ def test_reward_model_uses_it_only_for_cpu_training_without_checkpointing(monkey
         return call
     monkeypatch.setattr(F, "dropout", spy("torch", _torch_dropout))
     torch_spy = F.dropout
-    monkeypatch.setattr("model.dropout.fast_dropout", spy("fast", fast_dropout))
+    monkeypatch.setattr("training.cpu_speed.fast_dropout", spy("fast", fast_dropout))
     ids = torch.randint(3, 64, (4, 10))
 
-    def dropout_calls(train, checkpointing=False, grad=True):
+    def dropout_calls(train, checkpointing=False, grad=True, context=True):
         calls.clear()
         model.train(train)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), cpu_training_speedups(model, ids, enabled=context):
             model(input_ids=ids, attention_mask=torch.ones_like(ids))["loss"]
-            model.gradient_checkpointing_disable()
+        model.gradient_checkpointing_disable()
         return set(calls)
     assert dropout_calls(train=True) == {"fast"}
     assert dropout_calls(train=True, checkpointing=True) == {"torch"}
     assert dropout_calls(train=True, grad=False) == {"torch"}
     assert dropout_calls(train=False) == set()
+    assert dropout_calls(train=True, context=False) == {"torch"}  # --disable_cpu_speedups
+    model.train()
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))  # a RewardModel alone (a step-3 critic): torch's
+    assert set(calls) == {"torch"}
     assert F.dropout is torch_spy

@@ -66,7 +66,7 @@ def test_a_model_without_its_value_head_is_refused(trained, tmp_path):
 def test_score_writes_one_reward_per_row(trained, tmp_path):
     from transformers import AutoTokenizer
 
-    from utils.evaluation import score_texts
+    from model.scoring import score_texts
     rows = [{"prompt": " Human: hi Assistant:", "answer": " thanks, great and kind."},
             {"prompt": " Human: hi Assistant:", "answer": " awful, rude."}, {"text": " plain text"}]
     output = tmp_path / "scores.jsonl"

@@ -15,9 +15,9 @@ from evaluation_scripts.export_hf import main as export_main
 from model.create import create_reward_model, load_tokenizer
 from model.reward_model import RewardModel
 from model.tiny import build_tiny_gpt2, build_tiny_opt
-from utils.checkpoint import save_hf_model
+from model.io import save_hf_model
 from utils.errors import UserError
-from utils.evaluation import score_texts
+from model.scoring import score_texts
 
 EOT = "<|endoftext|>"
 # Different lengths in one batch: the longest row has no padding at all.

@@ -17,8 +17,8 @@ from data.sampler import train_sampler
 from model.reward_model import RewardModel, pairwise_loss
 from tests.fixtures import run_main, write_jsonl
 from tests.reference import reference_grouped_parameters, reference_pairwise_loss
-from utils.evaluation import eval_loader
-from utils.optim import param_groups
+from training.evaluation import eval_loader
+from training.optim import param_groups
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -9,9 +9,9 @@ from torch import nn
 from model.create import create_reward_model, load_tokenizer
 from model.lora import apply_lora, is_lora_param, merge_lora
 from model.reward_model import RewardModel
-from utils.checkpoint import save_hf_model
+from model.io import save_hf_model
 from utils.errors import UserError
-from utils.optim import param_groups
+from training.optim import param_groups
 
 EOT = "<|endoftext|>"
 TEXTS = [" Human: hi Assistant: great, thanks, kind and helpful!", " Human: hi Assistant: that was a great idea.",

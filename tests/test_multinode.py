@@ -1,10 +1,10 @@
 """Two "nodes" (this machine reached over ssh) trained through DeepSpeed's multi-node launcher.
 
-Run: python -m pytest tests/test_multinode.py -q    (marked slow; ~35 s here, plus ~10 s for apt the first time)
+Run: python -m pytest tests/test_multinode.py -q    (marked slow; ~35 s here)
 
 What it does, so a failure is easy to place:
-- installs openssh-server, openssh-client and pdsh with apt-get when they are missing (needs root;
-  otherwise, or if apt fails, the test is skipped with the reason);
+- needs openssh-server, openssh-client and pdsh (.ci/run installs them; without them the test is skipped
+  with the command that installs them);
 - starts its own sshd on a free 127.0.0.1 port with throwaway keys, all in a temp folder (the only
   system path it may create is sshd's privilege-separation folder /run/sshd, removed again after);
 - points `ssh` at its own client config through a wrapper first on PATH, so `node-a` and `node-b`
@@ -28,6 +28,7 @@ import pytest
 
 from model.reward_model import RewardModel
 from tests.fixtures import ROOT
+from utils.dist import free_port
 
 PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "openssh-client", "pdsh": "pdsh"}
 PRIVSEP_DIR = "/run/sshd"  # compiled into Debian's sshd; it refuses to start without it
@@ -63,30 +64,11 @@ def find_tool(name):
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ensure_packages():
-    """apt-get install what is missing, or skip saying why it cannot be installed."""
+    """Skip, with the command to run, when the ssh server, client or pdsh is missing (.ci/run installs them)."""
     missing = sorted({package for tool, package in PACKAGES.items() if not find_tool(tool)})
-    if not missing:
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(f"needs {' '.join(missing)}: not root or no apt-get, so install them first")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=120", *missing]
-    try:
-        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:  # stale or empty package lists: refresh once, then retry
-            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=300)
-            result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired as err:
-        pytest.skip(f"apt-get did not finish installing {' '.join(missing)}: {err}")
-    if result.returncode != 0:
-        pytest.skip(f"apt-get could not install {' '.join(missing)}: {result.stderr[-1000:]}")
+    if missing:
+        pytest.skip(f"needs {' '.join(missing)}: apt-get install -y {' '.join(missing)} (as .ci/run does)")
 
 
 def stop(popen):

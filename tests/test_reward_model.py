@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from model.reward_model import CPU_EAGER_MAX_LEN, RewardModel, end_indices, pairwise_loss
+from model.reward_model import RewardModel, end_indices, pairwise_loss
+from training.cpu_speed import CPU_EAGER_MAX_LEN, cpu_training_speedups
 from tests.reference import reference_end_scores, reference_pairwise_loss
 
 PAD = 2  # OPT: pad = eos = bos = </s>
@@ -102,33 +103,33 @@ def test_value_head_reads_opt_projection_width(tiny_reward_model):
 
 
 @pytest.mark.parametrize("length", [12, CPU_EAGER_MAX_LEN + 8])
-def test_cpu_attention_switch_keeps_values_and_gradients(tiny_reward_model, length):
-    """Eager attention for short batches, SDPA for long ones: same values and gradients as SDPA alone."""
+def test_cpu_attention_switch_keeps_values_and_gradients(tiny_reward_model, length, monkeypatch):
+    """Eager attention for short batches, SDPA for long ones: same values and gradients as SDPA alone;
+    the model's own kernel is back once the forward is done."""
+    import contextlib
+    monkeypatch.setattr("training.cpu_speed.cpu_dropout", contextlib.nullcontext)  # torch's masks in both runs
     torch.manual_seed(1)
     input_ids = torch.randint(3, 100, (4, length))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, length // 2:] = 0  # right padding, as the collator makes
     input_ids[attention_mask == 0] = PAD
     model = tiny_reward_model.train()
+    model.rwtransformer.set_attn_implementation("sdpa")
+    kernel = lambda: model.rwtransformer.config._attn_implementation  # noqa: E731
     try:
         runs = {}
-        for switch in (True, False):
-            model.switch_attention_on_cpu = switch
-            model.rwtransformer.set_attn_implementation("sdpa")
+        for enabled in (True, False):
             model.zero_grad()
             with torch.random.fork_rng():  # the same dropout masks in both runs
-                values = model.forward_value(input_ids, attention_mask, return_value_only=True)
+                with cpu_training_speedups(model, input_ids, enabled):
+                    used = kernel()
+                    values = model.forward_value(input_ids, attention_mask, return_value_only=True)
                 values.sum().backward()
-            runs[switch] = (model.config._attn_implementation, values.detach(), model.v_head.weight.grad.clone())
+            runs[enabled] = (used, values.detach(), model.v_head.weight.grad.clone())
+            assert kernel() == "sdpa"
         assert runs[True][0] == ("eager" if length <= CPU_EAGER_MAX_LEN else "sdpa")
         assert runs[False][0] == "sdpa"
-        model.switch_attention_on_cpu = True
-        model.rwtransformer.set_attn_implementation("eager")
-        with torch.no_grad():  # scoring uses SDPA: the same numbers as plain transformers
-            model.forward_value(input_ids, attention_mask, return_value_only=True)
-        assert model.config._attn_implementation == "sdpa"
         torch.testing.assert_close(runs[True][1][attention_mask.bool()], runs[False][1][attention_mask.bool()])
         torch.testing.assert_close(runs[True][2], runs[False][2])
     finally:
-        model.switch_attention_on_cpu = True
         model.eval()

@@ -164,7 +164,7 @@ def test_rewardbench_file_renders_prompts_as_training_does(reward_model, tmp_pat
     from transformers import AutoTokenizer
 
     from model.reward_model import RewardModel
-    from utils.evaluation import score_texts
+    from model.scoring import score_texts
     rows = [{"id": i, "prompt": f"Tell me about {i}.", "chosen": f"It is {i}, thanks!", "rejected": "No.",
              "subset": subset} for i, subset in enumerate(["alpacaeval-easy", "math-prm", "hep-go", "shp"])]
     report, scored = run_benchmark(reward_model, "rewardbench", write_jsonl(tmp_path / "rb.jsonl", rows))
@@ -229,7 +229,7 @@ def test_score_sequences_matches_score_texts_when_cut(reward_model):
     from transformers import AutoTokenizer
 
     from model.reward_model import RewardModel
-    from utils.evaluation import score_texts
+    from model.scoring import score_texts
     model = RewardModel.from_pretrained(reward_model)
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
     texts = [" Human: hi Assistant: great" + " and kind" * k + "<|endoftext|>" for k in (0, 3, 30)]

@@ -5,7 +5,7 @@ from transformers import AutoTokenizer
 
 from model.create import create_reward_model, load_tokenizer
 from model.reward_model import RewardModel
-from utils.checkpoint import save_hf_model
+from model.io import save_hf_model
 from utils.errors import UserError
 
 

@@ -28,7 +28,7 @@ REWARD_MEAN, REWARD_STD = 0.25, 2.0
 def reward_dir(tiny_opt, tmp_path_factory):
     """A reward model folder (tiny OPT, random trained-looking head, saved reward mean/std): no training."""
     from model.create import create_reward_model, load_tokenizer
-    from utils.checkpoint import save_hf_model
+    from model.io import save_hf_model
     tokenizer = load_tokenizer(tiny_opt, "<|endoftext|>")
     torch.manual_seed(0)
     model = create_reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1).eval()
@@ -45,7 +45,7 @@ def offline(reward_dir):
     from transformers import AutoTokenizer
 
     from model.reward_model import RewardModel
-    from utils.evaluation import score_texts
+    from model.scoring import score_texts
     model = RewardModel.from_pretrained(reward_dir)
     tokenizer = AutoTokenizer.from_pretrained(reward_dir)
     eot = model.end_of_conversation_token

@@ -32,7 +32,7 @@ def check_saved_model(output_dir, data_folder, expected_accuracy):
     from transformers import AutoTokenizer
 
     from data import PairCollator, build_pair_datasets
-    from utils.evaluation import evaluate
+    from training.evaluation import evaluate
     for name in ("config.json", "model.safetensors", "tokenizer.json", "ds_config.json", "train_results.json"):
         assert os.path.exists(os.path.join(output_dir, name)), name
     model = RewardModel.from_pretrained(output_dir)

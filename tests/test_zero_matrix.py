@@ -12,13 +12,13 @@ import math
 import os
 import re
 import shutil
-import socket
 import sys
 
 import pytest
 import torch
 
 from main import HERE, parse_args
+from utils.dist import free_port
 from model.reward_model import RewardModel
 from tests.fixtures import learnable_pairs, run_main, write_jsonl
 from tests.test_train import eval_accuracies
@@ -59,18 +59,12 @@ def data(tmp_path_factory):
     return {"path": str(folder), "cache": str(tmp_path_factory.mktemp("matrix_cache"))}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return str(s.getsockname()[1])
-
-
 def train(tiny_opt, data, folder, flags, ranks=1):
     """One main.py run; returns its log, output folder, step losses and final results."""
     launcher = None
     if ranks > 1:
         deepspeed = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-        launcher = [deepspeed, "--num_gpus", str(ranks), "--master_port", _free_port()]
+        launcher = [deepspeed, "--num_gpus", str(ranks), "--master_port", free_port()]
         flags = list(flags) + ["--per_device_train_batch_size", str(MICRO // ranks)]  # same global batch
     out = folder / "out"
     result = run_main(["--model_name_or_path", tiny_opt, "--data_path", data["path"], "--output_dir", out,
@@ -88,7 +82,7 @@ def reloaded_metrics(run, data):
     from transformers import AutoTokenizer
 
     from data import build_pair_datasets
-    from utils.evaluation import eval_loader, evaluate
+    from training.evaluation import eval_loader, evaluate
     model = RewardModel.from_pretrained(run["out"])
     tokenizer = AutoTokenizer.from_pretrained(run["out"])
     _, eval_set = build_pair_datasets([data["path"]], "0,10,0", 1234, tokenizer, 64, data["cache"],

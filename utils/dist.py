@@ -1,5 +1,6 @@
 """Distributed helpers that also work with a single process and no process group."""
 import os
+import sys
 
 import torch.distributed as dist
 
@@ -7,12 +8,13 @@ import torch.distributed as dist
 def set_single_process_defaults():
     """Let `python main.py ...` run without a launcher: fill the env vars DeepSpeed reads."""
     defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port()}
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": free_port()}
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
 
 
-def _free_port():
+def free_port():
+    """A TCP port free on every interface right now, as a string."""
     import socket
     with socket.socket() as s:
         s.bind(("", 0))  # all interfaces: a port free on 127.0.0.1 alone may be taken on another address
@@ -61,21 +63,24 @@ def barrier():
         dist.barrier()
 
 
-def all_reduce_sum(tensor):
-    """Sum a tensor over ranks in place (no-op with one process); returns it. Works for tensors on
-    any device: NCCL only reduces accelerator tensors, gloo CPU ones."""
+def all_reduce(tensor, op="sum"):
+    """Sum (or "max") a tensor over ranks in place (no-op with one process); returns it. Works for
+    tensors on any device: NCCL only reduces accelerator tensors, gloo CPU ones."""
     if is_initialized() and get_world_size() > 1:
         if dist.get_backend() == "gloo":
             comm = tensor.cpu()
         else:
             from deepspeed.accelerator import get_accelerator
             comm = tensor.to(get_accelerator().current_device_name())
-        dist.all_reduce(comm, op=dist.ReduceOp.SUM)
+        dist.all_reduce(comm, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
         if comm is not tensor:
             tensor.copy_(comm)
     return tensor
 
 
-def print_rank0(*args, **kwargs):
+def print_rank0(message):
+    """The one rank-0 print: a line on stdout that does not break a tqdm progress bar."""
     if is_main_process():
-        print(*args, **kwargs, flush=True)
+        from tqdm import tqdm
+        tqdm.write(str(message), file=sys.stdout)
+        sys.stdout.flush()

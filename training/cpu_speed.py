@@ -1,4 +1,9 @@
-"""Dropout for training on CPU: torch's keep rate and scale, with the random bits drawn faster.
+"""CPU training speed rules, entered by the training loop around each forward (`cpu_training_speedups`).
+
+Two rules, neither changes results beyond float rounding (tests/test_fidelity.py):
+1. Attention: eager for batches up to CPU_EAGER_MAX_LEN tokens, SDPA above. PyTorch's CPU flash-
+   attention backward is 2-4x slower than eager on short rows and faster on long ones.
+2. Dropout, below: torch's keep rate and scale, with the random bits drawn faster.
 
 On CPU `torch.nn.functional.dropout` draws its Bernoulli mask one element at a time from the
 Mersenne Twister generator: at the card's dropout 0.1 that was 14% of an opt-350m training step
@@ -14,6 +19,9 @@ import torch
 import torch.nn.functional as F
 
 _torch_dropout = F.dropout
+# Measured crossover of eager and SDPA attention (forward + backward, bf16) on this project's 2-core CPU
+# machine with the opt-125m and opt-350m shapes of benchmarks/bench.py (commit 1994c2f).
+CPU_EAGER_MAX_LEN = 192
 
 
 def fast_dropout(input, p=0.5, training=True, inplace=False):
@@ -40,3 +48,30 @@ def cpu_dropout():
         yield
     finally:
         F.dropout = previous
+
+
+@contextlib.contextmanager
+def cpu_training_speedups(model, input_ids, enabled=True):
+    """Run one training forward of `model` (a RewardModel) on `input_ids` (N, L) with the CPU rules.
+
+    Only with gradients on a CPU batch. The attention kernel is set for this batch and put back on exit
+    (the backward pass needs only the graph), so evaluation, scoring and a step-3 critic reusing the model
+    see transformers' choice. Under gradient checkpointing neither rule applies: the recomputation in
+    the backward pass runs outside this block and must draw the same masks with the same kernel.
+    """
+    base = model.rwtransformer
+    active = (enabled and torch.is_grad_enabled() and input_ids.device.type == "cpu"
+              and not base.is_activation_checkpointing)
+    if not active:
+        yield
+        return
+    previous = base.config._attn_implementation
+    switch = previous == "sdpa" and base._can_set_attn_implementation()
+    if switch:
+        base.set_attn_implementation("eager" if input_ids.size(1) <= CPU_EAGER_MAX_LEN else "sdpa")
+    try:
+        with cpu_dropout():
+            yield
+    finally:
+        if switch:
+            base.set_attn_implementation(previous)

@@ -1,10 +1,12 @@
-"""Pairwise evaluation shared by training (main.py) and evaluation_scripts/: same numbers in both."""
+"""Pairwise evaluation shared by training (main.py) and evaluation_scripts/: same pairs, same numbers."""
 import math
 
 import torch
 from tqdm import tqdm
 
-from utils.dist import all_reduce_sum, get_rank, get_world_size, is_main_process
+from data.collator import PairCollator
+from data.sampler import length_sorted_indices
+from utils.dist import all_reduce, get_rank, get_world_size, is_main_process
 
 
 def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max_batches=0):
@@ -18,8 +20,6 @@ def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max
     """
     from torch.utils.data import DataLoader, Subset
 
-    from data import PairCollator
-    from data.sampler import length_sorted_indices
     rank, world = get_rank(), get_world_size()
     chosen = dschat_eval_subset(len(eval_set), batch_size, world, max_batches)
     indices = [chosen[i] for i in length_sorted_indices(Subset(eval_set, chosen))][rank::world]
@@ -77,7 +77,7 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
                                ((chosen == rejected).double() * counted).sum(), counted.sum(),
                                (chosen * counted).sum(), (rejected * counted).sum(),
                                ((chosen ** 2 + rejected ** 2) * counted).sum()])
-    all_reduce_sum(totals)
+    all_reduce(totals)
     model.train(was_training)
     correct, ties, pairs, chosen_sum, rejected_sum, square_sum = totals.tolist()
     pairs = max(pairs, 1.0)
@@ -86,20 +86,3 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
             "rejected_mean": rejected_sum / pairs, "margin": (chosen_sum - rejected_sum) / pairs,
             "num_pairs": int(pairs), "reward_mean": reward_mean,
             "reward_std": math.sqrt(max(square_sum / (2 * pairs) - reward_mean ** 2, 0.0))}
-
-
-@torch.no_grad()
-def score_texts(model, tokenizer, texts, max_seq_len):
-    """Reward of each full text (prompt + answer + end-of-conversation) at its end token: (N,) floats.
-
-    Tokenised and padded exactly like training rows, so a score equals the pair score for that text.
-    """
-    from model.reward_model import end_indices
-    ids = [tokenizer(text, truncation=True, max_length=max_seq_len)["input_ids"] for text in texts]
-    length = max(len(row) for row in ids)
-    device = model.v_head.weight.device
-    input_ids = torch.tensor([row + [model.PAD_ID] * (length - len(row)) for row in ids], device=device)
-    attention_mask = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in ids], device=device)
-    values = model.forward_value(input_ids, attention_mask, return_value_only=True).float()
-    end = end_indices(input_ids, model.PAD_ID, model.num_padding_at_beginning)
-    return values.gather(1, (end - 1)[:, None]).squeeze(1)

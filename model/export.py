@@ -1,0 +1,116 @@
+"""Export a saved reward model for other tools: Hugging Face sequence classification, DeepSpeed-Chat step 3."""
+import os
+import shutil
+
+import torch
+
+from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, read_reward_model_dir
+from model.reward_model import end_indices
+from utils.errors import UserError
+
+
+DSCHAT_WEIGHTS_NAME = "pytorch_model.bin"
+# DeepSpeed-Chat's attribute holding the base model: `rwtransformer` in the current `dschat/` package,
+# `rwtranrsformer` (sic) in the older `training/utils/` layout. The current step-3 loader is not strict,
+# so a checkpoint with the other prefix loads nothing and leaves the critic random, without an error.
+DSCHAT_TRANSFORMER_KEYS = ("rwtransformer", "rwtranrsformer")
+
+
+def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR_TRANSFORMER_KEY):
+    """Write `pytorch_model.bin` as DeepSpeed-Chat's step 3 loads it; returns its path.
+
+    Step 3 (`create_critic_model(..., rlhf_training=True)`) builds `AutoModel.from_config(config.json)`,
+    wraps it in its RewardModel (attributes `<transformer_key>` and a bias-free `v_head`) and loads this
+    file, a `torch.save`d state dict, into it. Tensors keep their saved dtype. `output_dir` defaults to
+    `model_dir`, whose config.json (the base model's, plus our reward settings) is what step 3 reads;
+    another folder also gets that config.json and the tokenizer files.
+    """
+    if transformer_key not in DSCHAT_TRANSFORMER_KEYS:
+        raise UserError(f"transformer key '{transformer_key}': DeepSpeed-Chat uses one of {DSCHAT_TRANSFORMER_KEYS}.")
+    settings, state = read_reward_model_dir(model_dir)
+    renamed = {(key if key == HEAD_KEY else transformer_key + key[len(OUR_TRANSFORMER_KEY):]): tensor.contiguous()
+               for key, tensor in state.items()}
+    output_dir = output_dir or model_dir
+    os.makedirs(output_dir, exist_ok=True)
+    if os.path.realpath(output_dir) != os.path.realpath(model_dir):
+        shutil.copyfile(os.path.join(model_dir, "config.json"), os.path.join(output_dir, "config.json"))
+        _reward_tokenizer(model_dir, settings).save_pretrained(output_dir)
+    path = os.path.join(output_dir, DSCHAT_WEIGHTS_NAME)
+    torch.save(renamed, path)
+    return path
+
+
+def _reward_tokenizer(model_dir, settings):
+    """The saved tokenizer with DeepSpeed-Chat's conventions: pad = our pad id (eos), right padding."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(settings["pad_token_id"])
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def check_end_token_rule(tokenizer, settings, sample="Human: Hi! Assistant: Hello."):
+    """UserError unless Hugging Face's pooling (last token != pad) finds our end token (before the
+    (n+1)-th pad, n = num_padding_at_beginning) on a typical padded row; returns that row's ids.
+
+    They agree when a text holds exactly n pad-equal tokens before its end: OPT's `</s>` BOS with n=1,
+    no BOS with n=0. A trailing pad-equal end-of-conversation token (GPT-2's `<|endoftext|>`) is fine:
+    both rules then read the token before it.
+    """
+    pad_id, skip = settings["pad_token_id"], settings["num_padding_at_beginning"]
+    row = tokenizer(sample + settings["end_of_conversation_token"])["input_ids"] + [pad_id] * 2
+    ids = torch.tensor([row])
+    ours = int(end_indices(ids, pad_id, skip)[0]) - 1
+    theirs = max(i for i, token in enumerate(row) if token != pad_id)
+    if ours != theirs:
+        raise UserError(
+            f"num_padding_at_beginning={skip} does not fit this tokenizer: in {row} (pad id {pad_id}) the "
+            f"reward model reads position {ours} but a Hugging Face classifier would read {theirs}. The model "
+            "was trained reading the wrong token (OPT needs 1, models without a pad-equal BOS need 0): "
+            "retrain with the right --num_padding_at_beginning before exporting.")
+    return row
+
+
+def export_sequence_classification(model_dir, output_dir, dtype=None):
+    """Write `model_dir`'s reward model as a Hugging Face `AutoModelForSequenceClassification` folder.
+
+    The base weights move under the classifier's base-model prefix (`model.` for OPT, `transformer.`
+    for GPT-2) and `v_head.weight` becomes the bias-free `score.weight`; config.json gains
+    `num_labels=1`, `architectures` and `pad_token_id` = our pad (= eos), so Hugging Face pools at the
+    last non-pad token, which is our end token (see `check_end_token_rule`). The reward settings stay
+    in config.json. `dtype` defaults to the saved one: config.json records it, and transformers loads
+    in that dtype by default, so scores equal those of `RewardModel.from_pretrained`. Returns the
+    classifier class name.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    settings, state = read_reward_model_dir(model_dir)
+    if os.path.realpath(output_dir) == os.path.realpath(model_dir):
+        raise UserError(f"output folder {output_dir} is the model folder: exporting there would overwrite "
+                        f"its {WEIGHTS_NAME}; pick another folder.")
+    tokenizer = _reward_tokenizer(model_dir, settings)
+    check_end_token_rule(tokenizer, settings)
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.num_labels = 1
+    config.pad_token_id = settings["pad_token_id"]
+    try:
+        model = AutoModelForSequenceClassification.from_config(config)
+    except ValueError as error:
+        raise UserError(f"transformers has no sequence-classification class for model type "
+                        f"'{config.model_type}' ({error}); export is not possible for it.") from error
+    model.config.architectures = [type(model).__name__]
+    prefix = model.base_model_prefix
+    renamed = {("score.weight" if key == HEAD_KEY else prefix + key[len(OUR_TRANSFORMER_KEY):]): tensor
+               for key, tensor in state.items()}
+    expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
+    got = {key: tensor.shape for key, tensor in renamed.items()}
+    if expected != got:
+        differ = sorted(set(expected) ^ set(got)) or sorted(k for k in got if got[k] != expected[k])
+        raise UserError(f"{type(model).__name__} does not hold this reward model's weights one to one "
+                        f"(first differences: {differ[:5]}): export is not supported for it.")
+    model.load_state_dict(renamed, strict=True)
+    os.makedirs(output_dir, exist_ok=True)
+    model.to(dtype or state[HEAD_KEY].dtype).save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return type(model).__name__

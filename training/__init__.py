@@ -1,0 +1,1 @@
+"""Training: the loop, resumable checkpoints, optimizer groups, evaluation and the CPU speed rules."""

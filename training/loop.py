@@ -1,0 +1,173 @@
+"""The training loop and what runs beside it: the log, the stop signal, the plateau warning."""
+import json
+import math
+import os
+import signal
+import time
+
+import torch
+from tqdm import tqdm
+
+from model.reward_model import loss_spans
+from training.checkpoint import save_checkpoint
+from training.cpu_speed import cpu_training_speedups
+from training.evaluation import to_device
+from utils.dist import all_reduce, get_world_size, is_main_process, print_rank0
+from utils.errors import UserError
+
+LN2 = math.log(2)  # the loss when chosen and rejected get the same reward
+PLATEAU_TOLERANCE = 0.02
+
+
+class Logger:
+    """Rank-0 log lines (through `print_rank0`), `OUT/train_log.jsonl` and optional TensorBoard scalars."""
+
+    def __init__(self, output_dir, tensorboard_path=None):
+        self.enabled = is_main_process()
+        self.writer = self.jsonl = None
+        if self.enabled:  # every logged number, for plots (evaluation_scripts/evaluate.py) and scripts
+            os.makedirs(output_dir, exist_ok=True)
+            self.jsonl = open(os.path.join(output_dir, "train_log.jsonl"), "a")
+        if self.enabled and tensorboard_path:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(tensorboard_path, "step2_reward_model"))
+
+    def scalars(self, prefix, values, step):
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"kind": prefix, "step": step, **values}) + "\n")
+            self.jsonl.flush()
+        if self.writer:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+            self.writer.flush()
+
+    def step(self, step, loss, lr, pairs_per_s, seconds):
+        print_rank0(f"step {step} | loss {loss:.4f} | lr {lr:.3e} | {pairs_per_s:.1f} pairs/s | {seconds * 1000:.0f} ms")
+        self.scalars("train", {"loss": loss, "lr": lr, "pairs_per_s": pairs_per_s}, step)
+
+    def eval(self, tag, metrics, step):
+        print_rank0(f"eval ({tag}) | acc {metrics['accuracy']:.4f} | chosen {metrics['chosen_mean']:.4f} | "
+                    f"rejected {metrics['rejected_mean']:.4f} | margin {metrics['margin']:.4f} | "
+                    f"pairs {metrics['num_pairs']} | ties {metrics['ties']}")
+        self.scalars("rewards", metrics, step)
+
+
+class StopSignal:
+    """SIGTERM/SIGINT ask for a checkpoint at the next optimizer step, then a clean exit (a second
+    Ctrl-C stops at once). All ranks agree on stopping, so they save the same step."""
+
+    def __init__(self):
+        self.signum = 0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum == signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def agreed(self, device):
+        """The signal any rank received (0: none); the same on every rank."""
+        self.signum = int(all_reduce(torch.tensor([float(self.signum)], device=device), op="max").item())
+        return self.signum
+
+
+class Stopped(Exception):
+    """Training stopped by a signal after saving a checkpoint."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+class PlateauWarning:
+    """A loss stuck at ln 2 means r_c == r_j everywhere: usually the end token is read at the wrong
+    place (e.g. a wrong --num_padding_at_beginning) or the head gets no gradient."""
+
+    def __init__(self, steps):
+        self.steps, self.stuck = steps, True
+
+    def update(self, step, loss):
+        if not self.steps or step > self.steps:
+            return
+        self.stuck = self.stuck and abs(loss - LN2) < PLATEAU_TOLERANCE
+        if step == self.steps and self.stuck:
+            print_rank0(f"warning: the training loss stayed within {PLATEAU_TOLERANCE} of ln 2 = {LN2:.3f} for the "
+                        f"first {step} steps: the reward model is not separating chosen from rejected. Check "
+                        "--num_padding_at_beginning (OPT: 1, most others: 0), the learning rate and the data.")
+
+
+def train(args, engine, train_loader, run_eval, log, position, checkpoint_state):
+    """The training loop from `position` (epoch, micro-batches done in it, their loss sum).
+
+    Returns (final eval metrics, mean training loss of the last epoch).
+    """
+    stop = StopSignal()
+    plateau = PlateauWarning(args.loss_plateau_warning)
+    accumulation = engine.gradient_accumulation_steps()
+    pairs_per_step = train_loader.batch_size * get_world_size() * accumulation
+    batches_per_epoch = len(train_loader)
+    for epoch in range(position["epoch"], args.num_train_epochs):
+        engine.train()  # from_pretrained leaves the base in eval mode (no dropout)
+        skip = position["batches_done"] if epoch == position["epoch"] else 0
+        train_loader.sampler.set_epoch(epoch, skip_batches=skip)  # resume: the sampler skips, nothing is read
+        epoch_loss = torch.tensor(position["epoch_loss_sum"] if skip else 0.0, device=engine.device)
+        step_loss, step_start = torch.zeros((), device=engine.device), time.time()
+        step_batches = []  # this optimizer step's micro-batches, to tell why a loss is not finite
+        bar = tqdm(train_loader, total=batches_per_epoch, initial=skip,
+                   desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=not log.enabled)
+        for batch_index, batch in enumerate(bar, start=skip):
+            step_batches.append((batch_index, batch["input_ids"]))
+            batch = to_device(batch, engine.device)
+            with cpu_training_speedups(engine.module, batch["input_ids"], not args.disable_cpu_speedups):
+                loss = engine(**batch)["loss"]
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            engine.step()
+            epoch_loss += loss.detach().float()
+            step_loss += loss.detach().float()
+            if not boundary:
+                continue
+            step, mean_loss = engine.global_steps, step_loss.item() / accumulation
+            if not math.isfinite(mean_loss):
+                raise UserError(f"training loss is {mean_loss} at optimizer step {step}: stopping without saving "
+                                f"a model. {nonfinite_cause(step_batches, engine.module)}")
+            elapsed = time.time() - step_start
+            bar.set_postfix(loss=f"{mean_loss:.4f}", pairs_per_s=f"{pairs_per_step / elapsed:.1f}")
+            log.step(step, mean_loss, engine.get_lr()[0], pairs_per_step / elapsed, elapsed)
+            plateau.update(step, mean_loss)
+            position = {"epoch": epoch, "batches_done": batch_index + 1, "epoch_loss_sum": epoch_loss.item()}
+            if args.eval_interval and step % args.eval_interval == 0:
+                log.eval(f"step {step}", run_eval(), step)
+            stopping = stop.agreed(engine.device)
+            if stopping or (args.save_steps and step % args.save_steps == 0):
+                folder = save_checkpoint(engine, args.output_dir, dict(checkpoint_state, position=position),
+                                         args.save_total_limit)
+                print_rank0(f"saved checkpoint {folder}")
+            if stopping:
+                raise Stopped(f"stopped by signal {stopping} at step {step}; checkpoint in {folder}. "
+                              "Continue with --resume_from_checkpoint auto.", stopping)
+            step_loss.zero_()
+            step_batches.clear()
+            step_start = time.time()
+        mean_epoch_loss = epoch_loss.item() / max(batches_per_epoch, 1)
+        print_rank0(f"epoch {epoch + 1}/{args.num_train_epochs} | mean loss {mean_epoch_loss:.4f}")
+        metrics = run_eval()
+        log.eval(f"epoch {epoch + 1}", metrics, engine.global_steps)
+    return metrics, mean_epoch_loss
+
+
+def nonfinite_cause(step_batches, model):
+    """Why a step's loss is not finite: pairs with an empty loss span (a data cause) or a numeric blow-up."""
+    empty = []
+    for batch_index, input_ids in step_batches:
+        pairs = input_ids.size(0) // 2
+        start, end, _, _ = loss_spans(input_ids[:pairs], input_ids[pairs:], model.PAD_ID,
+                                      model.num_padding_at_beginning)
+        empty += [f"micro-batch {batch_index} pair {i}" for i in (end == start).nonzero().flatten().tolist()]
+    if empty:
+        return (f"Data: {len(empty)} pair(s) are scored at or before the token where chosen and rejected first "
+                f"differ, so their loss span is empty (0/0): {', '.join(empty[:5])}. Check "
+                "--num_padding_at_beginning and whether the PAD/EOS token occurs inside the texts.")
+    return ("The rewards themselves are not finite (a numeric blow-up): resume from the last checkpoint "
+            "(--resume_from_checkpoint auto) with a lower --learning_rate, or train in bf16/fp32.")
