@@ -187,7 +187,8 @@ def load_pairs(rows, where, path):
     for i, row in enumerate(rows):
         group = str(row.get("subset") or "all")
         if "prompt" in row:
-            prompt, chosen, rejected = (_text(row, k, path, where(i), "pairs") for k in ("prompt", "chosen", "rejected"))
+            prompt, chosen, rejected = (_text(row, k, path, where(i), "pairs")
+                                        for k in ("prompt", "chosen", "rejected"))
         else:
             prompt, chosen = split_hh(_text(row, "chosen", path, where(i), "pairs"))
             rejected = split_hh(_text(row, "rejected", path, where(i), "pairs"))[1]
@@ -228,20 +229,6 @@ def local_copy(path):
 
 
 # ---------------------------------------------------------------- model, texts, scores
-
-def check_model_dir(model_dir):
-    """Fail before reading any data if MODEL is not a reward model folder written by main.py."""
-    from model.reward_model import REWARD_CONFIG_KEY
-    from utils.errors import UserError
-    config = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(config):
-        raise UserError(f"{model_dir}: no config.json; pass a reward model folder written by main.py.")
-    with open(config) as f:
-        if REWARD_CONFIG_KEY not in json.load(f):
-            raise UserError(f"{config} has no '{REWARD_CONFIG_KEY}' entry: {model_dir} is not a reward model "
-                            "saved by this project (train one with main.py, or save one with "
-                            "evaluation_scripts/random_reward_model.py for a speed check).")
-
 
 def load_model(args):
     """(model on its device in eval mode, tokenizer with pad = the model's PAD_ID, device, dtype name)."""
@@ -401,7 +388,8 @@ def summarise_rewardbench2(items, scored):
         shared = sum(float(np.max(r)) == c[0] for _, c, r in members)
         subsets[name] = {"score": float(np.mean(credit)), "items": len(members), "top_shared_with_rejected": shared}
     overall = float(np.mean([v["score"] for v in subsets.values()]))
-    rows = [[s, v["score"], v["items"]] for s, v in subsets.items()] + [["Overall (mean of subsets)", overall, len(items)]]
+    rows = [[s, v["score"], v["items"]] for s, v in subsets.items()]
+    rows.append(["Overall (mean of subsets)", overall, len(items)])
     table = ("RewardBench 2 (best-of-4 accuracy; Ties: its weighted score)", ["subset", "score", "items"], rows)
     return {"subsets": subsets, "overall": overall}, [table], ("RewardBench 2", [r[0] for r in rows],
                                                                {"score": [r[1] for r in rows]})
@@ -588,8 +576,9 @@ def max_len(args, positions):
 
 def run(args):
     from model.create import model_max_positions
+    from model.io import read_reward_settings
     check_args(args)
-    check_model_dir(args.model_dir)
+    read_reward_settings(args.model_dir)  # not a reward model folder: refused before any data is read
     items = load_items(args)
     model, tokenizer, device, dtype = load_model(args)
     prompt_format = resolve_format(args, tokenizer)

@@ -14,9 +14,6 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-EOT = "<|endoftext|>"
-
-
 def save_random_reward_model(base_dir, output_dir, shape="tiny", seed=0):
     """Wrap the causal LM folder `base_dir` ("tiny") or an OPT of `shape` with random weights (using
     base_dir's tokenizer) in a RewardModel with a random value head, saved as main.py saves one."""
@@ -24,7 +21,8 @@ def save_random_reward_model(base_dir, output_dir, shape="tiny", seed=0):
 
     from model.create import create_reward_model, load_tokenizer
     from model.io import save_hf_model
-    tokenizer = load_tokenizer(base_dir, EOT)
+    from model.reward_model import END_OF_CONVERSATION
+    tokenizer = load_tokenizer(base_dir, END_OF_CONVERSATION)
     torch.manual_seed(seed)
     if shape == "tiny":
         model = create_reward_model(base_dir, tokenizer, num_padding_at_beginning=1)

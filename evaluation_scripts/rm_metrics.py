@@ -10,8 +10,6 @@ Each benchmark's figures follow its authors' definitions (read from their code; 
 - JudgeBench (ScalerLab/JudgeBench): a verdict per order, combined by the authors' counting rule.
 And for every evaluation: length bias, Spearman correlation and expected calibration error.
 """
-import math
-
 import numpy as np
 
 # ---------------------------------------------------------------- pairs
@@ -245,7 +243,3 @@ def calibration(margins, bins=10):
         rows.append({"low": b / bins, "high": (b + 1) / bins, "count": count, "mean_prediction": confidence,
                      "observed": frequency})
     return {"ece": ece if len(predictions) else None, "bins": bins, "reliability": rows}
-
-
-def finite_or_none(value):
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
