@@ -72,6 +72,8 @@ def parse_args(argv=None):
                         help="Tokens per prompt+answer (default: fidelity 128, speed 512).")
     parser.add_argument("--learning_rate", type=float, default=5e-5, help="Peak learning rate (cosine, no warm-up).")
     parser.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay.")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="--dropout given to both (0: deterministic training, needed for an exact comparison).")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
                         help="Training precision (default: fidelity fp32, speed bf16).")
     parser.add_argument("--long_prompt_every", type=int, default=7,
@@ -199,7 +201,7 @@ def common_flags(args, model, data, cache):
             "--per_device_eval_batch_size", str(args.eval_batch), "--gradient_accumulation_steps", "1",
             "--learning_rate", str(args.learning_rate), "--weight_decay", str(args.weight_decay),
             "--lr_scheduler_type", "cosine", "--num_warmup_steps", "0", "--num_train_epochs", "1",
-            "--dropout", "0.0", "--zero_stage", "0", "--eval_iters", str(args.eval_iters)]
+            "--dropout", str(args.dropout), "--zero_stage", "0", "--eval_iters", str(args.eval_iters)]
 
 
 def script_command(side, args, model, data, run_dir, extra=()):
@@ -291,6 +293,9 @@ def print_fidelity(r):
           f"DeepSpeed-Chat: {r['identical_pairs_trained_ref']}")
     w = r["initial_weights"]
     print(f"initial weights (sum, v_head sum, count): DeepSpeed-Chat {w['ref']}, main.py {w['new']}")
+    rng = r["rng_at_first_train_forward"]
+    print(f"torch CPU RNG state at the first training forward: {'same' if rng['ref'] == rng['new'] else 'different'} "
+          f"({rng['ref']} vs {rng['new']}; dropout masks come from it)")
     for phase in ("eval_before", "eval_after"):
         e = r[phase]
         print(f"{phase.replace('_', ' ')}: accuracy DeepSpeed-Chat {fmt(e['ref_acc'], '.4f')} ({e['ref_pairs']} pairs), "

@@ -93,14 +93,17 @@ def compare_eval(ref_forwards, new_forwards):
             "common_pairs": len(common), "max_score_diff": max(diffs, default=None)}
 
 
+def _first(records, kind):
+    return next((r for r in records if r["kind"] == kind), {})
+
+
 def summarise_fidelity(ref_records, new_records):
     rows = compare_steps(micro_steps(ref_records), micro_steps(new_records))
     both = [r for r in rows if r["loss_diff"] is not None]
     same = [r for r in both if r["same_pairs"]]
     ref_before, ref_after = eval_phases(ref_records)
     new_before, new_after = eval_phases(new_records)
-    ref_params = next((r for r in ref_records if r["kind"] == "params"), {})
-    new_params = next((r for r in new_records if r["kind"] == "params"), {})
+    ref_params, new_params = _first(ref_records, "params"), _first(new_records, "params")
     return {
         "ref_micro_steps": len(micro_steps(ref_records)), "new_micro_steps": len(micro_steps(new_records)),
         "same_pairs_batches": sum(r["same_pairs"] for r in rows), "same_set_batches": sum(r["same_set"] for r in rows),
@@ -110,6 +113,8 @@ def summarise_fidelity(ref_records, new_records):
         "identical_pairs_trained_ref": sum(r["identical_pairs_in_batch"] or 0 for r in rows),
         "initial_weights": {"ref": {k: ref_params.get(k) for k in ("all", "v_head", "count")},
                             "new": {k: new_params.get(k) for k in ("all", "v_head", "count")}},
+        "rng_at_first_train_forward": {"ref": _first(ref_records, "rng").get("torch_cpu"),
+                                       "new": _first(new_records, "rng").get("torch_cpu")},
         "eval_before": compare_eval(ref_before, new_before),
         "eval_after": compare_eval(ref_after, new_after),
         "steps": rows,

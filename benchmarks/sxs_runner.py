@@ -13,7 +13,8 @@ Environment:
 Measured, per forward call of the reward model: train or eval, a hash of each row's unpadded ids
 (attention_mask == 1), each pair as (chosen hash, rejected hash), the loss as a Python float, the
 end scores, the padded length; per `DeepSpeedEngine.step`: the wall time and the learning rate;
-once: checksums of the initial weights. Not measured here: memory and process start-up (the
+once: checksums of the initial weights, and a hash of torch's CPU RNG state at the first training
+forward (dropout masks are drawn from it). Not measured here: memory and process start-up (the
 parent measures those), anything that happens outside forward and step.
 """
 import hashlib
@@ -35,6 +36,7 @@ class Recorder:
         self.stop_after = stop_after
         self.micro_steps = 0
         self.params_logged = False
+        self.rng_logged = False
 
     def write(self, kind, **fields):
         self.file.write(json.dumps({"kind": kind, "t": time.time(), **fields}) + "\n")
@@ -72,9 +74,13 @@ def patch_forward(cls, recorder):
         if not recorder.params_logged:
             recorder.params_logged = True
             recorder.write("params", **param_checksums(self))
+        training = self.training and torch.is_grad_enabled()
+        if training and not recorder.rng_logged:  # dropout masks depend on it
+            recorder.rng_logged = True
+            recorder.write("rng", torch_cpu=hashlib.blake2b(torch.get_rng_state().numpy().tobytes(),
+                                                            digest_size=8).hexdigest())
         out = original(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pairs, lengths = describe_batch(input_ids, attention_mask)
-        training = self.training and torch.is_grad_enabled()
         recorder.write("forward", train=training, pairs=pairs, lengths=lengths, padded_len=input_ids.size(1),
                        loss=float(out["loss"].detach().float()), dtype=str(out["loss"].dtype),
                        chosen=out["chosen_mean_scores"].detach().float().tolist(),
