@@ -23,15 +23,17 @@ from model.create import check_model_folder, create_reward_model, load_tokenizer
 from model.io import check_output_dir, save_hf_model
 from model.lora import apply_lora, merge_lora
 from model.reward_model import END_OF_CONVERSATION
-from training.checkpoint import resume, run_identity
+from training.checkpoint import choose_checkpoint, data_fingerprint, load_checkpoint, run_identity
 from training.evaluation import eval_loader, evaluate
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
 from utils.dist import get_world_size, init_distributed, print_rank0, set_single_process_defaults
 from utils.ds_config import load_ds_config, resolve_ds_config
+from utils import validate
 from utils.errors import UserError, exit_on_user_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FRESH_START = {"epoch": 0, "batches_done": 0, "epoch_loss_sum": 0.0}
 FROM_CONFIG = "from --deepspeed_config"
 
 
@@ -52,16 +54,18 @@ def run(args, typed):
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name_or_path, END_OF_CONVERSATION, args.add_eot_token)
     train_loader, eval_batches, eval_real = setup_data(args, tokenizer, ds_config["train_micro_batch_size_per_gpu"])
+    identity = run_identity(args, ds_config, data_fingerprint(train_loader.dataset))
+    checkpoint = choose_checkpoint(args, identity)  # before the model loads: a refused resume costs nothing
     model = setup_model(args, tokenizer)
     engine = setup_engine(args, model, ds_config, len(train_loader))
 
     def run_eval():
         return evaluate(engine, eval_batches, engine.device, eval_real)
-    position = resume(args, engine)
-    if position["epoch"] == position["batches_done"] == 0:
+    position = load_checkpoint(engine, checkpoint) if checkpoint else FRESH_START
+    if checkpoint is None:
         log.eval("before training", run_eval(), 0)
     try:
-        metrics, train_loss = train(args, engine, train_loader, run_eval, log, position, run_identity(args))
+        metrics, train_loss = train(args, engine, train_loader, run_eval, log, position, {"identity": identity})
     except Stopped as stopped:
         print_rank0(str(stopped))
         sys.exit(128 + stopped.signum)
@@ -70,13 +74,11 @@ def run(args, typed):
 
 def setup_config(args, typed):
     """Validate flags and resolve the DeepSpeed config before any model is loaded."""
+    base = load_ds_config(args.deepspeed_config)
+    validate.check(args, base)
     accelerator = get_accelerator()
-    config, notes = resolve_ds_config(load_ds_config(args.deepspeed_config), args, typed, get_world_size(),
-                                      accelerator.device_name(), accelerator.is_bf16_supported())
-    if args.lora_dim < 0:
-        raise UserError(f"--lora_dim must be 0 (no LoRA) or a positive rank, not {args.lora_dim}.")
-    if args.only_optimize_lora and not args.lora_dim:
-        raise UserError("--only_optimize_lora needs --lora_dim > 0.")
+    config, notes = resolve_ds_config(base, args, typed, get_world_size(), accelerator.device_name(),
+                                      accelerator.is_bf16_supported())
     check_output_dir(args.output_dir, args.overwrite_output_dir)
     check_model_folder(args.model_name_or_path)
     max_positions = model_max_positions(args.model_name_or_path)

@@ -1,10 +1,14 @@
 """Training-speed benchmark: this project's data path and loss against DeepSpeed-Chat's, side by side.
 
+This measures the data path and the loss inside one process with a hand-written bf16 trainer
+(`Trainer` below), not main.py's DeepSpeed engine; benchmarks/side_by_side.py runs DeepSpeed-Chat's
+actual script beside main.py end to end.
+
     python benchmarks/bench.py --json bench_125m.json                      # opt-125m shape (default)
     python benchmarks/bench.py --model_shape 350m --json bench_350m.json   # the card's opt-350m shape
 
-One command, one model shape, one dataset (issue 4, item 5):
-1. Data: synthetic HH-harmless-like pairs (benchmarks/hh_like.py, DESIGN §4 lengths) and a 16k
+One command, one model shape, one dataset:
+1. Data: synthetic HH-harmless-like pairs (benchmarks/hh_like.py: HH harmless-split word lengths) and a 16k
    byte-level BPE tokenizer trained on them (~1.3 tokens a word, reported), all offline.
 2. Data preparation, each path in a fresh spawned process so that its peak RSS is its own:
    - project: `data.build_pair_datasets` (batched fast tokenisation, unpadded Arrow cache);
@@ -20,7 +24,7 @@ One command, one model shape, one dataset (issue 4, item 5):
    per-pair loss loop), the project with random batches (DistributedSampler, as main.py by default)
    and with `--group_by_length` batches (data/sampler.py); both project paths pad each batch to its
    longest row (data/collator.py) and use the batched loss (model/reward_model.py). All paths use the
-   same model, so the same attention rule (main.py's: on CPU eager up to 192 tokens, SDPA above). A
+   same model, so the same CPU rules (main.py's training/cpu_speed.py). A
    micro batch is fetch + collate + forward + backward in bf16; every round then runs one optimizer
    step (fp32 master weights, clipping 1.0, AdamW, as DeepSpeed's bf16 mode), and each path is
    charged 1/`--gradient_accumulation_steps` of it per micro batch (8: the card's 64 pairs per step
@@ -34,11 +38,8 @@ One command, one model shape, one dataset (issue 4, item 5):
 `--profile` adds a torch.profiler breakdown of two project (grouped) steps.
 """
 import argparse
-import concurrent.futures
 import json
-import multiprocessing
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -52,6 +53,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import hh_like  # noqa: E402
+from training.cpu_speed import cpu_training_speedups  # noqa: E402
+from benchmarks.measure import clock, in_fresh_process, matmul_gflops, max_rss_mb  # noqa: E402
+from benchmarks.report import print_table, summarise  # noqa: E402
 
 VOCAB_SIZE = 50272  # opt-125m / opt-350m embedding rows
 SHAPES = {  # facebook/opt-125m and facebook/opt-350m (the card's model: post-LN, 512-wide projections)
@@ -61,10 +65,6 @@ SHAPES = {  # facebook/opt-125m and facebook/opt-350m (the card's model: post-LN
                  word_embed_proj_dim=512, do_layer_norm_before=False),
 }
 EOT = "<|endoftext|>"
-PATHS = ("baseline", "project", "project_grouped")
-LABELS = {"baseline": "DeepSpeed-Chat baseline (pad to max_seq_len, per-pair loss loop)",
-          "project": "project, random batches (dynamic padding, batched loss)",
-          "project_grouped": "project, --group_by_length"}
 
 
 def parse_args(argv=None):
@@ -82,9 +82,10 @@ def parse_args(argv=None):
                         help="bf16: bf16 weights and activations, fp32 master weights in AdamW (DeepSpeed's "
                              "bf16 mode); autocast: fp32 weights under torch.autocast(bfloat16). Same for all paths.")
     parser.add_argument("--attn_implementation", default="auto", choices=["auto", "sdpa", "eager"],
-                        help="Attention kernel, the same rule for every path. auto: what main.py does on CPU "
-                             "(model/reward_model.py: eager for batches up to 192 tokens, SDPA above); sdpa or "
-                             "eager: that kernel for every batch.")
+                        help="Attention kernel, the same rule for every path. auto: main.py's CPU rules "
+                             "(training/cpu_speed.py: eager for batches up to 192 tokens, SDPA above, and its "
+                             "dropout); sdpa: SDPA and torch's dropout (main.py --disable_cpu_speedups); "
+                             "eager: eager attention for every batch, with the CPU dropout.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=8,
                         help="Micro batches per optimizer step: the card's 64 pairs / 8 per micro batch on one "
                              "device. A path's time per micro batch is its forward + backward plus one optimizer "
@@ -122,9 +123,7 @@ def build_model(shape, tokenizer, attn_implementation, seed):
                        activation_function="relu", pad_token_id=1, bos_token_id=2, eos_token_id=2,
                        **SHAPES[shape])
     base = AutoModel.from_config(config, attn_implementation="eager" if attn_implementation == "eager" else "sdpa")
-    model = RewardModel(base, tokenizer, num_padding_at_beginning=1)
-    model.switch_attention_on_cpu &= attn_implementation == "auto"
-    return model
+    return RewardModel(base, tokenizer, num_padding_at_beginning=1)
 
 
 def non_embedding_params(model):
@@ -149,8 +148,8 @@ class Trainer:
     'autocast': fp32 weights and AdamW, matmuls in bf16 under torch.autocast.
     """
 
-    def __init__(self, model, precision, lr=5e-5):
-        self.model, self.precision = model.train(), precision
+    def __init__(self, model, precision, lr=5e-5, cpu_speedups=True):
+        self.model, self.precision, self.cpu_speedups = model.train(), precision, cpu_speedups
         self.params = list(model.parameters())
         if precision == "bf16":
             model.to(torch.bfloat16)
@@ -167,7 +166,8 @@ class Trainer:
     def forward_backward(self, loss_fn, batch):
         """One micro batch; gradients accumulate until optimizer_step."""
         from torch.profiler import record_function
-        with record_function("forward"), torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "autocast"):
+        with record_function("forward"), torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "autocast"), \
+                cpu_training_speedups(self.model, batch["input_ids"], self.cpu_speedups):  # main.py's CPU rules
             loss = loss_fn(self.model, batch)
         with record_function("backward"):
             loss.backward()
@@ -186,27 +186,6 @@ class Trainer:
             if self.master is not self.params:
                 with torch.no_grad():
                     torch._foreach_copy_(self.params, self.master)
-
-
-def clock(kind):
-    return time.perf_counter if kind == "wall" else time.process_time
-
-
-def matmul_gflops(size=2048, reps=5, now=time.perf_counter):
-    """Best-of-`reps` bf16 (size x size) @ (size x size) throughput, GFLOP/s."""
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        start = now()
-        a @ b
-        best = min(best, now() - start)
-    return 2 * size ** 3 / best / 1e9
-
-
-def max_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # ---------------------------------------------------------------- data preparation (child processes)
@@ -249,7 +228,7 @@ def prepare(path, cfg):
               "data_peak_rss_mb": max_rss_mb()}
     if cfg["rss_step"]:
         model = build_model(cfg["shape"], tokenizer, cfg["attn_implementation"], cfg["seed"])
-        Trainer(model, cfg["precision"]).step(loss_fn, longest)
+        Trainer(model, cfg["precision"], cpu_speedups=cfg["attn_implementation"] != "sdpa").step(loss_fn, longest)
         result.update(peak_rss_mb=max_rss_mb(), rss_step_length=int(longest["input_ids"].size(1)))
     return result
 
@@ -267,12 +246,6 @@ def rust_floor_s(cfg):
     start = now()
     rust.encode_batch_fast(texts, add_special_tokens=False)
     return now() - start
-
-
-def in_fresh_process(function, *args):
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(function, *args).result()
 
 
 # ---------------------------------------------------------------- the three training paths
@@ -368,7 +341,7 @@ def time_training(args, trainer, paths):
     return records, probes, optimizer_s, cpu_share
 
 
-def profile_project(args, trainer, path):
+def profile_project(trainer, path, non_embedding_params):
     """torch.profiler over two grouped-path steps (median-length batches): regions and top ops."""
     from torch.profiler import ProfilerActivity, profile, record_function
     by_length = sorted(path.full, key=lambda i: path.lengths[i])
@@ -390,99 +363,8 @@ def profile_project(args, trainer, path):
     top = sorted(self_s.items(), key=lambda kv: -kv[1])[:12]
     return {"batch_lengths": [int(path.lengths[i]) for i in picked], "total_s": total, "regions_s": regions,
             "linear_matmul_share": linear / total,
-            "linear_matmul_gflops": 6 * args.non_embedding_params * padded / linear / 1e9 if linear else None,
+            "linear_matmul_gflops": 6 * non_embedding_params * padded / linear / 1e9 if linear else None,
             "top_ops_self_share": {k: round(v / total, 4) for k, v in top}}
-
-
-# ---------------------------------------------------------------- report
-
-def summarise(args, records, probes, optimizer_s, paths, prep, data_info, params, cpu_share):
-    peak, best = float(np.median(probes)), max(probes)
-    optimizer_share = float(np.mean(optimizer_s)) / args.gradient_accumulation_steps  # per micro batch
-    result = {"model_shape": args.model_shape, "micro_batch_pairs": args.batch_size,
-              "max_seq_len": args.max_seq_len, "precision": args.precision,
-              "attn_implementation": args.attn_implementation, "threads": args.threads, "clock": args.clock,
-              "gradient_accumulation_steps": args.gradient_accumulation_steps,
-              "pad_to_multiple_of": args.pad_to_multiple_of, "timed_steps": args.steps,
-              "warmup_steps": args.warmup, "non_embedding_params": params["non_embedding"],
-              "params": params["total"], "data": data_info}
-    rates = {}
-    for name, rows in records.items():
-        seconds = sum(r["s"] for r in rows) + len(rows) * optimizer_share
-        rates[name] = {"pairs_per_s": sum(r["pairs"] for r in rows) / seconds,
-                       "real_tokens_per_s": sum(r["real"] for r in rows) / seconds,
-                       "padded_tokens_per_s": sum(2 * r["pairs"] * r["length"] for r in rows) / seconds,
-                       "timed_real_token_fraction": sum(r["real"] for r in rows)
-                       / sum(2 * r["pairs"] * r["length"] for r in rows),
-                       "epoch_real_token_fraction": float(paths[name].real.sum() / paths[name].padded.sum()),
-                       "epoch_mean_batch_length": float(paths[name].lengths.mean()),
-                       "cpu_share": sum(r["cpu_s"] for r in rows) / sum(r["wall_s"] for r in rows) / args.threads,
-                       "step_s": [round(r["s"], 3) for r in rows], "batch_lengths": [r["length"] for r in rows],
-                       "losses": [round(r["loss"], 4) for r in rows]}
-    flops = 6 * params["non_embedding"]
-    for rate in rates.values():
-        rate["real_token_utilization"] = flops * rate["real_tokens_per_s"] / (peak * 1e9)
-        rate["padded_token_utilization"] = flops * rate["padded_tokens_per_s"] / (peak * 1e9)
-    base, plain, grouped = (rates[n] for n in PATHS)
-    result.update({
-        "train_pairs_per_s": grouped["pairs_per_s"],  # the project's path with --group_by_length
-        "train_pairs_per_s_grouped": grouped["pairs_per_s"],
-        "train_pairs_per_s_ungrouped": plain["pairs_per_s"],
-        "baseline_train_pairs_per_s": base["pairs_per_s"],
-        "train_speedup": grouped["pairs_per_s"] / base["pairs_per_s"],
-        "train_speedup_ungrouped": plain["pairs_per_s"] / base["pairs_per_s"],
-        "tokenize_s": prep["project"]["tokenize_s"],
-        "baseline_tokenize_s": prep["baseline"]["tokenize_s"],
-        "tokenize_speedup": prep["baseline"]["tokenize_s"] / prep["project"]["tokenize_s"],
-        "tokenize_rust_floor_s": prep["rust_floor_s"],
-        "tokenize_speedup_ceiling": prep["baseline"]["tokenize_s"] / prep["rust_floor_s"],
-        "tokenize_pairs": {n: prep[n]["pairs"] for n in ("project", "baseline")},
-        "data_peak_rss_mb": prep["project"]["data_peak_rss_mb"],
-        "baseline_data_peak_rss_mb": prep["baseline"]["data_peak_rss_mb"],
-        "data_peak_rss_ratio": prep["project"]["data_peak_rss_mb"] / prep["baseline"]["data_peak_rss_mb"],
-        "rss_after_imports_mb": {n: prep[n]["rss_after_imports_mb"] for n in ("project", "baseline")},
-        "matmul_peak_gflops": peak,
-        "matmul_best_gflops": best,  # the fastest single probe: bursts on this shared machine reach ~2x the median
-        "matmul_probes_gflops": [round(p) for p in probes],
-        "optimizer_step_s": float(np.mean(optimizer_s)),
-        "real_tokens_per_s": grouped["real_tokens_per_s"],
-        "real_token_utilization": grouped["real_token_utilization"],
-        "real_token_utilization_vs_best_matmul": grouped["real_token_utilization"] * peak / best,
-        "real_token_fraction": {n: rates[n]["epoch_real_token_fraction"] for n in PATHS},
-        "cpu_share_during_training": cpu_share,
-        "paths": {n: dict(label=LABELS[n], **rates[n]) for n in PATHS},
-    })
-    if "peak_rss_mb" in prep["project"]:
-        result.update(peak_rss_mb=prep["project"]["peak_rss_mb"], baseline_peak_rss_mb=prep["baseline"]["peak_rss_mb"],
-                      peak_rss_ratio=prep["project"]["peak_rss_mb"] / prep["baseline"]["peak_rss_mb"],
-                      peak_rss_step_length={n: prep[n]["rss_step_length"] for n in ("project", "baseline")})
-    else:
-        result["peak_rss_ratio"] = result["data_peak_rss_ratio"]
-    return result
-
-
-def print_table(r):
-    print(f"\nmodel {r['model_shape']} ({r['non_embedding_params'] / 1e6:.0f}M non-embedding params), "
-          f"{r['micro_batch_pairs']} pairs/micro batch, max_seq_len {r['max_seq_len']}, {r['precision']}, "
-          f"{r['attn_implementation']} attention, {r['threads']} threads, {r['clock']} clock, "
-          f"{r['timed_steps']} timed steps per path")
-    print(f"{'path':<66} {'pairs/s':>8} {'speedup':>8} {'real tok':>9} {'util':>6} {'cpu':>5}")
-    for name in PATHS:
-        p = r["paths"][name]
-        speedup = p["pairs_per_s"] / r["baseline_train_pairs_per_s"]
-        print(f"{p['label']:<66} {p['pairs_per_s']:>8.2f} {speedup:>7.2f}x {p['epoch_real_token_fraction']:>8.0%} "
-              f"{p['real_token_utilization']:>6.0%} {p['cpu_share']:>5.0%}")
-    print(f"tokenise: project {r['tokenize_s']:.1f} s, baseline {r['baseline_tokenize_s']:.1f} s "
-          f"-> {r['tokenize_speedup']:.1f}x ({r['tokenize_pairs']['baseline']:,} pairs); the Rust tokenizer alone "
-          f"over the text once: {r['tokenize_rust_floor_s']:.1f} s (ceiling {r['tokenize_speedup_ceiling']:.1f}x)")
-    rss = (f"peak RSS (data + 1 step): project {r['peak_rss_mb']:.0f} MB, baseline {r['baseline_peak_rss_mb']:.0f} MB "
-           f"-> {r['peak_rss_ratio']:.2f}; " if "peak_rss_mb" in r else "")
-    print(rss + f"data only: project {r['data_peak_rss_mb']:.0f} MB, baseline {r['baseline_data_peak_rss_mb']:.0f} MB "
-          f"-> {r['data_peak_rss_ratio']:.2f}")
-    print(f"bf16 matmul peak {r['matmul_peak_gflops']:.0f} GFLOP/s (median probe; best {r['matmul_best_gflops']:.0f}); "
-          f"real-token utilization (grouped) {r['real_token_utilization']:.2f} of the peak, "
-          f"{r['real_token_utilization_vs_best_matmul']:.2f} of the best probe; "
-          f"CPU share during training {r['cpu_share_during_training']:.2f}")
 
 
 # ---------------------------------------------------------------- main
@@ -539,12 +421,11 @@ def main(argv=None):
     paths = build_paths(args, tokenizer, project_train, baseline_train)
     model = build_model(args.model_shape, tokenizer, args.attn_implementation, args.seed)
     params = {"total": sum(p.numel() for p in model.parameters()), "non_embedding": non_embedding_params(model)}
-    trainer = Trainer(model, args.precision)
+    trainer = Trainer(model, args.precision, cpu_speedups=args.attn_implementation != "sdpa")
     records, probes, optimizer_s, cpu_share = time_training(args, trainer, paths)
     result = summarise(args, records, probes, optimizer_s, paths, prep, data_info, params, cpu_share)
     if args.profile:
-        args.non_embedding_params = params["non_embedding"]
-        result["profile"] = profile_project(args, trainer, paths["project_grouped"])
+        result["profile"] = profile_project(trainer, paths["project_grouped"], params["non_embedding"])
     result.update(load_average_start=load_start, load_average_end=os.getloadavg(),
                   wall_s=time.perf_counter() - wall_start)
     print_table(result)

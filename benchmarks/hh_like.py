@@ -1,6 +1,6 @@
 """Synthetic HH-harmless-like preference pairs and a BPE tokenizer trained on them (offline).
 
-Lengths follow DESIGN §4 (Anthropic HH harmless test split): a whole conversation (prompt + one
+Lengths follow the Anthropic HH harmless test split: a whole conversation (prompt + one
 answer) is lognormal in words, median 91, p90 248, p95 317, clipped to 750; the chosen answer is
 the longer one in 43% of pairs. Words are drawn from a Zipf law over ~100 English function words
 and 30k pseudo-words, so a byte-level BPE with a 16k vocabulary splits text like a real tokenizer
@@ -68,7 +68,7 @@ class WordSource:
 
 
 def conversation_words(rng, count):
-    """(count,) whole-conversation lengths in words: lognormal fit of DESIGN §4, clipped."""
+    """(count,) whole-conversation lengths in words: lognormal fit of the HH harmless test split (median 91 words, p95 317, max 750), clipped."""
     words = rng.lognormal(np.log(MEDIAN_WORDS), SIGMA, size=count)
     return np.clip(np.round(words), MIN_WORDS, MAX_WORDS).astype(int)
 

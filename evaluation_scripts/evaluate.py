@@ -110,10 +110,11 @@ def score_file(model, tokenizer, args, settings):
 
     from data.readers import read_rows
     from model.scoring import score_texts
+    from utils.io import atomic_file
     rows, where = read_rows(args.score)
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
     eot = model.end_of_conversation_token
-    with open(output, "w") as f:
+    with atomic_file(output) as f:  # a bad row leaves no partial scores.jsonl
         batch_size = settings["per_device_eval_batch_size"]
         for start in tqdm(range(0, len(rows), batch_size), desc="scoring"):
             chunk = rows[start:start + batch_size]

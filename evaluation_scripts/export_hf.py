@@ -33,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--dschat_key", choices=DSCHAT_TRANSFORMER_KEYS, default=DSCHAT_TRANSFORMER_KEYS[0],
                         help="deepspeed_chat only: DeepSpeed-Chat's name for the base model; the older "
                              "training/utils/ layout spells it 'rwtranrsformer'.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace a model OUT_DIR already holds (otherwise that is an error).")
     parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
     return parser.parse_args(argv)
 
@@ -40,7 +42,8 @@ def parse_args(argv=None):
 def run(args):
     import torch
 
-    from model.export import export_sequence_classification, write_deepspeed_chat_weights
+    from model.export import check_export_target, export_sequence_classification, write_deepspeed_chat_weights
+    check_export_target(args.output_dir, args.model_dir, args.overwrite)
     if args.format == "hf":
         dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
         name = export_sequence_classification(args.model_dir, args.output_dir, dtype)

@@ -2,6 +2,8 @@
 import json
 import os
 
+from model.reward_model import LN2
+
 
 def matplotlib_pyplot():
     """pyplot with a file-only backend, or None when matplotlib is not installed."""
@@ -41,7 +43,7 @@ def training_curves(log_path, path, plt):
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
         loss_axis.plot(*zip(*train))
-    loss_axis.axhline(0.6931, color="grey", linestyle="--", linewidth=0.8, label="ln 2 (chance)")
+    loss_axis.axhline(LN2, color="grey", linestyle="--", linewidth=0.8, label="ln 2 (chance)")
     loss_axis.set(title="training loss", xlabel="optimizer step", ylabel="loss")
     loss_axis.legend()
     if evals:

@@ -7,6 +7,7 @@ import torch
 from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, read_reward_model_dir
 from model.reward_model import end_indices
 from utils.errors import UserError
+from utils.io import publish, staging_folder
 
 
 DSCHAT_WEIGHTS_NAME = "pytorch_model.bin"
@@ -14,6 +15,19 @@ DSCHAT_WEIGHTS_NAME = "pytorch_model.bin"
 # `rwtranrsformer` (sic) in the older `training/utils/` layout. The current step-3 loader is not strict,
 # so a checkpoint with the other prefix loads nothing and leaves the critic random, without an error.
 DSCHAT_TRANSFORMER_KEYS = ("rwtransformer", "rwtranrsformer")
+
+
+MODEL_FILES = ("config.json", WEIGHTS_NAME, DSCHAT_WEIGHTS_NAME)
+
+
+def check_export_target(output_dir, model_dir, overwrite):
+    """Refuse to export over a model another folder already holds, unless told to."""
+    if os.path.realpath(output_dir) == os.path.realpath(model_dir) or overwrite:
+        return
+    held = [name for name in MODEL_FILES if os.path.exists(os.path.join(output_dir, name))]
+    if held:
+        raise UserError(f"{output_dir} already holds a model ({', '.join(held)}): pick another folder, or pass "
+                        "--overwrite to replace it.")
 
 
 def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR_TRANSFORMER_KEY):
@@ -32,12 +46,13 @@ def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR
                for key, tensor in state.items()}
     output_dir = output_dir or model_dir
     os.makedirs(output_dir, exist_ok=True)
+    staging = staging_folder(output_dir)
     if os.path.realpath(output_dir) != os.path.realpath(model_dir):
-        shutil.copyfile(os.path.join(model_dir, "config.json"), os.path.join(output_dir, "config.json"))
-        _reward_tokenizer(model_dir, settings).save_pretrained(output_dir)
-    path = os.path.join(output_dir, DSCHAT_WEIGHTS_NAME)
-    torch.save(renamed, path)
-    return path
+        shutil.copyfile(os.path.join(model_dir, "config.json"), os.path.join(staging, "config.json"))
+        _reward_tokenizer(model_dir, settings).save_pretrained(staging)
+    torch.save(renamed, os.path.join(staging, DSCHAT_WEIGHTS_NAME))
+    publish(output_dir)
+    return os.path.join(output_dir, DSCHAT_WEIGHTS_NAME)
 
 
 def _reward_tokenizer(model_dir, settings):
@@ -111,6 +126,8 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
                         f"(first differences: {differ[:5]}): export is not supported for it.")
     model.load_state_dict(renamed, strict=True)
     os.makedirs(output_dir, exist_ok=True)
-    model.to(dtype or state[HEAD_KEY].dtype).save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    staging = staging_folder(output_dir)
+    model.to(dtype or state[HEAD_KEY].dtype).save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    publish(output_dir)
     return type(model).__name__

@@ -6,9 +6,9 @@ import shutil
 
 import torch
 
-from utils.dist import barrier, is_main_process
+from utils.dist import barrier, is_main_process, print_rank0
 from utils.errors import UserError
-from utils.io import write_json
+from utils.io import STAGING, is_disk_full, publish, recover, staging_folder, write_json
 
 REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json
 WEIGHTS_NAME = "model.safetensors"
@@ -17,7 +17,10 @@ HEAD_KEY = "v_head.weight"
 
 
 def check_output_dir(output_dir, overwrite):
-    """Refuse to train into a folder that already holds a finished model, unless told to."""
+    """Refuse to train into a folder that already holds a finished model, unless told to. A save that a
+    kill interrupted is finished first (its new model was whole on disk)."""
+    if os.path.isdir(output_dir) and recover(output_dir):
+        print_rank0(f"{output_dir}: finished moving in the model of an interrupted save")
     if not overwrite and os.path.exists(os.path.join(output_dir, WEIGHTS_NAME)):
         raise UserError(f"--output_dir {output_dir} already holds a trained model ({WEIGHTS_NAME}): pick "
                         "another folder or pass --overwrite_output_dir to replace it.")
@@ -43,11 +46,11 @@ def gathered_state_dict(model, zero_stage):
 def save_hf_model(model, tokenizer, output_dir, zero_stage, extra_json=None):
     """Write config.json (+ reward settings), model.safetensors, tokenizer files and `extra_json`.
 
-    Files are written to a temporary folder, then moved in with the weights last, so output_dir
-    never holds weights next to a half-written config. Non-finite weights are never saved.
+    Files are written to `output_dir/.saving` and published with `utils.io.publish` (weights last), so a
+    kill never leaves weights next to a half-written config, nor loses the previous model. Non-finite
+    weights are never saved. A full disk is reported as such, and the weights are then written to a
+    recovery folder in the system's temp folder if they fit there.
     """
-    from safetensors.torch import save_file
-
     from utils.dist import all_reduce
     state = gathered_state_dict(model, zero_stage)
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -55,27 +58,41 @@ def save_hf_model(model, tokenizer, output_dir, zero_stage, extra_json=None):
         raise UserError(f"the trained weights hold NaN/inf ({', '.join(bad[:3]) or 'on rank 0'}): the model "
                         "was not saved. Resume from a checkpoint with a lower --learning_rate.")
     if is_main_process():
-        staging = os.path.join(output_dir, ".saving")
-        shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging)
         setattr(model.config, REWARD_CONFIG_KEY, model.reward_settings())
-        model.config.save_pretrained(staging)
-        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(staging, WEIGHTS_NAME),
-                  metadata={"format": "pt"})
-        tokenizer.save_pretrained(staging)
-        for name, content in (extra_json or {}).items():
-            write_json(os.path.join(staging, name), content)
-        _publish(staging, output_dir)
+        try:
+            _write_model(staging_folder(output_dir), model.config, state, tokenizer, extra_json)
+            publish(output_dir)
+        except (OSError, RuntimeError) as error:
+            if not is_disk_full(error):
+                raise
+            shutil.rmtree(os.path.join(output_dir, STAGING), ignore_errors=True)
+            raise UserError(f"no space left on the disk of {output_dir} while saving the reward model "
+                            f"({error}); {output_dir} is as it was. "
+                            f"{_save_recovery_copy(model.config, state, tokenizer, extra_json)}") from error
     barrier()
 
 
-def _publish(staging, output_dir):
-    weights = os.path.join(output_dir, WEIGHTS_NAME)
-    if os.path.exists(weights):
-        os.remove(weights)  # from here until the end, output_dir holds no model
-    for name in sorted(os.listdir(staging), key=lambda n: n == WEIGHTS_NAME):
-        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-    os.rmdir(staging)
+def _write_model(folder, config, state, tokenizer, extra_json):
+    from safetensors.torch import save_file
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for name, content in (extra_json or {}).items():
+        write_json(os.path.join(folder, name), content)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(folder, WEIGHTS_NAME),
+              metadata={"format": "pt"})
+
+
+def _save_recovery_copy(config, state, tokenizer, extra_json):
+    """Try to keep the trained model in the temp folder; say where, or that it could not be kept."""
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="reward-model-recovery-")
+    try:
+        _write_model(folder, config, state, tokenizer, extra_json)
+    except (OSError, RuntimeError) as error:
+        shutil.rmtree(folder, ignore_errors=True)
+        return (f"It did not fit in {tempfile.gettempdir()} either ({error}): free space and resume from the "
+                "last checkpoint (--resume_from_checkpoint auto).")
+    return f"The trained model was saved to {folder} instead: move it where you want it."
 
 
 def read_reward_settings(model_dir):
@@ -94,15 +111,26 @@ def read_reward_settings(model_dir):
     return settings
 
 
-def read_reward_model_dir(model_dir):
-    """(reward settings dict, state dict) of a folder written by `save_hf_model`; UserError if it is not one."""
+def read_weights(model_dir):
+    """The state dict in model_dir/model.safetensors; UserError if it is missing or damaged."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
-    settings = read_reward_settings(model_dir)
     weights_path = os.path.join(model_dir, WEIGHTS_NAME)
     if not os.path.exists(weights_path):
-        raise UserError(f"{model_dir} is not a reward model saved by this project (no {WEIGHTS_NAME}): pass the "
-                        "output_dir of a main.py run.")
-    state = load_file(weights_path)
+        raise UserError(f"{model_dir} holds no {WEIGHTS_NAME}: pass the output_dir of a finished main.py run "
+                        "(a run still training or stopped early has only checkpoints).")
+    try:
+        return load_file(weights_path)
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{weights_path} is damaged ({error}): save the model again (main.py with "
+                        "--resume_from_checkpoint auto, or a backup copy).") from error
+
+
+def read_reward_model_dir(model_dir):
+    """(reward settings dict, state dict) of a folder written by `save_hf_model`; UserError if it is not one."""
+    settings = read_reward_settings(model_dir)
+    weights_path = os.path.join(model_dir, WEIGHTS_NAME)
+    state = read_weights(model_dir)
     unknown = sorted(k for k in state if k != HEAD_KEY and not k.startswith(OUR_TRANSFORMER_KEY + "."))
     if unknown or HEAD_KEY not in state:
         raise UserError(f"{weights_path}: expected only '{OUR_TRANSFORMER_KEY}.*' and '{HEAD_KEY}' tensors; "

@@ -4,13 +4,14 @@ The pure tensor functions below (`end_indices`, `pairwise_loss`, `end_scores_aft
 reward maths, computed for the whole batch at once, so tests can check them directly against a
 per-pair reference loop (tests/reference.py).
 """
-import os
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 END_OF_CONVERSATION = "<|endoftext|>"  # appended to every chosen/rejected text (DeepSpeed-Chat's)
+LN2 = math.log(2)  # the pair loss when chosen and rejected get the same reward
 
 
 
@@ -155,10 +156,9 @@ class RewardModel(nn.Module):
         the eval-set reward mean saved at the end of training from every value (step 3's usual
         normalisation); the loss is unchanged by it.
         """
-        from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        from model.io import WEIGHTS_NAME, read_reward_settings
+        from model.io import WEIGHTS_NAME, read_reward_settings, read_weights
         from utils.errors import UserError
         settings = dict(read_reward_settings(model_dir), **overrides)
         config = AutoConfig.from_pretrained(model_dir)
@@ -166,7 +166,7 @@ class RewardModel(nn.Module):
         tokenizer.pad_token_id = settings.pop("pad_token_id")
         base = AutoModel.from_config(config)
         model = cls(base, tokenizer, **{k: v for k, v in settings.items() if k in _INIT_SETTINGS})
-        state = load_file(os.path.join(model_dir, WEIGHTS_NAME))
+        state = read_weights(model_dir)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise UserError(f"{model_dir}/{WEIGHTS_NAME} does not match the model in config.json: "

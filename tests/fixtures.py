@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -49,3 +50,34 @@ def run_main(args, launcher=None, timeout=600):
     env = child_env()
     return subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout, env=env)
+
+
+def step_losses(log):
+    """The loss of every `step N | loss X` line main.py printed."""
+    return [float(x) for x in re.findall(r"^step \d+ \| loss ([0-9.]+)", log, re.M)]
+
+
+def eval_accuracies(log):
+    """The accuracy of every `eval (...) | acc X` line main.py printed."""
+    return [float(x) for x in re.findall(r"^eval \(.*?\) \| acc ([0-9.]+)", log, re.M)]
+
+
+def check_saved_model(output_dir, data_folder, expected_accuracy):
+    """Reload the saved model and score the eval split: same accuracy as main.py reported."""
+    import pytest
+    import torch
+    from transformers import AutoTokenizer
+
+    from data import PairCollator, build_pair_datasets
+    from model.reward_model import RewardModel
+    from training.evaluation import evaluate
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "ds_config.json", "train_results.json"):
+        assert os.path.exists(os.path.join(output_dir, name)), name
+    model = RewardModel.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    _, eval_set = build_pair_datasets([data_folder], "0,10,0", 1234, tokenizer, 64,
+                                      os.path.join(output_dir, "cache"), model.end_of_conversation_token,
+                                      model.num_padding_at_beginning)
+    loader = torch.utils.data.DataLoader(eval_set, batch_size=32, collate_fn=PairCollator(tokenizer.pad_token_id))
+    metrics = evaluate(model, loader, torch.device("cpu"), len(eval_set))
+    assert metrics["accuracy"] == pytest.approx(expected_accuracy, abs=1.5 / len(eval_set))

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from model.create import create_reward_model, load_tokenizer
 from model.tiny import build_tiny_gpt2
 from tests.reference import reference_pairwise_loss
-from tests.fixtures import run_main
+from tests.fixtures import check_saved_model, eval_accuracies, run_main, step_losses
 
 
 def tiny_config(name, vocab_size):
@@ -58,6 +58,9 @@ def test_gpt2_trains_through_main(gpt2_folder, pair_folder, tmp_path):
                        "--data_path", pair_folder, "--output_dir", tmp_path / "out", "--data_output_path",
                        tmp_path / "cache", "--data_split", "0,10,0", "--max_seq_len", "64",
                        "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
-                       "--learning_rate", "2e-3", "--num_train_epochs", "2", "--eval_iters", "2"])
+                       "--learning_rate", "2e-3", "--num_train_epochs", "2"])
     assert result.returncode == 0, result.stdout[-3000:]
-    assert (tmp_path / "out" / "model.safetensors").exists()
+    losses, accuracies = step_losses(result.stdout), eval_accuracies(result.stdout)
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8 - 0.05, losses
+    assert accuracies[-1] > accuracies[0] + 0.15, accuracies
+    check_saved_model(str(tmp_path / "out"), pair_folder, accuracies[-1])

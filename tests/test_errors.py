@@ -83,6 +83,31 @@ CASES = {
     "margin_without_column": (lambda t, m: ["--data_path", data_folder(t), "--use_margin"], "'margin' column"),
     "offline_hub_model": (lambda t, m: ["--data_path", data_folder(t), "--model_name_or_path",
                                         "facebook/opt-350m"], "--model_name_or_path LOCAL_FOLDER"),
+    # flags: one validation pass before anything loads
+    "negative_lr": (lambda t, m: ["--learning_rate=-1e-5"], "--learning_rate must be a finite number >= 0"),
+    "nan_lr": (lambda t, m: ["--learning_rate", "nan"], "--learning_rate must be a finite number >= 0, not nan"),
+    "zero_eval_batch": (lambda t, m: ["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size must be"),
+    "dropout_above_1": (lambda t, m: ["--dropout", "1.5"], "--dropout must be a number in [0, 1), not 1.5"),
+    "negative_save_steps": (lambda t, m: ["--save_steps", "-2"], "--save_steps must be an integer >= 0"),
+    "negative_warmup": (lambda t, m: ["--num_warmup_steps", "-1"], "--num_warmup_steps must be an integer >= 0"),
+    "negative_total_limit": (lambda t, m: ["--save_total_limit", "-1"], "--save_total_limit must be"),
+    "zero_epochs": (lambda t, m: ["--num_train_epochs", "0"], "--num_train_epochs must be an integer >= 1"),
+    "output_dir_is_a_file": (lambda t, m: ["--output_dir", config_file(t, "x")], "is a file: pass a folder"),
+    "two_problems_at_once": (lambda t, m: ["--dropout", "2", "--eval_iters", "-1"],
+                             "2 problems: (1) --eval_iters must be an integer >= 0"),
+    # DeepSpeed config values of the wrong type or shape, misspelt keys
+    "config_fp16_true": (lambda t, m: ["--deepspeed_config", config_file(t, '{"train_batch_size": 8, "fp16": true}')],
+                         'fp16 must be an object such as {"enabled": true}, not True'),
+    "config_zero_as_number": (lambda t, m: ["--deepspeed_config", config_file(t, '{"zero_optimization": 2}')],
+                              'zero_optimization must be an object such as {"stage": 2}'),
+    "config_string_batch": (lambda t, m: ["--deepspeed_config", config_file(t, '{"train_batch_size": "64"}')],
+                            "train_batch_size must be an integer >= 1, not '64'"),
+    "config_misspelt_section_key": (lambda t, m: ["--deepspeed_config", config_file(
+        t, '{"zero_optimization": {"stage": 2, "overlap_com": true}}')], "did you mean 'overlap_comm'?"),
+    "config_misspelt_top_key": (lambda t, m: ["--deepspeed_config", config_file(
+        t, '{"train_batch_size": 8, "gradient_cliping": 1.0}')], "did you mean 'gradient_clipping'?"),
+    "config_text_clipping": (lambda t, m: ["--deepspeed_config", config_file(
+        t, '{"train_batch_size": 8, "gradient_clipping": "high"}')], "gradient_clipping must be a finite number"),
 }
 
 

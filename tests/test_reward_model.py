@@ -62,15 +62,10 @@ def test_loss_worked_by_hand():
 
 
 @pytest.fixture(scope="module")
-def tiny_reward_model(tmp_path_factory):
-    from transformers import AutoModel, AutoTokenizer
-
-    from model.tiny import build_tiny_opt
-    path = build_tiny_opt(str(tmp_path_factory.mktemp("tiny_opt")))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.pad_token = tokenizer.eos_token
+def tiny_reward_model(tiny_opt, opt_tokenizer):
+    from transformers import AutoModel
     torch.manual_seed(0)
-    return RewardModel(AutoModel.from_pretrained(path), tokenizer, num_padding_at_beginning=1).eval()
+    return RewardModel(AutoModel.from_pretrained(tiny_opt), opt_tokenizer, num_padding_at_beginning=1).eval()
 
 
 @pytest.mark.parametrize("case", EDGE_CASES)

@@ -7,10 +7,10 @@ training. Same seed and data must give the same training under ZeRO 0, 1, 2 and 
 
 Run: python -m pytest tests/test_zero_matrix.py -q     (-m "not slow" skips 2-rank, offload and NVMe runs)
 """
+import glob
 import json
 import math
 import os
-import re
 import shutil
 import sys
 
@@ -18,10 +18,9 @@ import pytest
 import torch
 
 from main import HERE, parse_args
-from utils.dist import free_port
 from model.reward_model import RewardModel
-from tests.fixtures import learnable_pairs, run_main, write_jsonl
-from tests.test_train import eval_accuracies
+from tests.fixtures import eval_accuracies, learnable_pairs, run_main, step_losses, write_jsonl
+from utils.dist import free_port
 from utils.ds_config import load_ds_config, resolve_ds_config
 
 CONFIGS = os.path.join(HERE, "training_scripts", "configs")
@@ -61,19 +60,18 @@ def data(tmp_path_factory):
 
 def train(tiny_opt, data, folder, flags, ranks=1):
     """One main.py run; returns its log, output folder, step losses and final results."""
-    launcher = None
+    launcher, port = None, free_port()
     if ranks > 1:
         deepspeed = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-        launcher = [deepspeed, "--num_gpus", str(ranks), "--master_port", free_port()]
+        launcher = [deepspeed, "--num_gpus", str(ranks), "--master_port", port]
         flags = list(flags) + ["--per_device_train_batch_size", str(MICRO // ranks)]  # same global batch
     out = folder / "out"
     result = run_main(["--model_name_or_path", tiny_opt, "--data_path", data["path"], "--output_dir", out,
                        "--data_output_path", data["cache"]] + FAST + list(flags), launcher=launcher)
     log = result.stdout
     assert result.returncode == 0, log[-3000:]
-    losses = [float(x) for x in re.findall(r"^step \d+ \| loss (\S+)", log, re.M)]
     bf16 = json.loads((out / "ds_config.json").read_text())["bf16"]["enabled"]
-    return {"log": log, "out": str(out), "losses": losses, "dtype": "bf16" if bf16 else "fp32",
+    return {"log": log, "out": str(out), "losses": step_losses(log), "dtype": "bf16" if bf16 else "fp32", "port": port,
             "results": json.loads((out / "train_results.json").read_text())}
 
 
@@ -86,7 +84,7 @@ def reloaded_metrics(run, data):
     model = RewardModel.from_pretrained(run["out"])
     tokenizer = AutoTokenizer.from_pretrained(run["out"])
     _, eval_set = build_pair_datasets([data["path"]], "0,10,0", 1234, tokenizer, 64, data["cache"],
-                                      model.end_of_conversation_token)
+                                      model.end_of_conversation_token, model.num_padding_at_beginning)
     loader, num_real = eval_loader(eval_set, 32, tokenizer.pad_token_id)  # the batches main.py scored
     return evaluate(model, loader, torch.device("cpu"), num_real)
 
@@ -210,7 +208,10 @@ def test_two_ranks_train_like_one_process(stage, tiny_opt, data, tmp_path, stage
     there)."""
     run = train(tiny_opt, data, tmp_path, ["--zero_stage", str(stage)] + FP32, ranks=2)
     assert "world_size=2" in run["log"] or "dist_world_size=2" in run["log"]
+    assert "config: prescale_gradients: true -> false" in run["log"]
     check_learns_and_reloads(run, data)
+    # DeepSpeed's CPU all-reduce files (66 MB of RAM each) are gone with the run (utils/dist.init_distributed)
+    assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{run['port']}_*")
     single = stage_runs(stage)["results"]
     for key in ("accuracy", "chosen_mean", "rejected_mean"):
         assert run["results"][key] == pytest.approx(single[key], rel=1e-3, abs=1e-4), key

@@ -1,4 +1,11 @@
-"""Resumable training checkpoints: DeepSpeed's shards plus RNG state, a COMPLETE marker, pruning, resume."""
+"""Resumable training checkpoints: DeepSpeed's shards plus RNG state, a COMPLETE marker with the run's
+identity and a manifest of every file, pruning, and the choice of where a run starts.
+
+An output folder belongs to one run: a fresh run refuses a folder holding another run's checkpoints
+(unless --overwrite_output_dir), and a resume refuses a checkpoint whose run differs in anything that
+would change the training (data, batch arithmetic, schedule, optimizer, model, precision), naming it.
+"""
+import hashlib
 import json
 import os
 import shutil
@@ -7,7 +14,7 @@ import torch
 
 from utils.dist import barrier, get_rank, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
-from utils.io import write_json
+from utils.io import is_disk_full, write_json
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -50,23 +57,102 @@ def checkpoint_steps(output_dir):
     return complete, incomplete
 
 
+# Flags whose change would make a resumed run train differently (checked on resume, named when they differ).
+IDENTITY_FLAGS = ("model_name_or_path", "data_path", "data_split", "max_seq_len", "seed", "drop_identical_pairs",
+                  "num_padding_at_beginning", "add_eot_token", "group_by_length", "learning_rate", "weight_decay",
+                  "lr_scheduler_type", "num_warmup_steps", "num_train_epochs", "lora_dim", "lora_module_name",
+                  "only_optimize_lora", "lora_learning_rate", "dropout", "compute_fp32_loss", "use_margin",
+                  "center_rewards_coefficient", "disable_cpu_speedups")
+
+
+def data_fingerprint(pairs):
+    """The cache key of a dataset `data.build_pair_datasets` returned (its folder `pairs-<key>`): it changes
+    with the sources' content and every setting that changes the token ids."""
+    return os.path.basename(os.path.dirname(os.path.dirname(pairs.cache_files[0]["filename"])))
+
+
+def run_identity(args, ds_config, data_fingerprint):
+    """What a checkpoint must share with the run that resumes it."""
+    flags = {name: getattr(args, name) for name in IDENTITY_FLAGS}
+    flags["lora_module_name"] = flags["lora_module_name"] if args.lora_dim else None
+    return {"world_size": get_world_size(), "data": data_fingerprint, "flags": flags,
+            "batch": {key: ds_config[key] for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                                                      "train_batch_size")},
+            "dtype": "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32",
+            "zero_stage": ds_config["zero_optimization"]["stage"]}
+
+
+def identity_changes(saved, current):
+    """Lines naming every setting that differs between a checkpoint's run and this one."""
+    def flat(identity):
+        items = {k: v for k, v in identity.items() if not isinstance(v, dict)}
+        for group in ("flags", "batch"):
+            items.update(identity.get(group, {}))
+        return items
+    old, new = flat(saved), flat(current)
+    names = {"data": "the tokenised data (source content or data flags)", "world_size": "number of ranks"}
+    return [f"{names.get(k, k)}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
 def save_checkpoint(engine, output_dir, client_state, total_limit=0):
-    """Every rank writes its shards and RNG state; the marker makes the folder count only when whole."""
+    """Every rank writes its shards and RNG state; then rank 0 writes the marker (client state plus a
+    manifest of every file's size and SHA-256), so the folder counts only when whole and checkable."""
     root = os.path.join(output_dir, CHECKPOINT_DIR)
     tag = f"step-{engine.global_steps}"
     folder = os.path.join(root, tag)
     if is_main_process() and os.path.isdir(folder):
         shutil.rmtree(folder)  # a stale, incomplete attempt at the same step
     barrier()
-    engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
-    torch.save(_rng_state(), os.path.join(folder, f"rng_state_rank{get_rank()}.pt"))
-    barrier()
-    if is_main_process():
-        write_json(os.path.join(folder, COMPLETE_MARKER), dict(client_state, step=engine.global_steps))
-        if total_limit:
-            _prune(output_dir, total_limit)
+    try:
+        engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+        torch.save(_rng_state(), os.path.join(folder, f"rng_state_rank{get_rank()}.pt"))
+        barrier()
+        if is_main_process():
+            write_json(os.path.join(folder, COMPLETE_MARKER),
+                       dict(client_state, step=engine.global_steps, manifest=_manifest(folder)))
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+        complete = checkpoint_steps(output_dir)[0]
+        kept = f"the last complete one, {complete[max(complete)]}, is intact" if complete else "none was kept"
+        raise UserError(f"no space left on the disk of {root} while writing checkpoint {tag} ({error}); {kept}. "
+                        "Free space (or lower --save_total_limit) and resume with --resume_from_checkpoint "
+                        "auto.") from error
+    if is_main_process() and total_limit:
+        _prune(output_dir, total_limit)
     barrier()
     return folder
+
+
+def _manifest(folder):
+    files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, names in os.walk(folder) for f in names)
+    return {name: [os.path.getsize(os.path.join(folder, name)), _sha256(os.path.join(folder, name))]
+            for name in files if name != COMPLETE_MARKER}
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_checkpoint(folder):
+    """None if the folder is a whole checkpoint (marker readable, every file of its manifest present with
+    its size and hash), else what is wrong."""
+    try:
+        info = checkpoint_info(folder)
+    except (OSError, ValueError) as error:
+        return f"its {COMPLETE_MARKER} marker cannot be read ({error})"
+    for name, (size, digest) in info.get("manifest", {}).items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != size:
+            return f"{name} has {os.path.getsize(path):,} bytes, {size:,} when saved"
+        if _sha256(path) != digest:
+            return f"{name} does not have the content it was saved with"
+    return None if "manifest" in info else f"its {COMPLETE_MARKER} marker has no manifest"
 
 
 def _prune(output_dir, total_limit):
@@ -75,63 +161,66 @@ def _prune(output_dir, total_limit):
         shutil.rmtree(complete[step])
 
 
-def find_checkpoint(output_dir, resume_from, warn=print):
-    """The checkpoint folder to resume from: `auto` = newest complete one in output_dir (or None)."""
-    if resume_from != "auto":
-        if not os.path.exists(os.path.join(resume_from, COMPLETE_MARKER)):
-            raise UserError(f"--resume_from_checkpoint {resume_from} is not a complete checkpoint (no "
-                            f"{COMPLETE_MARKER} marker): pass another one, or 'auto'.")
-        return resume_from
-    complete, incomplete = checkpoint_steps(output_dir)
-    for folder in incomplete:
-        warn(f"warning: ignoring incomplete checkpoint {folder} (interrupted while saving)")
-    return complete[max(complete)] if complete else None
+def choose_checkpoint(args, identity):
+    """The checkpoint folder this run resumes from, or None for a fresh start; checked before any model loads.
+
+    A fresh start refuses an output folder holding checkpoints (another run's, or this run's to resume)
+    unless --overwrite_output_dir, which deletes them. `auto` takes the newest checkpoint that verifies,
+    skipping damaged ones with a warning. The chosen checkpoint must come from a run like this one.
+    """
+    complete, incomplete = checkpoint_steps(args.output_dir)
+    if not args.resume_from_checkpoint:
+        if complete and not args.overwrite_output_dir:
+            raise UserError(f"--output_dir {args.output_dir} holds checkpoints of an earlier run (newest "
+                            f"{complete[max(complete)]}): continue it with --resume_from_checkpoint auto, or pass "
+                            "--overwrite_output_dir to delete them, or pick another folder.")
+        if complete and is_main_process():
+            shutil.rmtree(os.path.join(args.output_dir, CHECKPOINT_DIR))
+            print_rank0(f"deleted the earlier run's checkpoints in {args.output_dir} (--overwrite_output_dir)")
+        barrier()
+        return None
+    if args.resume_from_checkpoint != "auto":
+        candidates = [args.resume_from_checkpoint]
+    else:
+        candidates = [complete[step] for step in sorted(complete, reverse=True)]
+        for folder in incomplete:
+            print_rank0(f"warning: ignoring incomplete checkpoint {folder} (interrupted while saving)")
+    for folder in candidates:
+        problem = None if os.path.exists(os.path.join(folder, COMPLETE_MARKER)) else f"no {COMPLETE_MARKER} marker"
+        problem = problem or verify_checkpoint(folder)
+        if problem and args.resume_from_checkpoint != "auto":
+            raise UserError(f"--resume_from_checkpoint {folder} is not a whole checkpoint: {problem}. Pass "
+                            "another one, or 'auto' for the newest good one.")
+        if problem:
+            print_rank0(f"warning: checkpoint {folder} is damaged ({problem}): trying the one before it")
+            continue
+        changes = identity_changes(checkpoint_info(folder).get("identity", {}), identity)
+        if changes:
+            raise UserError(f"{folder} was saved by a run with other settings, so resuming it would not continue "
+                            f"that run: {'; '.join(changes)}. Resume with that run's settings, or start afresh "
+                            "in another --output_dir.")
+        return folder
+    if candidates:
+        raise UserError(f"every checkpoint in {args.output_dir} is damaged (see the warnings above): start afresh "
+                        "with --overwrite_output_dir or in another --output_dir.")
+    print_rank0(f"no complete checkpoint in {args.output_dir}: starting fresh")
+    return None
 
 
 def checkpoint_info(folder):
-    """What the COMPLETE marker records: step, position, world size, LoRA settings (readable before loading)."""
+    """What the COMPLETE marker records: step, position, the run's identity, the manifest."""
     with open(os.path.join(folder, COMPLETE_MARKER)) as f:
         return json.load(f)
 
 
 def load_checkpoint(engine, folder):
-    """Restore model, optimizer, scheduler, loss scaler and this rank's RNG; returns the client state."""
+    """Restore model, optimizer, scheduler, loss scaler and this rank's RNG; returns where training stood."""
     load_path, client_state = engine.load_checkpoint(os.path.dirname(folder), tag=os.path.basename(folder),
                                                      load_optimizer_states=True, load_lr_scheduler_states=True)
     if load_path is None:
         raise UserError(f"DeepSpeed could not load the checkpoint in {folder}.")
-    rng_file = os.path.join(folder, f"rng_state_rank{get_rank()}.pt")
-    if not os.path.exists(rng_file):
-        raise UserError(f"{folder} has no RNG state for rank {get_rank()}: resume with the same number of "
-                        "ranks it was saved with.")
-    _set_rng_state(torch.load(rng_file, weights_only=False))
-    return client_state
-
-
-def run_identity(args):
-    """What a checkpoint must share with the run that resumes it (checked in `resume`)."""
-    return {"world_size": get_world_size(), "lora": {
-        "lora_dim": args.lora_dim, "lora_module_name": args.lora_module_name if args.lora_dim else None,
-        "only_optimize_lora": args.only_optimize_lora}}
-
-
-def resume(args, engine):
-    """Where training starts: a fresh start, or the position saved in a checkpoint (whose state is loaded)."""
-    fresh = {"epoch": 0, "batches_done": 0, "epoch_loss_sum": 0.0}
-    if not args.resume_from_checkpoint:
-        return fresh
-    folder = find_checkpoint(args.output_dir, args.resume_from_checkpoint, print_rank0)
-    if folder is None:
-        print_rank0(f"no complete checkpoint in {args.output_dir}: starting fresh")
-        return fresh
-    saved, ours = checkpoint_info(folder), run_identity(args)
-    if saved.get("world_size") != ours["world_size"]:
-        raise UserError(f"{folder} was saved by {saved.get('world_size')} ranks, this run has {ours['world_size']}: "
-                        "resume with the same number of ranks.")
-    if saved.get("lora") != ours["lora"]:
-        raise UserError(f"{folder} was saved with LoRA settings {saved.get('lora')}, this run has "
-                        f"{ours['lora']}: resume with the same --lora_* flags.")
-    position = load_checkpoint(engine, folder)["position"]
+    _set_rng_state(torch.load(os.path.join(folder, f"rng_state_rank{get_rank()}.pt"), weights_only=False))
+    position = client_state["position"]
     print_rank0(f"resumed from {folder} (step {engine.global_steps}, epoch {position['epoch'] + 1}, "
                 f"{position['batches_done']} micro-batches done in it)")
     return position

@@ -8,14 +8,13 @@ import time
 import torch
 from tqdm import tqdm
 
-from model.reward_model import loss_spans
+from model.reward_model import LN2, loss_spans
 from training.checkpoint import save_checkpoint
 from training.cpu_speed import cpu_training_speedups
 from training.evaluation import to_device
 from utils.dist import all_reduce, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
 
-LN2 = math.log(2)  # the loss when chosen and rejected get the same reward
 PLATEAU_TOLERANCE = 0.02
 
 
@@ -53,8 +52,9 @@ class Logger:
 
 
 class StopSignal:
-    """SIGTERM/SIGINT ask for a checkpoint at the next optimizer step, then a clean exit (a second
-    Ctrl-C stops at once). All ranks agree on stopping, so they save the same step."""
+    """SIGTERM/SIGINT ask for a checkpoint at the next optimizer step (or after the evaluation running),
+    then a clean exit; a second signal stops the process at once. All ranks agree on stopping, so they
+    save the same step."""
 
     def __init__(self):
         self.signum = 0
@@ -62,8 +62,9 @@ class StopSignal:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        if self.signum == signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.signum:  # the second one: die of it now (an exception could be swallowed mid-operation)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         self.signum = signum
 
     def agreed(self, device):
@@ -141,12 +142,7 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
                 log.eval(f"step {step}", run_eval(), step)
             stopping = stop.agreed(engine.device)
             if stopping or (args.save_steps and step % args.save_steps == 0):
-                folder = save_checkpoint(engine, args.output_dir, dict(checkpoint_state, position=position),
-                                         args.save_total_limit)
-                print_rank0(f"saved checkpoint {folder}")
-            if stopping:
-                raise Stopped(f"stopped by signal {stopping} at step {step}; checkpoint in {folder}. "
-                              "Continue with --resume_from_checkpoint auto.", stopping)
+                checkpoint(args, engine, dict(checkpoint_state, position=position), stopping)
             step_loss.zero_()
             step_batches.clear()
             step_start = time.time()
@@ -154,7 +150,20 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
         print_rank0(f"epoch {epoch + 1}/{args.num_train_epochs} | mean loss {mean_epoch_loss:.4f}")
         metrics = run_eval()
         log.eval(f"epoch {epoch + 1}", metrics, engine.global_steps)
+        position = {"epoch": epoch, "batches_done": batches_per_epoch, "epoch_loss_sum": epoch_loss.item()}
+        stopping = stop.agreed(engine.device)
+        if stopping:  # a signal during the epoch's last steps or its evaluation
+            checkpoint(args, engine, dict(checkpoint_state, position=position), stopping)
     return metrics, mean_epoch_loss
+
+
+def checkpoint(args, engine, client_state, stopping):
+    """Save a resumable checkpoint; after a signal, stop with the line to continue."""
+    folder = save_checkpoint(engine, args.output_dir, client_state, args.save_total_limit)
+    print_rank0(f"saved checkpoint {folder}")
+    if stopping:
+        raise Stopped(f"stopped by signal {stopping} at step {engine.global_steps}; checkpoint in {folder}. "
+                      "Continue with --resume_from_checkpoint auto.", stopping)
 
 
 def nonfinite_cause(step_batches, model):

@@ -1,5 +1,5 @@
 # The card's step-2 run (DeepSpeed-Chat, OPT-350m), sourced by every launcher so they cannot drift.
-# Expects ROOT (the repository root) and OUTPUT; sets CARD_ARGS and prepares OUTPUT.
+# Expects ROOT (the repository root), OUTPUT and optionally ZERO_STAGE; sets CARD_ARGS, nothing else.
 CARD_ARGS=(
   --data_path Dahoas/rm-static Dahoas/full-hh-rlhf Dahoas/synthetic-instruct-gptj-pairwise
               yitingxie/rlhf-reward-datasets
@@ -21,5 +21,3 @@ CARD_ARGS=(
 if [ -n "${ZERO_STAGE:-}" ]; then
   CARD_ARGS+=(--zero_stage "$ZERO_STAGE")
 fi
-mkdir -p "$OUTPUT"
-set -o pipefail

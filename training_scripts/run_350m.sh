@@ -7,4 +7,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUTPUT="${1:-./output}"
 ZERO_STAGE="${2:-}"
 source "$ROOT/training_scripts/card_args.sh"
+mkdir -p "$OUTPUT"
+set -o pipefail
 deepspeed "$ROOT/main.py" "${CARD_ARGS[@]}" "${@:3}" 2>&1 | tee "$OUTPUT/training.log"

@@ -2,7 +2,7 @@
 # Offline CPU demo: needs no hub. Builds a tiny OPT (random weights, a tokenizer trained on the fly,
 # OPT's conventions), trains it on the built-in synthetic preference set with the card's config
 # (fp16 becomes bf16 on CPU) and evaluates it. A random model scores ~0.5; this one reaches >= 0.9.
-# Usage: bash training_scripts/run_demo_cpu.sh [OUTPUT]   (a few minutes on 2 CPU cores)
+# Usage: bash training_scripts/run_demo_cpu.sh [OUTPUT]   (about half a minute on 2 CPU cores)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUTPUT="${1:-./output_demo}"

@@ -1,11 +1,22 @@
-"""Small file helpers shared by the entry points: JSON written the same way everywhere."""
+"""Writing files so that no kill, crash or full disk leaves a half-written or lost result.
+
+Every folder the project writes for a user (model, export) is written into `TARGET/.saving`, marked
+whole, then published file by file with `publish`; `recover` finishes or undoes a publish that a kill
+interrupted. Single files (JSON, scores) go through `atomic_file`.
+"""
+import contextlib
+import errno
 import json
+import os
+import shutil
 
 import torch
 
+STAGING, REPLACED, WHOLE = ".saving", ".replaced", ".whole"  # staging folder, old files, staging-is-whole mark
+
 
 def write_json(path, content):
-    with open(path, "w") as f:
+    with atomic_file(path) as f:
         json.dump(content, f, indent=2, default=_jsonable)
         f.write("\n")
 
@@ -14,3 +25,68 @@ def _jsonable(value):
     if isinstance(value, torch.Tensor):
         return value.tolist()
     return str(value)
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode="w"):
+    """Open `path + '.tmp'` for writing; on success it replaces `path` in one step, on error it is removed."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def is_disk_full(error):
+    """True for 'no space left' errors, including torch's and safetensors' wrappers of them."""
+    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error) \
+        or "unexpected pos" in str(error) or "file write failed" in str(error)
+
+
+def staging_folder(target):
+    """A fresh, empty `target/.saving` to write into (after finishing any interrupted publish)."""
+    recover(target)
+    staging = os.path.join(target, STAGING)
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    return staging
+
+
+def publish(target):
+    """Move the files of the whole `target/.saving` into `target`, replacing same-named ones.
+
+    Order: mark staging whole; move the files it replaces into `target/.replaced`; move the new files in
+    (weights last); remove `.replaced` and staging. Until the mark exists the old files are untouched;
+    after it the new set is complete on disk, and `recover` finishes the move.
+    """
+    staging = os.path.join(target, STAGING)
+    open(os.path.join(staging, WHOLE), "w").close()
+    _finish(target)
+
+
+def recover(target):
+    """Finish a publish that a kill interrupted; True if there was one. (A staging folder that was never
+    marked whole is left for `staging_folder` to clear: the old files were not touched.)"""
+    if os.path.exists(os.path.join(target, STAGING, WHOLE)):
+        _finish(target)
+        return True
+    return False
+
+
+def _finish(target):
+    staging, replaced = os.path.join(target, STAGING), os.path.join(target, REPLACED)
+    names = sorted((n for n in os.listdir(staging) if n != WHOLE), key=lambda n: n.endswith(LAST_SUFFIXES))
+    os.makedirs(replaced, exist_ok=True)
+    for name in names:
+        if os.path.exists(os.path.join(target, name)):
+            os.replace(os.path.join(target, name), os.path.join(replaced, name))
+    for name in names:
+        os.replace(os.path.join(staging, name), os.path.join(target, name))
+    shutil.rmtree(replaced)
+    shutil.rmtree(staging)
+
+
+LAST_SUFFIXES = (".safetensors", ".bin")  # weights move in last: a folder with new weights is whole

@@ -30,5 +30,7 @@ while IFS= read -r line || [ -n "$line" ]; do
 done < "$HOSTFILE"
 [ -n "$FIRST_HOST" ] || { echo "error: $HOSTFILE lists no host" >&2; exit 1; }
 source "$ROOT/training_scripts/card_args.sh"
+mkdir -p "$OUTPUT"
+set -o pipefail
 deepspeed --hostfile "$HOSTFILE" --master_addr "${MASTER_ADDR:-$FIRST_HOST}" --master_port "${MASTER_PORT:-29500}" \
   "$ROOT/main.py" "${CARD_ARGS[@]}" "${@:4}" 2>&1 | tee "$OUTPUT/training.log"

@@ -5,4 +5,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUTPUT="${1:-./output}"
 ZERO_STAGE="${2:-}"
 source "$ROOT/training_scripts/card_args.sh"
+mkdir -p "$OUTPUT"
+set -o pipefail
 deepspeed --num_gpus 1 "$ROOT/main.py" "${CARD_ARGS[@]}" "${@:3}" 2>&1 | tee "$OUTPUT/training.log"
