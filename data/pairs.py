@@ -2,15 +2,17 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from datasets import Features, List, Value
 
 from data.collator import PairCollator
-from data.readers import hash_files
+from data.readers import all_files, hash_files, one_line
 from data.sources import load_source
 from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
 from data.tokenize import pair_encoder
@@ -18,7 +20,10 @@ from model.reward_model import END_OF_CONVERSATION, loss_spans
 from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
 
-CACHE_VERSION = 3  # bump when a change in this package changes the tokenised pairs
+CACHE_VERSION = 4  # bump when a change in this package changes the tokenised pairs or the cache layout
+HASHED_BYTES = 1 << 20  # cache files up to this size are hashed in meta.json; larger ones only sized
+CACHE_ERRORS = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)  # reading a damaged cache
+TEMP_NAME = re.compile(r"pairs-[0-9a-f]{24}\.tmp-(.+)-(\d+)")  # see _build_or_reuse
 LARGE = 100_000  # rows from which tokenisation uses several processes
 # What `_pair_codes` finds in a pair. Identical pairs train (ln 2, zero gradient) and count as wrong
 # in evaluation, as in DeepSpeed-Chat, unless --drop_identical_pairs; the others cannot be scored.
@@ -47,6 +52,7 @@ def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, ca
     if not data_paths:
         raise UserError("--data_path needs at least one source (a hub name, a local file or folder, "
                         "or synthetic/preference).")
+    _refuse_repeated_paths(data_paths)
     if not isinstance(max_seq_len, int) or max_seq_len < 2:
         raise UserError(f"--max_seq_len {max_seq_len!r} must be an integer >= 2.")
     if not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -60,12 +66,40 @@ def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, ca
         folder = _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir)
     barrier()
     if not builder:
-        folder = _cache_folder(cache_dir, [load_source(p) for p in data_paths], settings)
+        folder = _cache_folder(cache_dir, _load_sources(data_paths), settings)
         if not _is_complete(folder):
             raise UserError(f"{folder}: the tokenised data that local rank 0 should have written is not "
                             "there; check --data_output_path is writable and the data did not change "
                             "while the job started.")
-    return tuple(datasets.load_from_disk(os.path.join(folder, split)) for split in ("train", "eval"))
+    try:
+        return _open_cache(folder)
+    except CACHE_ERRORS as err:  # rank 0 checked it just now: something else damaged it
+        raise UserError(f"{folder}: cannot load the tokenised pairs ({one_line(err)}); delete that folder "
+                        "and run again.") from err
+
+
+def _refuse_repeated_paths(data_paths):
+    """The same file or folder twice (also as './d' and 'd/') would train on every pair of it twice."""
+    seen = {}
+    for path in data_paths:
+        key = os.path.realpath(path) if os.path.exists(path) else path
+        if key in seen:
+            raise UserError(f"--data_path lists the same source twice: {seen[key]!r} and {path!r} "
+                            f"(both {key}); its pairs would be trained on twice. Give each source once.")
+        seen[key] = path
+
+
+def _load_sources(data_paths):
+    """Load every source; two that hold the same data (a copied folder) are refused like one given twice."""
+    sources, seen = [], {}
+    for path in data_paths:
+        source = load_source(path)
+        if source.identity in seen:
+            raise UserError(f"--data_path {seen[source.identity]!r} and {path!r} hold the same data; its pairs "
+                            "would be trained on twice. Give each source once.")
+        seen[source.identity] = path
+        sources.append(source)
+    return sources
 
 
 def tokenizer_identity(tokenizer):
@@ -94,20 +128,33 @@ def _is_complete(folder):
     return os.path.isfile(os.path.join(folder, "meta.json"))  # written last, before the rename
 
 
+def _open_cache(folder):
+    return tuple(datasets.load_from_disk(os.path.join(folder, split)) for split in ("train", "eval"))
+
+
 def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
-    sources = [load_source(p) for p in data_paths]
+    """The cache folder for these sources and settings: reused if it verifies, else (re)built.
+
+    A build writes `<folder>.tmp-<host>-<pid>` and renames it; one killed mid-way leaves that behind,
+    which the next run on the same host removes once the process is gone.
+    """
+    sources = _load_sources(data_paths)
     folder = _cache_folder(cache_dir, sources, settings)
+    tmp = f"{folder}.tmp-{socket.gethostname()}-{os.getpid()}"
+    if os.path.isdir(cache_dir):
+        _remove_stale_temps(cache_dir)
     if _is_complete(folder):
-        with open(os.path.join(folder, "meta.json")) as f:
-            meta = json.load(f)
-        print_rank0(f"data: reusing the tokenised pairs in {folder} ({meta['rows']['train']:,} train, "
-                    f"{meta['rows']['eval']:,} eval)")
-        return folder
+        meta, problem = _verify_cache(folder)
+        if problem is None:
+            print_rank0(f"data: reusing the tokenised pairs in {folder} ({meta['rows']['train']:,} train, "
+                        f"{meta['rows']['eval']:,} eval)")
+            return folder
+        print_rank0(f"data: the tokenised pairs in {folder} are damaged ({problem}); rebuilding them")
+        _discard(folder, tmp)
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as err:
         raise UserError(f"--data_output_path {cache_dir!r} cannot be created ({err}).") from err
-    tmp = f"{folder}.tmp-{socket.gethostname()}-{os.getpid()}"
     try:
         _build(tmp, sources, data_split, settings, tokenizer)
         _publish(tmp, folder)
@@ -117,8 +164,79 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
     return folder
 
 
+def _verify_cache(folder):
+    """(meta, None) when every file meta.json lists has its recorded size (and hash, for small files)
+    and datasets can open both splits; else (meta or None, what is wrong)."""
+    try:
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+        recorded = dict(meta["files"])
+    except CACHE_ERRORS as err:
+        return None, f"meta.json unreadable: {one_line(err)}"
+    try:
+        for name, want in sorted(recorded.items()):
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                return meta, f"{name} is missing"
+            if os.path.getsize(path) != want["size"]:
+                return meta, f"{name} holds {os.path.getsize(path):,} bytes, {want['size']:,} when built"
+            if want["sha256"] is not None and _sha256(path) != want["sha256"]:
+                return meta, f"{name} changed since it was built"
+        _open_cache(folder)
+    except CACHE_ERRORS as err:
+        return meta, f"cannot read it: {one_line(err)}"
+    return meta, None
+
+
+def _file_records(folder):
+    """{relative path: {size, sha256 (None above HASHED_BYTES)}} of the files under `folder`."""
+    records = {}
+    for name, path in sorted(all_files(folder).items()):
+        size = os.path.getsize(path)
+        records[name] = {"size": size, "sha256": _sha256(path) if size <= HASHED_BYTES else None}
+    return records
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _discard(folder, tmp):
+    """Remove a damaged cache folder: renamed first, so no reader sees it half deleted."""
+    try:
+        os.rename(folder, tmp)
+    except FileNotFoundError:  # another builder on a shared disk got there first
+        return
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temps(cache_dir):
+    """Remove this project's temp build folders left on this host by processes that no longer run."""
+    host = socket.gethostname()
+    for name in os.listdir(cache_dir):
+        match = TEMP_NAME.fullmatch(name)
+        if match and match[1] == host and not _process_alive(int(match[2])):
+            print_rank0(f"data: removing {os.path.join(cache_dir, name)}, left by a cache build that was "
+                        f"stopped (process {match[2]} is gone)")
+            shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _build(tmp, sources, data_split, settings, tokenizer):
-    """Write train/, eval/ and meta.json into `tmp`."""
+    """Write train/, eval/ and meta.json (with every file's size) into `tmp`."""
     scratch = os.path.join(tmp, "scratch")
     os.makedirs(scratch)
     meta = {"settings": settings, "sources": [s.name for s in sources], "rows": {}, "dropped": {}}
@@ -136,6 +254,7 @@ def _build(tmp, sources, data_split, settings, tokenizer):
         pairs.save_to_disk(os.path.join(tmp, split))
         meta["rows"][split] = len(pairs)
     shutil.rmtree(scratch)
+    meta["files"] = _file_records(tmp)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
 
@@ -161,12 +280,14 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file, encoders):
 
     def encode(batch):
         size = len(next(iter(batch.values())))
-        texts = [adapter.texts({k: v[i] for k, v in batch.items()}) for i in range(size)]
+        parts = [adapter.parts({k: v[i] for k, v in batch.items()}) for i in range(size)]
+        texts = [(p + c, p + r) for p, c, r in parts]
         chosen_texts, rejected_texts = [c + eot for c, _ in texts], [r + eot for _, r in texts]
         if "pairs" not in encoders:
             encoders["pairs"] = pair_encoder(tokenizer, max_len, chosen_texts[:64], rejected_texts[:64])
         chosen, rejected = encoders["pairs"](chosen_texts, rejected_texts)
-        drop = _pair_codes(texts, chosen, rejected, settings["pad_token_id"], settings["num_padding_at_beginning"])
+        drop = _pair_codes(texts, chosen, rejected, settings["pad_token_id"], settings["num_padding_at_beginning"],
+                           answers=[(c, r) for _, c, r in parts])
         margin = _margins(batch.get("margin", [None] * size))
         return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": margin, "drop": drop}
 
@@ -184,16 +305,21 @@ def _margins(values):
         raise UserError(f"the 'margin' column must hold numbers ({err}); fix it or drop the column.") from err
 
 
-def _pair_codes(texts, chosen_ids, rejected_ids, pad_id, num_padding_at_beginning):
-    """One code per pair: KEEP, or what `REASONS` says, found with the loss's own `loss_spans`."""
+def _pair_codes(texts, chosen_ids, rejected_ids, pad_id, num_padding_at_beginning, answers=None):
+    """One code per pair: KEEP, or what `REASONS` says, found with the loss's own `loss_spans`.
+
+    `texts` are the (chosen, rejected) texts, `answers` the answers alone (default: the texts); a pair
+    is EMPTY when either answer is empty or only whitespace: there is nothing to prefer.
+    """
     rows = [{"chosen_input_ids": c, "rejected_input_ids": r} for c, r in zip(chosen_ids, rejected_ids)]
     ids = PairCollator(pad_id)(rows)["input_ids"]
     chosen, rejected = ids[:len(rows)], ids[len(rows):]
     start, end, _, _ = loss_spans(chosen, rejected, pad_id, num_padding_at_beginning)
     identical = (chosen == rejected).all(dim=1).tolist()
     codes = []
-    for (chosen_text, rejected_text), same, first, last in zip(texts, identical, start.tolist(), end.tolist()):
-        if not chosen_text or not rejected_text:
+    for (chosen_text, rejected_text), (chosen_answer, rejected_answer), same, first, last in zip(
+            texts, answers or texts, identical, start.tolist(), end.tolist()):
+        if not chosen_answer.strip() or not rejected_answer.strip():
             codes.append(EMPTY)
         elif same:
             codes.append(SAME_TEXT if chosen_text == rejected_text else IDENTICAL)  # IDENTICAL: past --max_seq_len

@@ -1,9 +1,12 @@
 """Read local preference files (.json, .jsonl, .jsonl.gz, .parquet, .csv) with errors that name the line."""
+import codecs
 import csv
 import gzip
 import hashlib
+import io
 import json
 import os
+import zlib
 
 import datasets
 import pyarrow as pa
@@ -13,7 +16,7 @@ from datasets.table import InMemoryTable
 from utils.errors import UserError
 
 SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".csv")  # longest match first
-EVAL_STEMS = ("test", "eval", "validation")
+EVAL_NAMES = ("test", "eval", "validation")  # file stems and saved-split names that hold eval pairs
 
 
 def _suffix(file):
@@ -43,7 +46,7 @@ def split_files(folder):
     for name in names:
         suffix = _suffix(name)
         stem = name[:-len(suffix)] if suffix else None
-        role = "train" if stem == "train" else "eval" if stem in EVAL_STEMS else None
+        role = "train" if stem == "train" else "eval" if stem in EVAL_NAMES else None
         if role:
             found[role].append(os.path.join(folder, name))
     for role, paths in found.items():
@@ -62,19 +65,41 @@ def read_rows(file):
     if suffix is None:
         raise UserError(f"--data_path {file!r}: unsupported file type; use one of {', '.join(SUFFIXES)} "
                         "or a save_to_disk folder.")
-    opener = gzip.open if suffix.endswith(".gz") else open
-    try:
-        with opener(file, "rt", encoding="utf-8", newline="" if suffix == ".csv" else None) as f:
-            if suffix == ".csv":
-                return _csv_rows(f, file)
-            text = f.read()
-    except UnicodeDecodeError as err:
-        raise UserError(f"{file} is not UTF-8 text ({err}).") from err
-    except (OSError, EOFError) as err:
-        raise UserError(f"--data_path {file!r}: cannot read the file ({err}).") from err
+    text = _read_text(file, suffix.endswith(".gz"))
+    if suffix == ".csv":
+        return _csv_rows(text, file)
     if suffix.startswith(".jsonl"):
         return _jsonl_rows(text, file)
     return _json_rows(text, file)
+
+
+def _read_text(file, gzipped):
+    """The file's text: gunzipped if asked, decoded as UTF-8, a leading byte-order mark removed."""
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise UserError(f"--data_path {file!r}: cannot read the file ({err}).") from err
+    if gzipped:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as err:
+            raise UserError(f"--data_path {file!r}: cannot read the file: its gzip data is truncated or "
+                            f"damaged ({err}); re-create or re-download it.") from err
+    if data.startswith(codecs.BOM_UTF8):  # Excel and Notepad write one; it would stick to the first column name
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{file}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save the file "
+                        "as UTF-8, or check it is the file you meant.") from err
+
+
+def _json_error(file, line, err):
+    if isinstance(err, RecursionError):
+        return UserError(f"{file}, line {line}: JSON nested too deeply to read. Fix that line.")
+    return UserError(f"{file}, line {line}: not valid JSON ({err.msg}, column {err.colno}). Fix that line.")
 
 
 def _jsonl_rows(text, file):
@@ -84,9 +109,8 @@ def _jsonl_rows(text, file):
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{file}, line {number}: not valid JSON ({err.msg}, column {err.colno}). "
-                            "Fix that line.") from err
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise _json_error(file, number, err) from err
         if not isinstance(row, dict):
             raise UserError(f"{file}, line {number}: expected a JSON object like "
                             f'{{"prompt": ..., "chosen": ..., "rejected": ...}}, got {type(row).__name__}.')
@@ -104,11 +128,13 @@ def _json_rows(text, file):
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # several top-level values: JSON Lines
             return _jsonl_rows(text, file)
-        raise UserError(f"{file}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}). "
-                        "Fix that line.") from err
+        raise _json_error(file, err.lineno, err) from err
+    except RecursionError as err:
+        raise _json_error(file, 1, err) from err
     rows = [data] if isinstance(data, dict) else data
     if not isinstance(rows, list):
-        raise UserError(f"{file}: expected a list of JSON objects with prompt/chosen/rejected fields.")
+        raise UserError(f"{file}: expected a list of JSON objects with prompt/chosen/rejected fields, "
+                        f"got {type(data).__name__}.")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise UserError(f"{file}, item {i + 1}: expected a JSON object with prompt/chosen/rejected "
@@ -116,24 +142,44 @@ def _json_rows(text, file):
     return rows, lambda i: f"item {i + 1}"
 
 
-def _csv_rows(f, file):
-    reader = csv.DictReader(f)
+def _csv_rows(text, file):
+    """Rows of a CSV file with a header line, parsed strictly: every row has one value per column."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # answers may exceed the 128 KiB default
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    fix = ('Give each row one value per column, and quote every value that holds a comma, a quote or a '
+           'line break ("like, this"; a quote inside doubled: "").')
     rows, lines = [], []
     try:
-        for row in reader:
-            row.pop(None, None)  # cells beyond the header
-            rows.append(row)
-            lines.append(reader.line_num)
+        header = next(reader, [])
+        duplicated = sorted({name for name in header if header.count(name) > 1})
+        if duplicated:
+            raise UserError(f"{file}, line 1: the header names column(s) {', '.join(duplicated)} twice; "
+                            "give each column one name.")
+        start = reader.line_num + 1
+        for record in reader:
+            if record:  # a blank line reads as []
+                if len(record) != len(header):
+                    raise UserError(f"{file}, line {start}: {len(record)} fields, but the header has "
+                                    f"{len(header)} ({', '.join(header)}). {fix}")
+                rows.append(dict(zip(header, record)))
+                lines.append(start)
+            start = reader.line_num + 1
     except csv.Error as err:
-        raise UserError(f"{file}, line {reader.line_num}: malformed CSV ({err}).") from err
+        raise UserError(f"{file}, line {reader.line_num}: malformed CSV ({err}). {fix}") from err
     return rows, lambda i: f"line {lines[i]}"
 
 
 def read_parquet(file):
     try:
         return datasets.Dataset(InMemoryTable(pq.read_table(file)))
-    except (OSError, pa.ArrowException) as err:
-        raise UserError(f"--data_path {file!r}: cannot read it as parquet ({err}).") from err
+    except (OSError, ValueError, pa.ArrowException) as err:  # ArrowInvalid is a ValueError
+        raise UserError(f"--data_path {file!r}: cannot read it as parquet ({one_line(err)}). Check it is a whole "
+                        "parquet file whose columns are text or numbers.") from err
+
+
+def one_line(err):
+    """An exception's message on one line (Arrow's span several), so `error: ...` stays one line."""
+    return " ".join(str(err).split())
 
 
 def all_files(folder):

@@ -17,7 +17,7 @@ from data import readers, synthetic
 from utils.errors import UserError
 from utils.hub import hub_unreachable_reason
 
-EVAL_SPLIT_NAMES = ("test", "eval", "validation")
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")  # the columns of the two local layouts
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,14 @@ class Adapter:
         pick = self.pick.__qualname__ if self.pick else None
         return repr((self.fields, self.eval_split, self.prompt_template, self.answer_prefix, pick))
 
-    def texts(self, row):
+    def parts(self, row):
+        """(prompt, chosen answer, rejected answer) as scored: template and answer prefix applied."""
         prompt, chosen, rejected = self.pick(row) if self.pick else (row[f] for f in self.fields)
-        prompt = self.prompt_template.format(prompt)
-        return prompt + self.answer_prefix + chosen, prompt + self.answer_prefix + rejected
+        return self.prompt_template.format(prompt), self.answer_prefix + chosen, self.answer_prefix + rejected
+
+    def texts(self, row):
+        prompt, chosen, rejected = self.parts(row)
+        return prompt + chosen, prompt + rejected
 
 
 def split_hh(conversation):
@@ -189,8 +193,24 @@ def _load_local(path):
     adapter = registry_adapter or _adapter_for_columns(train.column_names, where["train"])
     check_columns(train, adapter, where["train"])
     if eval_ is not None:
+        _check_same_layout(train.column_names, eval_.column_names, where)
         check_columns(eval_, adapter, where["eval"])
     return Source(path, adapter, train, eval_, "local:" + readers.hash_files(hashed))
+
+
+def _text_columns(columns):
+    """Which of prompt/chosen/rejected `columns` holds: that decides how a row is read."""
+    return [c for c in TEXT_COLUMNS if c in columns]
+
+
+def _check_same_layout(train_columns, eval_columns, where):
+    """Train and eval are read with one adapter, so they must hold the same text columns."""
+    train_text, eval_text = _text_columns(train_columns), _text_columns(eval_columns)
+    if train_text != eval_text:
+        raise UserError(f"{where['train']} and {where['eval']} have different text columns "
+                        f"({', '.join(train_text)} vs {', '.join(eval_text) or 'none'}), so one of them would "
+                        "be read in the other's layout. Give both the same columns: prompt, chosen, rejected "
+                        "(or chosen, rejected only, holding whole conversations).")
 
 
 def _load_saved(path):
@@ -201,7 +221,7 @@ def _load_saved(path):
     if isinstance(saved, datasets.Dataset):
         return saved, None
     train = _get_split(saved, "train", f"--data_path {path!r}")
-    eval_name = next((s for s in EVAL_SPLIT_NAMES if s in saved), None)
+    eval_name = next((s for s in readers.EVAL_NAMES if s in saved), None)
     return train, saved[eval_name] if eval_name else None
 
 
@@ -216,6 +236,7 @@ def _read_checked(file, registry_adapter):
     missing = [f for f in adapter.fields if f not in rows[0]]
     if missing:
         raise UserError(f"{file}: missing column(s) {', '.join(missing)} (columns found: {', '.join(rows[0])}).")
+    layout = _text_columns(rows[0])
     for i, row in enumerate(rows):
         for field in adapter.fields:
             value = row.get(field)
@@ -223,10 +244,15 @@ def _read_checked(file, registry_adapter):
                 got = "missing" if field not in row else "null" if value is None else type(value).__name__
                 raise UserError(f"{file}, {where(i)}: field {field!r} is {got}; it must be text. "
                                 "Fix or remove that row.")
+        if _text_columns(row) != layout:
+            raise UserError(f"{file}, {where(i)}: has text fields {', '.join(_text_columns(row))} but "
+                            f"{where(0)} has {', '.join(layout)}; the first row decides how every row is read. "
+                            "Give every row the same fields.")
     try:
         return datasets.Dataset.from_list(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise UserError(f"{file}: a column mixes types across rows ({err}); make each column one type.") from err
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:  # ArrowInvalid is a ValueError
+        raise UserError(f"{file}: a column mixes types across rows or holds values Arrow cannot store "
+                        f"({readers.one_line(err)}); make each column one type.") from err
 
 
 def _adapter_for_columns(columns, where):

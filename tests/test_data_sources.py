@@ -177,7 +177,7 @@ def test_null_or_non_string_field_names_file_line_and_field(tmp_path, value, got
 def test_missing_cell_in_csv_names_the_line(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("prompt,chosen,rejected\nq,a,b\nq,a\n")
-    with pytest.raises(UserError, match=r"p\.csv, line 3: field 'rejected' is null"):
+    with pytest.raises(UserError, match=r"p\.csv, line 3: 2 fields, but the header has 3"):
         load_source(str(path))
 
 
