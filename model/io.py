@@ -5,6 +5,7 @@ import os
 import shutil
 
 import torch
+from safetensors import SafetensorError
 
 from utils.dist import barrier, is_main_process, print_rank0
 from utils.errors import UserError
@@ -14,6 +15,7 @@ REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json
 WEIGHTS_NAME = "model.safetensors"
 OUR_TRANSFORMER_KEY = "rwtransformer"
 HEAD_KEY = "v_head.weight"
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)  # what a failed write raises (safetensors: its own)
 
 
 def check_output_dir(output_dir, overwrite):
@@ -62,7 +64,7 @@ def save_hf_model(model, tokenizer, output_dir, zero_stage, extra_json=None):
         try:
             _write_model(staging_folder(output_dir), model.config, state, tokenizer, extra_json)
             publish(output_dir)
-        except (OSError, RuntimeError) as error:
+        except WRITE_ERRORS as error:
             if not is_disk_full(error):
                 raise
             shutil.rmtree(os.path.join(output_dir, STAGING), ignore_errors=True)
@@ -88,7 +90,7 @@ def _save_recovery_copy(config, state, tokenizer, extra_json):
     folder = tempfile.mkdtemp(prefix="reward-model-recovery-")
     try:
         _write_model(folder, config, state, tokenizer, extra_json)
-    except (OSError, RuntimeError) as error:
+    except WRITE_ERRORS as error:
         shutil.rmtree(folder, ignore_errors=True)
         return (f"It did not fit in {tempfile.gettempdir()} either ({error}): free space and resume from the "
                 "last checkpoint (--resume_from_checkpoint auto).")
@@ -113,7 +115,6 @@ def read_reward_settings(model_dir):
 
 def read_weights(model_dir):
     """The state dict in model_dir/model.safetensors; UserError if it is missing or damaged."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
     weights_path = os.path.join(model_dir, WEIGHTS_NAME)
     if not os.path.exists(weights_path):

@@ -66,6 +66,8 @@ class StopSignal:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         self.signum = signum
+        print_rank0(f"signal {signum}: saving a checkpoint at the next optimizer step, then stopping "
+                    "(send it again to stop at once, without one)")
 
     def agreed(self, device):
         """The signal any rank received (0: none); the same on every rank."""
