@@ -1,4 +1,5 @@
 """Phase-2 preference pairs: split, tokenise, check, blend, and cache them on disk."""
+import errno
 import hashlib
 import json
 import os
@@ -90,14 +91,17 @@ def _refuse_repeated_paths(data_paths):
 
 
 def _load_sources(data_paths):
-    """Load every source; two that hold the same data (a copied folder) are refused like one given twice."""
+    """Load every source; two that read one file (a folder and its train file) or hold the same data
+    (a copied folder) are refused like one source given twice."""
     sources, seen = [], {}
     for path in data_paths:
         source = load_source(path)
-        if source.identity in seen:
-            raise UserError(f"--data_path {seen[source.identity]!r} and {path!r} hold the same data; its pairs "
-                            "would be trained on twice. Give each source once.")
-        seen[source.identity] = path
+        for key in (source.identity,) + source.files:
+            if key in seen:
+                what = f"both read {key}" if key in source.files else "hold the same data"
+                raise UserError(f"--data_path {seen[key]!r} and {path!r} {what}; those pairs would be trained "
+                                "on twice. Give each source once.")
+            seen[key] = path
         sources.append(source)
     return sources
 
@@ -158,6 +162,10 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
     try:
         _build(tmp, sources, data_split, settings, tokenizer)
         _publish(tmp, folder)
+    except OSError as err:
+        fix = "free some space" if err.errno == errno.ENOSPC else "check that it is writable"
+        raise UserError(f"--data_output_path {cache_dir!r}: writing the tokenised pairs failed ({one_line(err)}); "
+                        f"{fix}, or point --data_output_path elsewhere.") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a crash never leaves a complete-looking folder
     print_rank0(f"data: built the tokenised pairs in {folder}")
@@ -211,6 +219,9 @@ def _discard(folder, tmp):
         os.rename(folder, tmp)
     except FileNotFoundError:  # another builder on a shared disk got there first
         return
+    except OSError as err:
+        raise UserError(f"{folder} is damaged and cannot be removed ({err}); delete it, or point "
+                        "--data_output_path elsewhere.") from err
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -105,6 +105,7 @@ def _json_error(file, line, err):
 def _jsonl_rows(text, file):
     rows, lines = [], []
     for number, line in enumerate(text.splitlines(), 1):
+        line = line.lstrip("\ufeff")  # files joined with `cat` keep each one's byte-order mark
         if not line.strip():
             continue
         try:

@@ -110,6 +110,7 @@ class Source:
     train: datasets.Dataset
     eval: Optional[datasets.Dataset]
     identity: str
+    files: tuple = ()  # the real paths of the local files it reads
 
 
 def load_source(path):
@@ -195,7 +196,8 @@ def _load_local(path):
     if eval_ is not None:
         _check_same_layout(train.column_names, eval_.column_names, where)
         check_columns(eval_, adapter, where["eval"])
-    return Source(path, adapter, train, eval_, "local:" + readers.hash_files(hashed))
+    return Source(path, adapter, train, eval_, "local:" + readers.hash_files(hashed),
+                  tuple(os.path.realpath(f) for f in hashed.values()))
 
 
 def _text_columns(columns):
@@ -216,8 +218,9 @@ def _check_same_layout(train_columns, eval_columns, where):
 def _load_saved(path):
     try:
         saved = datasets.load_from_disk(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--data_path {path!r} looks like a save_to_disk folder but cannot be read: {err}") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:  # KeyError, TypeError: a damaged state.json
+        raise UserError(f"--data_path {path!r} looks like a save_to_disk folder but cannot be read "
+                        f"({type(err).__name__}: {readers.one_line(err)}); save it again with save_to_disk.") from err
     if isinstance(saved, datasets.Dataset):
         return saved, None
     train = _get_split(saved, "train", f"--data_path {path!r}")
@@ -251,8 +254,8 @@ def _read_checked(file, registry_adapter):
     try:
         return datasets.Dataset.from_list(rows)
     except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:  # ArrowInvalid is a ValueError
-        raise UserError(f"{file}: a column mixes types across rows or holds values Arrow cannot store "
-                        f"({readers.one_line(err)}); make each column one type.") from err
+        raise UserError(f"{file}: the rows do not make a table ({readers.one_line(err)}); give each column "
+                        "one type across rows, and only valid Unicode text.") from err
 
 
 def _adapter_for_columns(columns, where):

@@ -5,6 +5,7 @@ unquoted comma shifting columns, a test file in another layout, a source given t
 answers) and never end in a traceback; a damaged tokenised cache is rebuilt, not reused.
 Run: .venv/bin/python -m pytest tests/test_faults_data.py -q
 """
+import errno
 import gzip
 import json
 import os
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -136,6 +138,12 @@ def test_utf8_bom_is_stripped(tmp_path, fmt):
     assert texts(source) == [(r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]) for r in ROWS]
 
 
+def test_files_joined_with_their_boms_read_as_one(tmp_path):
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes("\ufeff".encode() + jsonl(ROWS[:6]).encode() + "\ufeff".encode() + jsonl(ROWS[6:]).encode())
+    assert texts(load_source(str(path))) == [(r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]) for r in ROWS]
+
+
 @pytest.mark.parametrize("body, line, expected", [
     ('q,"a, quoted",b\nq,a, unquoted,b\n', 3, "4 fields, but the header has 3"),
     ("q,a\n", 2, "2 fields, but the header has 3"),
@@ -198,6 +206,11 @@ def test_same_source_twice_or_a_copy_is_refused(opt_tokenizer, tmp_path, monkeyp
     shutil.copytree(path, tmp_path / "copy")
     with pytest.raises(UserError, match=r"--data_path 'd' and 'copy' hold the same data"):
         build(opt_tokenizer, ["d", "copy"], tmp_path)
+    with pytest.raises(UserError, match=r"--data_path 'd' and 'd/train.jsonl' both read .*d/train\.jsonl"):
+        build(opt_tokenizer, ["d", "d/train.jsonl"], tmp_path)
+    os.symlink(tmp_path / "d" / "test.jsonl", tmp_path / "link.jsonl")
+    with pytest.raises(UserError, match=r"--data_path 'link.jsonl' and 'd' both read .*d/test\.jsonl"):
+        build(opt_tokenizer, ["link.jsonl", "d"], tmp_path)
     assert not os.path.exists(tmp_path / "cache")
 
 
@@ -236,6 +249,26 @@ def _parquet(table):
     return lambda path: pq.write_table(table, str(path))
 
 
+def _saved(damage):
+    """A save_to_disk folder, then `damage(train folder)`."""
+    def write(path):
+        datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS * 50),
+                              "test": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(path))
+        damage(path / "train")
+    return write
+
+
+def _cut_arrow(split):
+    arrow = next(split.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:arrow.stat().st_size // 2])
+
+
+def _drop_state_key(split):
+    state = json.loads((split / "state.json").read_text())
+    del state["_data_files"]
+    (split / "state.json").write_text(json.dumps(state))
+
+
 FAULTS = {  # file name -> (write it, text the error must hold)
     "cut.jsonl.gz": (_gzip_cut, "its gzip data is truncated or damaged"),
     "flipped.jsonl.gz": (_gzip_flipped, "its gzip data is truncated or damaged"),
@@ -251,7 +284,9 @@ FAULTS = {  # file name -> (write it, text the error must hold)
     "scalar.json": (lambda p: p.write_text("3"), "expected a list of JSON objects"),
     "numbers.json": (lambda p: p.write_text("[1, 2]"), "item 1: expected a JSON object"),
     "nested.jsonl": (lambda p: p.write_text("[" * 100_000 + "]" * 100_000 + "\n"), "line 1: JSON nested too deeply"),
-    "huge_number.jsonl": (lambda p: p.write_text(jsonl([dict(ROWS[0], extra=10**30)])), "Arrow cannot store"),
+    "saved_cut_arrow": (_saved(_cut_arrow), "save_to_disk folder but cannot be read"),
+    "saved_bad_state": (_saved(_drop_state_key), "save_to_disk folder but cannot be read (KeyError"),
+    "huge_number.jsonl": (lambda p: p.write_text(jsonl([dict(ROWS[0], extra=10**30)])), "do not make a table"),
 }
 
 
@@ -311,6 +346,20 @@ def test_damaged_cache_is_rebuilt(opt_tokenizer, tmp_path, capsys, damage, reaso
     assert again == first
     build(opt_tokenizer, [src], tmp_path)
     assert "reusing the tokenised pairs" in capsys.readouterr().out
+
+
+def test_disk_full_while_caching_is_one_error_and_leaves_nothing(opt_tokenizer, tmp_path, monkeypatch):
+    def full(self, path, **kwargs):
+        os.makedirs(path)
+        with open(os.path.join(path, "data-00000-of-00001.arrow"), "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", full)
+    with pytest.raises(UserError, match=r"--data_output_path .*writing the tokenised pairs failed "
+                                        r"\(\[Errno 28\] No space left on device\); free some space"):
+        build(opt_tokenizer, [folder(tmp_path, "d", jsonl(ROWS), jsonl(ROWS[:6]))], tmp_path)
+    assert os.listdir(tmp_path / "cache") == []
 
 
 def test_stale_temp_folder_of_a_dead_build_is_removed(opt_tokenizer, tmp_path, capsys):
