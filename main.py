@@ -23,7 +23,8 @@ from model.create import check_model_folder, create_reward_model, load_tokenizer
 from model.io import check_output_dir, save_hf_model
 from model.lora import apply_lora, merge_lora
 from model.reward_model import END_OF_CONVERSATION
-from training.checkpoint import choose_checkpoint, data_fingerprint, load_checkpoint, run_identity
+from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, load_checkpoint, needs_universal,
+                                 run_identity, to_universal)
 from training.evaluation import eval_loader, evaluate
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
@@ -56,16 +57,19 @@ def run(args, typed):
     train_loader, eval_batches, eval_real = setup_data(args, tokenizer, ds_config["train_micro_batch_size_per_gpu"])
     identity = run_identity(args, ds_config, data_fingerprint(train_loader.dataset))
     checkpoint = choose_checkpoint(args, identity)  # before the model loads: a refused resume costs nothing
+    if checkpoint and needs_universal(checkpoint, ds_config):  # saved by another number of ranks
+        checkpoint = to_universal(checkpoint, ds_config)
     model = setup_model(args, tokenizer)
     engine = setup_engine(args, model, ds_config, len(train_loader))
 
     def run_eval():
         return evaluate(engine, eval_batches, engine.device, eval_real)
-    position = load_checkpoint(engine, checkpoint) if checkpoint else FRESH_START
+    position = load_checkpoint(engine, checkpoint, ds_config) if checkpoint else FRESH_START
     if checkpoint is None:
         log.eval("before training", run_eval(), 0)
     try:
-        metrics, train_loss = train(args, engine, train_loader, run_eval, log, position, {"identity": identity})
+        metrics, train_loss = train(args, engine, train_loader, run_eval, log, position,
+                                    {"identity": identity, "layout": layout(ds_config)})
     except Stopped as stopped:
         print_rank0(str(stopped))
         sys.exit(128 + stopped.signum)
@@ -212,13 +216,18 @@ def build_parser():
                        help="Write a resumable checkpoint to OUTPUT_DIR/checkpoints every N optimizer steps (0: never).")
     train.add_argument("--save_total_limit", type=int, default=0, help="Keep only the newest K checkpoints (0: all).")
     train.add_argument("--resume_from_checkpoint", default=None,
-                       help="'auto' (newest complete checkpoint in --output_dir, or a fresh start) or a checkpoint folder.")
+                       help="'auto' (newest good checkpoint in --output_dir, or a fresh start) or a checkpoint "
+                            "folder. The number of ranks and the micro batch may differ from the saving run's if "
+                            "the global batch stays.")
     train.add_argument("--loss_plateau_warning", type=int, default=100,
                        help=f"Warn if the loss stays within {PLATEAU_TOLERANCE} of ln 2 for the first N optimizer "
                             "steps (0: off).")
     train.add_argument("--disable_cpu_speedups", action="store_true",
                        help="On CPU, train with torch's dropout and transformers' attention kernel instead of "
                             "training/cpu_speed.py's faster dropout masks and eager attention for short batches.")
+    train.add_argument("--log_rows", action="store_true",
+                       help="Write the dataset rows every optimizer step trained on to OUTPUT_DIR/rows_rank{R}.jsonl "
+                            "(each rank its share): an audit of what a run, or a resumed run, saw.")
     train.add_argument("--enable_tensorboard", action="store_true", help="Write TensorBoard scalars.")
     train.add_argument("--tensorboard_path", default="step2_tensorboard", help="TensorBoard log folder.")
 

@@ -3,7 +3,6 @@
 A pair's length is max(len(chosen ids), len(rejected ids)): the collator pads both rows of every
 pair in a batch to the batch's longest row, so that is what a batch costs.
 """
-import itertools
 import math
 
 import numpy as np
@@ -154,7 +153,12 @@ class LengthGroupedSampler(Sampler):
 class ResumableDistributedSampler(DistributedSampler):
     """torch's `DistributedSampler` (shuffle=True: DeepSpeed-Chat's sample order, the default without
     `--group_by_length`) with LengthGroupedSampler's resume interface: `set_epoch(epoch, skip_batches=k)`
-    starts the epoch at this rank's micro-batch k of `batch_size` rows."""
+    starts the epoch at this rank's micro-batch k of `batch_size` rows.
+
+    The order is one global list (`global_order`, the same on any number of ranks but for the repeats
+    that pad its end) dealt to ranks in turn, so skipping k micro-batches skips its first
+    k x batch_size x num_replicas rows: a run resumed on another number of ranks, or with another micro
+    batch, trains exactly the rows not yet seen."""
 
     def __init__(self, dataset, batch_size=1, num_replicas=None, rank=None, seed=0, drop_last=False,
                  skip_batches=0):
@@ -167,8 +171,19 @@ class ResumableDistributedSampler(DistributedSampler):
         super().set_epoch(epoch)
         self.skip_batches = skip_batches
 
+    def global_order(self):
+        """The epoch's rows of all ranks in order, padded or cut to total_size as DistributedSampler does."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        if self.drop_last:
+            return order[:self.total_size]
+        padding = self.total_size - len(order)
+        return order + (order * math.ceil(padding / max(len(order), 1)))[:padding]
+
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip_batches * self.batch_size, None)
+        rest = self.global_order()[self.skip_batches * self.batch_size * self.num_replicas:]
+        return iter(rest[self.rank::self.num_replicas])
 
     def __len__(self):
         return max(self.num_samples - self.skip_batches * self.batch_size, 0)

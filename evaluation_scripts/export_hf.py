@@ -22,7 +22,8 @@ def parse_args(argv=None):
     from model.export import DSCHAT_TRANSFORMER_KEYS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("model_dir", help="A reward model folder written by main.py.")
+    parser.add_argument("model_dir", help="A reward model folder written by main.py, or one of its resumable "
+                                          "checkpoints (OUTPUT_DIR/checkpoints/step-N, any ZeRO stage).")
     parser.add_argument("output_dir", help="Folder to write the exported model to.")
     parser.add_argument("--format", choices=["hf", "deepspeed_chat"], default="hf",
                         help="hf: AutoModelForSequenceClassification; deepspeed_chat: pytorch_model.bin for "
@@ -42,8 +43,14 @@ def parse_args(argv=None):
 def run(args):
     import torch
 
+    import tempfile
+
     from model.export import check_export_target, export_sequence_classification, write_deepspeed_chat_weights
+    from training.checkpoint import COMPLETE_MARKER, reward_model_from_checkpoint
     check_export_target(args.output_dir, args.model_dir, args.overwrite)
+    if os.path.exists(os.path.join(args.model_dir, COMPLETE_MARKER)):  # a resumable checkpoint, not a model
+        args.model_dir = reward_model_from_checkpoint(args.model_dir, tempfile.mkdtemp(prefix="reward-model-"))
+        print(f"consolidated the checkpoint's weights into {args.model_dir}")
     if args.format == "hf":
         dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
         name = export_sequence_classification(args.model_dir, args.output_dir, dtype)

@@ -81,3 +81,29 @@ def check_saved_model(output_dir, data_folder, expected_accuracy):
     loader = torch.utils.data.DataLoader(eval_set, batch_size=32, collate_fn=PairCollator(tokenizer.pad_token_id))
     metrics = evaluate(model, loader, torch.device("cpu"), len(eval_set))
     assert metrics["accuracy"] == pytest.approx(expected_accuracy, abs=1.5 / len(eval_set))
+
+
+def start(cmd):
+    """Start a command in its own process group (so a signal reaches the launcher and every rank)."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def run_until(cmd, marker, count, sig):
+    """Start cmd, send `sig` to its whole process group once `marker` has appeared `count` times."""
+    process, seen, log = start(cmd), 0, []
+    for line in process.stdout:
+        log.append(line)
+        seen += marker in line
+        if seen == count:
+            os.killpg(process.pid, sig)
+            break
+    log.extend(process.stdout)
+    return process.wait(timeout=300), "".join(log)
+
+
+def finish(cmd):
+    process = start(cmd)
+    log = process.stdout.read()
+    assert process.wait(timeout=600) == 0, log[-3000:]
+    return log

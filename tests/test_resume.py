@@ -3,7 +3,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import main
-from tests.fixtures import DIST_ENV, ROOT, child_env
+from tests.fixtures import DIST_ENV, ROOT, finish, run_until
 
 RUN = ["--max_seq_len", "64", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
        "--data_split", "0,5,5", "--num_train_epochs", "2", "--learning_rate", "1e-3", "--dropout", "0.1",
@@ -22,31 +21,6 @@ def command(tiny_opt, pair_folder, out, *extra, launcher=None):
     return (launcher or [sys.executable]) + [os.path.join(ROOT, "main.py"), "--model_name_or_path", tiny_opt,
                                              "--data_path", pair_folder, "--output_dir", str(out),
                                              "--data_output_path", str(out.parent / "cache"), *RUN, *extra]
-
-
-def start(cmd):
-    return subprocess.Popen(cmd, cwd=ROOT, env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def run_until(cmd, marker, count, sig):
-    """Start cmd, send `sig` to its whole process group once `marker` has appeared `count` times."""
-    process, seen, log = start(cmd), 0, []
-    for line in process.stdout:
-        log.append(line)
-        seen += marker in line
-        if seen == count:
-            os.killpg(process.pid, sig)
-            break
-    log.extend(process.stdout)
-    return process.wait(timeout=120), "".join(log)
-
-
-def finish(cmd):
-    process = start(cmd)
-    log = process.stdout.read()
-    assert process.wait(timeout=600) == 0, log[-3000:]
-    return log
 
 
 def assert_same_model(out_a, out_b):

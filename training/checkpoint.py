@@ -72,25 +72,34 @@ def data_fingerprint(pairs):
 
 
 def run_identity(args, ds_config, data_fingerprint):
-    """What a checkpoint must share with the run that resumes it."""
+    """What a checkpoint must share with the run that resumes it. The number of ranks and the micro batch
+    may change if the global batch stays (the sample order is global), except with --group_by_length,
+    whose batches are cut per micro batch x ranks."""
     flags = {name: getattr(args, name) for name in IDENTITY_FLAGS}
     flags["lora_module_name"] = flags["lora_module_name"] if args.lora_dim else None
-    return {"world_size": get_world_size(), "data": data_fingerprint, "flags": flags,
-            "batch": {key: ds_config[key] for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                                                      "train_batch_size")},
-            "dtype": "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32",
-            "zero_stage": ds_config["zero_optimization"]["stage"]}
+    identity = {"data": data_fingerprint, "flags": flags, "train_batch_size": ds_config["train_batch_size"],
+                "dtype": "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32",
+                "zero_stage": ds_config["zero_optimization"]["stage"]}
+    if args.group_by_length:
+        identity["micro_batch_x_ranks"] = ds_config["train_micro_batch_size_per_gpu"] * get_world_size()
+    return identity
+
+
+def layout(ds_config):
+    """How this run cuts the global batch: what a resumed position is converted with."""
+    return {"world_size": get_world_size(), "micro_batch": ds_config["train_micro_batch_size_per_gpu"]}
 
 
 def identity_changes(saved, current):
     """Lines naming every setting that differs between a checkpoint's run and this one."""
     def flat(identity):
         items = {k: v for k, v in identity.items() if not isinstance(v, dict)}
-        for group in ("flags", "batch"):
-            items.update(identity.get(group, {}))
+        items.update(identity.get("flags", {}))
         return items
     old, new = flat(saved), flat(current)
-    names = {"data": "the tokenised data (source content or data flags)", "world_size": "number of ranks"}
+    names = {"data": "the tokenised data (source content or data flags)",
+             "train_batch_size": "global batch (micro batch x ranks x accumulation)",
+             "micro_batch_x_ranks": "micro batch x ranks (--group_by_length cuts its batches by it)"}
     return [f"{names.get(k, k)}: {old.get(k)!r} then, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
 
@@ -213,14 +222,96 @@ def checkpoint_info(folder):
         return json.load(f)
 
 
-def load_checkpoint(engine, folder):
-    """Restore model, optimizer, scheduler, loss scaler and this rank's RNG; returns where training stood."""
+def needs_universal(folder, ds_config):
+    """True when `folder` holds partitioned optimizer states (ZeRO-1/2/3, bf16) saved by another number of
+    ranks: DeepSpeed then loads them only from its universal checkpoint format."""
+    saved = checkpoint_info(folder)["layout"]["world_size"]
+    partitioned = any("optim_states" in name for name in os.listdir(folder))
+    return partitioned and saved != get_world_size()
+
+
+def to_universal(folder, ds_config):
+    """Convert `folder` with DeepSpeed's ds_to_universal (once, by rank 0) into `folder-universal`, and
+    make `ds_config` load that format; returns the folder to load."""
+    universal = f"{folder}-universal"
+    if is_main_process() and not os.path.exists(os.path.join(universal, COMPLETE_MARKER)):
+        shutil.rmtree(universal, ignore_errors=True)
+        print_rank0(f"{folder} was saved by {checkpoint_info(folder)['layout']['world_size']} ranks, this run has "
+                    f"{get_world_size()}: converting it to DeepSpeed's universal checkpoint in {universal}")
+        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+        from types import SimpleNamespace
+        ds_to_universal(SimpleNamespace(input_folder=folder, output_folder=universal, num_extract_workers=1,
+                                        num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                        inject_missing_state=True))
+        shutil.copy(os.path.join(folder, COMPLETE_MARKER), os.path.join(universal, COMPLETE_MARKER))
+    barrier()
+    ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    return universal
+
+
+def load_checkpoint(engine, folder, ds_config):
+    """Restore model, optimizer, scheduler, loss scaler and this rank's RNG; returns where training stood,
+    in this run's micro-batches."""
     load_path, client_state = engine.load_checkpoint(os.path.dirname(folder), tag=os.path.basename(folder),
                                                      load_optimizer_states=True, load_lr_scheduler_states=True)
     if load_path is None:
         raise UserError(f"DeepSpeed could not load the checkpoint in {folder}.")
-    _set_rng_state(torch.load(os.path.join(folder, f"rng_state_rank{get_rank()}.pt"), weights_only=False))
-    position = client_state["position"]
+    rng_file = os.path.join(folder.removesuffix("-universal"), f"rng_state_rank{get_rank()}.pt")
+    if os.path.exists(rng_file):  # a rank the saving run did not have keeps its seeded state
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    position = _convert_position(client_state["position"], checkpoint_info(folder)["layout"], layout(ds_config))
     print_rank0(f"resumed from {folder} (step {engine.global_steps}, epoch {position['epoch'] + 1}, "
-                f"{position['batches_done']} micro-batches done in it)")
+                f"{position['batches_done']} micro-batches of this run done in it)")
     return position
+
+
+def _convert_position(position, saved, now):
+    """The saved position (micro-batches of the saving run) in this run's micro-batches: the same number
+    of rows of the global order. The epoch's loss sum is scaled to keep its mean."""
+    rows = position["batches_done"] * saved["micro_batch"] * saved["world_size"]
+    per_batch = now["micro_batch"] * now["world_size"]
+    if rows % per_batch:
+        raise UserError(f"the checkpoint stopped after {rows} rows of the epoch, not a multiple of this run's "
+                        f"micro batch x ranks = {per_batch}: keep the global batch a multiple of it.")
+    batches = rows // per_batch
+    scale = batches / position["batches_done"] if position["batches_done"] else 1.0
+    return dict(position, batches_done=batches, epoch_loss_sum=position["epoch_loss_sum"] * scale)
+
+
+def reward_model_from_checkpoint(folder, output_dir):
+    """Write the reward model a whole checkpoint holds as the folder main.py saves (merged LoRA, the
+    training dtype, no eval statistics), without training: DeepSpeed consolidates ZeRO shards to fp32."""
+    from model.create import create_reward_model, load_tokenizer
+    from model.io import save_hf_model
+    from model.lora import apply_lora, merge_lora
+    from model.reward_model import END_OF_CONVERSATION
+    problem = verify_checkpoint(folder)
+    if problem:
+        raise UserError(f"{folder} is not a whole checkpoint: {problem}. Pass a complete checkpoint folder.")
+    identity = checkpoint_info(folder)["identity"]
+    flags = identity["flags"]
+    tokenizer = load_tokenizer(flags["model_name_or_path"], END_OF_CONVERSATION, flags["add_eot_token"])
+    model = create_reward_model(flags["model_name_or_path"], tokenizer, flags["num_padding_at_beginning"],
+                                compute_fp32_loss=flags["compute_fp32_loss"])
+    if flags["lora_dim"]:
+        apply_lora(model, flags["lora_dim"], flags["lora_module_name"], flags["only_optimize_lora"])
+    missing, unexpected = model.load_state_dict(_checkpoint_weights(folder), strict=False)
+    if missing or unexpected:
+        raise UserError(f"{folder} does not hold the weights of {flags['model_name_or_path']} (missing "
+                        f"{missing[:3]}, unexpected {unexpected[:3]}): was the base model folder changed?")
+    if flags["lora_dim"]:
+        merge_lora(model)
+    model.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[identity["dtype"]])
+    save_hf_model(model, tokenizer, output_dir, zero_stage=0,
+                  extra_json={"exported_from.json": {"checkpoint": os.path.abspath(folder)}})
+    return output_dir
+
+
+def _checkpoint_weights(folder):
+    """The fp32 weights of a checkpoint: ZeRO shards consolidated by DeepSpeed, or ZeRO-0's module state."""
+    root, tag = os.path.dirname(os.path.abspath(folder)), os.path.basename(os.path.abspath(folder))
+    if any("optim_states" in name for name in os.listdir(folder)):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
+    return {key: value.float() for key, value in state["module"].items()}

@@ -12,7 +12,7 @@ from model.reward_model import LN2, loss_spans
 from training.checkpoint import save_checkpoint
 from training.cpu_speed import cpu_training_speedups
 from training.evaluation import to_device
-from utils.dist import all_reduce, get_world_size, is_main_process, print_rank0
+from utils.dist import all_reduce, get_rank, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
 
 PLATEAU_TOLERANCE = 0.02
@@ -117,6 +117,7 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
         epoch_loss = torch.tensor(position["epoch_loss_sum"] if skip else 0.0, device=engine.device)
         step_loss, step_start = torch.zeros((), device=engine.device), time.time()
         step_batches = []  # this optimizer step's micro-batches, to tell why a loss is not finite
+        rows = RowLog(args.output_dir, train_loader, skip) if args.log_rows else None
         bar = tqdm(train_loader, total=batches_per_epoch, initial=skip,
                    desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=not log.enabled)
         for batch_index, batch in enumerate(bar, start=skip):
@@ -135,6 +136,8 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
             if not math.isfinite(mean_loss):
                 raise UserError(f"training loss is {mean_loss} at optimizer step {step}: stopping without saving "
                                 f"a model. {nonfinite_cause(step_batches, engine.module)}")
+            if rows:
+                rows.write(step, [index for index, _ in step_batches])
             elapsed = time.time() - step_start
             bar.set_postfix(loss=f"{mean_loss:.4f}", pairs_per_s=f"{pairs_per_step / elapsed:.1f}")
             log.step(step, mean_loss, engine.get_lr()[0], pairs_per_step / elapsed, elapsed)
@@ -166,6 +169,22 @@ def checkpoint(args, engine, client_state, stopping):
     if stopping:
         raise Stopped(f"stopped by signal {stopping} at step {engine.global_steps}; checkpoint in {folder}. "
                       "Continue with --resume_from_checkpoint auto.", stopping)
+
+
+class RowLog:
+    """--log_rows: the dataset rows each optimizer step trained on, one JSON line per step in
+    OUT/rows_rank{R}.jsonl (each rank its own share), to audit what a run (or a resumed run) saw."""
+
+    def __init__(self, output_dir, train_loader, skip):
+        self.order, self.skip, self.size = list(train_loader.sampler), skip, train_loader.batch_size
+        os.makedirs(output_dir, exist_ok=True)
+        self.file = open(os.path.join(output_dir, f"rows_rank{get_rank()}.jsonl"), "a")
+
+    def write(self, step, batch_indices):
+        picked = [row for b in batch_indices
+                  for row in self.order[(b - self.skip) * self.size:(b - self.skip + 1) * self.size]]
+        self.file.write(json.dumps({"step": step, "rows": picked}) + "\n")
+        self.file.flush()
 
 
 def nonfinite_cause(step_batches, model):
