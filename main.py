@@ -18,11 +18,16 @@ from torch.utils.data import DataLoader
 from transformers import SchedulerType
 
 from data import PairCollator, build_pair_datasets
+from data.chat import PAIR_RULES, set_chat_template
+from data.end_token import AUTO, RULES
+from data.formats import ReadOptions
+from data.pairs import build_info
 from data.sampler import train_sampler
-from model.create import check_model_folder, create_reward_model, load_tokenizer, model_max_positions
+from model.create import (check_model_folder, create_reward_model, load_tokenizer, model_max_positions,
+                          pads_at_beginning, resolve_num_padding, use_distinct_pad)
 from model.io import check_output_dir, save_hf_model
 from model.lora import apply_lora, merge_lora
-from model.reward_model import END_OF_CONVERSATION
+from model.reward_model import END_OF_CONVERSATION, LAST_TOKEN
 from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, load_checkpoint, needs_universal,
                                  run_identity, to_universal)
 from training.evaluation import eval_loader, evaluate
@@ -93,10 +98,23 @@ def setup_config(args, typed):
 
 
 def setup_data(args, tokenizer, micro_batch):
-    """(train DataLoader, eval DataLoader, real eval rows on this rank): built before the model loads."""
+    """(train DataLoader, eval DataLoader, real eval rows on this rank): built before the model loads.
+
+    Resolves what the data decides for the model, in args: num_padding_at_beginning, end_token_rule
+    (with the last_token rule the tokenizer gets a PAD distinct from EOS), end_of_conversation_token.
+    """
+    if args.chat_template:
+        set_chat_template(tokenizer, args.chat_template)
+    args.num_padding_at_beginning = resolve_num_padding(args.num_padding_at_beginning, tokenizer)
     train_set, eval_set = build_pair_datasets(
         args.data_path, args.data_split, args.seed, tokenizer, args.max_seq_len, args.data_output_path,
-        END_OF_CONVERSATION, args.num_padding_at_beginning, args.drop_identical_pairs)
+        END_OF_CONVERSATION, args.num_padding_at_beginning, args.drop_identical_pairs, args.end_token_rule,
+        ReadOptions(args.pairs_from_ratings, args.rating_field))
+    info = build_info(train_set)
+    args.end_token_rule, args.end_of_conversation_token = info["end_token_rule"], info["end_of_conversation_token"]
+    if args.end_token_rule == LAST_TOKEN and tokenizer.pad_token_id in (tokenizer.eos_token_id, tokenizer.bos_token_id):
+        print_rank0(f"model: {use_distinct_pad(tokenizer)}")
+        args.num_padding_at_beginning = pads_at_beginning(tokenizer)
     if args.use_margin and np.isnan(train_set.with_format("numpy")["margin"]).any():
         raise UserError("--use_margin needs a numeric 'margin' column in every training pair; some have none.")
     sampler = train_sampler(train_set, micro_batch, args.group_by_length, args.seed)
@@ -112,7 +130,8 @@ def setup_data(args, tokenizer, micro_batch):
 def setup_model(args, tokenizer):
     """The reward model with the LoRA and gradient-checkpointing flags applied."""
     model = create_reward_model(args.model_name_or_path, tokenizer, args.num_padding_at_beginning, args.dropout,
-                                args.compute_fp32_loss, END_OF_CONVERSATION, args.center_rewards_coefficient)
+                                args.compute_fp32_loss, args.end_of_conversation_token,
+                                args.center_rewards_coefficient, args.end_token_rule)
     if args.lora_dim:
         apply_lora(model, args.lora_dim, args.lora_module_name, args.only_optimize_lora)
     if args.gradient_checkpointing:
@@ -169,12 +188,26 @@ def build_parser():
                       help="Round each batch's padded length up to a multiple of this (e.g. 8 for tensor cores).")
     data.add_argument("--add_eot_token", action="store_true",
                       help=f"Make {END_OF_CONVERSATION!r}, appended to every answer, a special token.")
+    data.add_argument("--chat_template", default=None,
+                      help="A Jinja chat-template file to render conversations with, instead of the tokenizer's "
+                           "(saved with the model). Default: the tokenizer's own.")
+    data.add_argument("--pairs_from_ratings", default="best_vs_rest", choices=list(PAIR_RULES),
+                      help="Rated completions: best_vs_rest pairs the best-rated one with each other one; all "
+                           "pairs every two. Ties are dropped and counted; the rating difference is the margin.")
+    data.add_argument("--rating_field", default="overall_score",
+                      help="UltraFeedback layout: the completion field that rates it (overall_score, or "
+                           "fine-grained_score, the mean of its four aspect ratings).")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default="facebook/opt-350m",
                        help="Pretrained causal LM folder (or hub name when online).")
-    model.add_argument("--num_padding_at_beginning", type=int, default=1,
-                       help="PAD-equal tokens at the start of every row (OPT: 1, its BOS </s>; most others: 0).")
+    model.add_argument("--num_padding_at_beginning", type=_count_or_auto, default=AUTO,
+                       help="PAD-equal tokens at the start of every row (OPT: 1, its BOS </s>; most others: 0); "
+                            "auto derives it from the tokenizer.")
+    model.add_argument("--end_token_rule", default=AUTO, choices=[AUTO, *RULES],
+                       help="Where a row's score is read: deepspeed_chat, before the (n+1)-th PAD (PAD = EOS); "
+                            "last_token, at the last attended token (with a PAD distinct from EOS); auto: "
+                            "last_token when a chat template renders the data or EOS occurs inside a text.")
     model.add_argument("--dropout", type=float, default=None,
                        help="Override the model's dropout probabilities (default: keep the model's).")
     model.add_argument("--compute_fp32_loss", action="store_true", help="Upcast rewards to fp32 for the loss.")
@@ -242,6 +275,14 @@ def build_parser():
     ds.add_argument("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
     parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
     return parser
+
+
+def _count_or_auto(value):
+    if value == AUTO:
+        return value
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is neither 'auto' nor a count >= 0")
+    return int(value)
 
 
 def parse_args(argv=None):

@@ -12,16 +12,20 @@ import numpy as np
 import pyarrow as pa
 from datasets import Features, List, Value
 
+from data.chat import ChatRenderer
 from data.collator import PairCollator
+from data.end_token import AUTO, DROP_COLUMNS, RULES, choose, pad_inside
+from data.formats import ReadOptions, RowFormat, normalize
 from data.readers import all_files, hash_files, one_line
 from data.sources import load_source
 from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
 from data.tokenize import pair_encoder
-from model.reward_model import END_OF_CONVERSATION, loss_spans
+from model.create import pads_at_beginning
+from model.reward_model import DEEPSPEED_CHAT, END_OF_CONVERSATION, loss_spans
 from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
 
-CACHE_VERSION = 4  # bump when a change in this package changes the tokenised pairs or the cache layout
+CACHE_VERSION = 5  # bump when a change in this package changes the tokenised pairs or the cache layout
 HASHED_BYTES = 1 << 20  # cache files up to this size are hashed in meta.json; larger ones only sized
 CACHE_ERRORS = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)  # reading a damaged cache
 TEMP_NAME = re.compile(r"pairs-[0-9a-f]{24}\.tmp-(.+)-(\d+)")  # see _build_or_reuse
@@ -34,19 +38,23 @@ REASONS = {SAME_TEXT: "chosen same as rejected", IDENTICAL: "identical after tru
 IDENTICAL_CODES = (SAME_TEXT, IDENTICAL)
 FEATURES = Features({"chosen_input_ids": List(Value("int32")),
                      "rejected_input_ids": List(Value("int32")),
-                     "margin": Value("float32"),  # the source's optional `margin` column, else NaN
-                     "drop": Value("int8")})
+                     "margin": Value("float32"),  # the source's `margin` column or rating difference, else NaN
+                     "drop": Value("int8"),  # the code under DeepSpeed-Chat's end-token rule
+                     "drop_last": Value("int8"),  # ... under the last_token rule
+                     "pad_inside": Value("int8")})  # a PAD-equal token inside a text (data.end_token)
 
 
 def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, cache_dir,
                         end_of_conversation_token=END_OF_CONVERSATION, num_padding_at_beginning=1,
-                        drop_identical=False):
+                        drop_identical=False, end_token_rule=DEEPSPEED_CHAT, read_options=ReadOptions()):
     """(train, eval) `datasets.Dataset`s of phase-2 pairs, memory-mapped from the on-disk cache.
 
     Rows are {'chosen_input_ids': [...], 'rejected_input_ids': [...]}, unpadded, each the ids of
-    `tokenizer(prompt + answer + end_of_conversation_token, truncation=True, max_length=max_seq_len)`.
-    Pairs the reward model cannot score (see `_pair_codes`; `num_padding_at_beginning` and the
-    tokenizer's pad id place the score) are dropped and counted; identical ones only with `drop_identical`.
+    `tokenizer(prompt + answer + end_of_conversation_token, truncation=True, max_length=max_seq_len)`;
+    conversations are rendered with the tokenizer's chat template and get no end-of-conversation text.
+    Pairs the reward model cannot score (see `_pair_codes`; `end_token_rule`, `num_padding_at_beginning`
+    and the tokenizer's pad id place the score) are dropped and counted; identical ones only with
+    `drop_identical`. `end_token_rule` 'auto' picks one from the data; `build_info` says which and why.
     Local rank 0 builds the cache (or reuses it); the other ranks wait, then read it.
     """
     data_paths = [data_paths] if isinstance(data_paths, str) else list(data_paths)
@@ -61,22 +69,39 @@ def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, ca
     settings = {"version": CACHE_VERSION, "data_split": parse_data_split(data_split), "seed": seed,
                 "max_seq_len": max_seq_len, "end_of_conversation_token": end_of_conversation_token,
                 "tokenizer": tokenizer_identity(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-                "num_padding_at_beginning": num_padding_at_beginning, "drop_identical": drop_identical}
+                "num_padding_at_beginning": num_padding_at_beginning, "drop_identical": drop_identical,
+                "end_token_rule": end_token_rule, "chat_template": getattr(tokenizer, "chat_template", None),
+                "pairs_from_ratings": read_options.pairs_from_ratings, "rating_field": read_options.rating_field}
+    if end_token_rule not in (AUTO, *RULES):
+        raise UserError(f"--end_token_rule {end_token_rule!r}: use one of {AUTO}, {', '.join(RULES)}.")
     builder = int(os.environ.get("LOCAL_RANK", get_rank())) == 0  # one per node: cache_dir may be node-local
     if builder:
         folder = _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir)
     barrier()
     if not builder:
-        folder = _cache_folder(cache_dir, _load_sources(data_paths), settings)
+        folder = _cache_folder(cache_dir, _load_sources(data_paths, read_options), settings)
         if not _is_complete(folder):
             raise UserError(f"{folder}: the tokenised data that local rank 0 should have written is not "
                             "there; check --data_output_path is writable and the data did not change "
                             "while the job started.")
     try:
-        return _open_cache(folder)
+        pairs = _open_cache(folder)
     except CACHE_ERRORS as err:  # rank 0 checked it just now: something else damaged it
         raise UserError(f"{folder}: cannot load the tokenised pairs ({one_line(err)}); delete that folder "
                         "and run again.") from err
+    info = build_info(pairs[0])
+    print_rank0(f"data: end-token rule {info['end_token_rule']}: {RULES[info['end_token_rule']]}; because "
+                f"{info['reason']}")
+    return pairs
+
+
+def build_info(pairs):
+    """What building `pairs` (a split build_pair_datasets returned) decided, from its meta.json:
+    end_token_rule, reason, end_of_conversation_token (empty when a chat template rendered the texts)."""
+    folder = os.path.dirname(os.path.dirname(pairs.cache_files[0]["filename"]))
+    with open(os.path.join(folder, "meta.json")) as f:
+        meta = json.load(f)
+    return {key: meta[key] for key in ("end_token_rule", "reason", "end_of_conversation_token")}
 
 
 def _refuse_repeated_paths(data_paths):
@@ -90,12 +115,12 @@ def _refuse_repeated_paths(data_paths):
         seen[key] = path
 
 
-def _load_sources(data_paths):
+def _load_sources(data_paths, read_options):
     """Load every source; two that read one file (a folder and its train file) or hold the same data
     (a copied folder) are refused like one source given twice."""
     sources, seen = [], {}
     for path in data_paths:
-        source = load_source(path)
+        source = load_source(path, read_options)
         for key in (source.identity,) + source.files:
             if key in seen:
                 what = f"both read {key}" if key in source.files else "hold the same data"
@@ -142,7 +167,8 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
     A build writes `<folder>.tmp-<host>-<pid>` and renames it; one killed mid-way leaves that behind,
     which the next run on the same host removes once the process is gone.
     """
-    sources = _load_sources(data_paths)
+    options = ReadOptions(settings["pairs_from_ratings"], settings["rating_field"])
+    sources = _load_sources(data_paths, options)
     folder = _cache_folder(cache_dir, sources, settings)
     tmp = f"{folder}.tmp-{socket.gethostname()}-{os.getpid()}"
     if os.path.isdir(cache_dir):
@@ -155,12 +181,15 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
             return folder
         print_rank0(f"data: the tokenised pairs in {folder} are damaged ({problem}); rebuilding them")
         _discard(folder, tmp)
+    render = ChatRenderer(tokenizer)  # every row parsed and rendered before anything is written
+    chat = bool(render.template) and any(isinstance(s.adapter, RowFormat) for s in sources)
+    sources = [normalize(s, render, options) if isinstance(s.adapter, RowFormat) else s for s in sources]
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as err:
         raise UserError(f"--data_output_path {cache_dir!r} cannot be created ({err}).") from err
     try:
-        _build(tmp, sources, data_split, settings, tokenizer)
+        _build(tmp, sources, data_split, settings, tokenizer, chat)
         _publish(tmp, folder)
     except OSError as err:
         fix = "free some space" if err.errno == errno.ENOSPC else "check that it is writable"
@@ -246,12 +275,17 @@ def _process_alive(pid):
     return True
 
 
-def _build(tmp, sources, data_split, settings, tokenizer):
-    """Write train/, eval/ and meta.json (with every file's size) into `tmp`."""
+def _build(tmp, sources, data_split, settings, tokenizer, chat):
+    """Write train/, eval/ and meta.json (with every file's size) into `tmp`. `chat`: a chat template
+    rendered the texts, which then end with the template's own end of turn, not an end-of-conversation text."""
     scratch = os.path.join(tmp, "scratch")
     os.makedirs(scratch)
-    meta = {"settings": settings, "sources": [s.name for s in sources], "rows": {}, "dropped": {}}
+    eot = "" if chat else settings["end_of_conversation_token"]
+    meta = {"settings": settings, "sources": [s.name for s in sources], "rows": {}, "dropped": {},
+            "end_of_conversation_token": eot}
     encoders = {}  # the pair encoder picked for the first rows, reused for the rest (see _tokenize)
+    lead = pads_at_beginning(tokenizer)
+    splits = {}
     for split in ("train", "eval"):
         parts = [_phase2_rows(s, split, settings) for s in sources]
         if sum(map(len, parts)) == 0:
@@ -259,9 +293,14 @@ def _build(tmp, sources, data_split, settings, tokenizer):
                             f"(share {PHASE} rounds to 0 rows of {', '.join(s.name for s in sources)}). "
                             f"Give share {PHASE} a positive value, e.g. '2,4,4'.")
         tokenised = [_tokenize(rows, s.adapter, tokenizer, settings, os.path.join(scratch, f"{i}-{split}.arrow"),
-                               encoders) for i, (s, rows) in enumerate(zip(sources, parts)) if len(rows)]
-        pairs = _blend(tokenised, settings["seed"]) if len(sources) > 1 else tokenised[0]
-        pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, split, settings, tokenizer)
+                               encoders, eot, lead) for i, (s, rows) in enumerate(zip(sources, parts)) if len(rows)]
+        splits[split] = _blend(tokenised, settings["seed"]) if len(sources) > 1 else tokenised[0]
+    inside = sum(int(np.count_nonzero(pairs.with_format("numpy")["pad_inside"])) for pairs in splits.values())
+    meta["end_token_rule"], meta["reason"] = choose(settings["end_token_rule"], chat, inside,
+                                                    sum(map(len, splits.values())),
+                                                    tokenizer.convert_ids_to_tokens(settings["pad_token_id"]))
+    for split, pairs in splits.items():
+        pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, split, settings, tokenizer, meta["end_token_rule"])
         pairs.save_to_disk(os.path.join(tmp, split))
         meta["rows"][split] = len(pairs)
     shutil.rmtree(scratch)
@@ -281,26 +320,31 @@ def _phase2_rows(source, split, settings):
     return rows.select(split_indices(len(rows), settings["data_split"], PHASE - 1, seed), keep_in_memory=True)
 
 
-def _tokenize(rows, adapter, tokenizer, settings, cache_file, encoders):
-    """Map raw rows to chosen/rejected token ids plus a `drop` code (KEEP or why the pair is unusable).
+def _tokenize(rows, adapter, tokenizer, settings, cache_file, encoders, eot, lead):
+    """Map raw rows (each gives `adapter.pairs(row)`) to chosen/rejected token ids, the `drop` codes of
+    both end-token rules (KEEP or why the pair is unusable) and `pad_inside` (`lead` PAD-equal tokens
+    start every text).
 
     `encoders` holds the pair encoder once the first batch has picked it; each worker of a
     multi-process map gets a copy of the empty dict and picks its own.
     """
-    eot, max_len = settings["end_of_conversation_token"], settings["max_seq_len"]
+    max_len, pad_id, n = settings["max_seq_len"], settings["pad_token_id"], settings["num_padding_at_beginning"]
 
     def encode(batch):
         size = len(next(iter(batch.values())))
-        parts = [adapter.parts({k: v[i] for k, v in batch.items()}) for i in range(size)]
-        texts = [(p + c, p + r) for p, c, r in parts]
+        parts = [pair for i in range(size) for pair in adapter.pairs({k: v[i] for k, v in batch.items()})]
+        if not parts:  # rated completions that all tied
+            return {name: [] for name in FEATURES}
+        texts = [(p + c, p + r) for p, c, r, _ in parts]
         chosen_texts, rejected_texts = [c + eot for c, _ in texts], [r + eot for _, r in texts]
         if "pairs" not in encoders:
             encoders["pairs"] = pair_encoder(tokenizer, max_len, chosen_texts[:64], rejected_texts[:64])
         chosen, rejected = encoders["pairs"](chosen_texts, rejected_texts)
-        drop = _pair_codes(texts, chosen, rejected, settings["pad_token_id"], settings["num_padding_at_beginning"],
-                           answers=[(c, r) for _, c, r in parts])
-        margin = _margins(batch.get("margin", [None] * size))
-        return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": margin, "drop": drop}
+        answers = [(c, r) for _, c, r, _ in parts]
+        drop, drop_last = (_pair_codes(texts, chosen, rejected, pad_id, n, answers, rule) for rule in DROP_COLUMNS)
+        inside = [pad_inside(c, pad_id, lead) or pad_inside(r, pad_id, lead) for c, r in zip(chosen, rejected)]
+        return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": _margins([m for *_, m in parts]),
+                "drop": drop, "drop_last": drop_last, "pad_inside": inside}
 
     return rows.map(encode, batched=True, remove_columns=rows.column_names, features=FEATURES,
                     num_proc=min(os.cpu_count() or 1, 8) if len(rows) >= LARGE else None,
@@ -316,16 +360,19 @@ def _margins(values):
         raise UserError(f"the 'margin' column must hold numbers ({err}); fix it or drop the column.") from err
 
 
-def _pair_codes(texts, chosen_ids, rejected_ids, pad_id, num_padding_at_beginning, answers=None):
+def _pair_codes(texts, chosen_ids, rejected_ids, pad_id, num_padding_at_beginning, answers=None,
+                end_token_rule=DEEPSPEED_CHAT):
     """One code per pair: KEEP, or what `REASONS` says, found with the loss's own `loss_spans`.
 
     `texts` are the (chosen, rejected) texts, `answers` the answers alone (default: the texts); a pair
     is EMPTY when either answer is empty or only whitespace: there is nothing to prefer.
     """
     rows = [{"chosen_input_ids": c, "rejected_input_ids": r} for c, r in zip(chosen_ids, rejected_ids)]
-    ids = PairCollator(pad_id)(rows)["input_ids"]
-    chosen, rejected = ids[:len(rows)], ids[len(rows):]
-    start, end, _, _ = loss_spans(chosen, rejected, pad_id, num_padding_at_beginning)
+    batch = PairCollator(pad_id)(rows)
+    ids, mask, size = batch["input_ids"], batch["attention_mask"], len(rows)
+    chosen, rejected = ids[:size], ids[size:]
+    start, end, _, _ = loss_spans(chosen, rejected, pad_id, num_padding_at_beginning, mask[:size], mask[size:],
+                                  end_token_rule)
     identical = (chosen == rejected).all(dim=1).tolist()
     codes = []
     for (chosen_text, rejected_text), (chosen_answer, rejected_answer), same, first, last in zip(
@@ -347,10 +394,11 @@ def _blend(parts, seed):
     return joined.select(shuffle_idx(seed, len(joined)), keep_in_memory=True)
 
 
-def _drop_bad_pairs(pairs, split, settings, tokenizer):
-    """Remove the pairs that cannot be scored (and identical ones if asked), print one line of counts,
-    and return (pairs, counts by reason)."""
-    codes = pairs.select_columns(["drop"]).with_format("numpy")[:]["drop"]  # one Arrow read, not a row loop
+def _drop_bad_pairs(pairs, split, settings, tokenizer, end_token_rule=DEEPSPEED_CHAT):
+    """Remove the pairs that cannot be scored under `end_token_rule` (and identical ones if asked), print one
+    line of counts, and return (pairs, counts by reason)."""
+    column = DROP_COLUMNS[end_token_rule]
+    codes = pairs.select_columns([column]).with_format("numpy")[:][column]  # one Arrow read, not a row loop
     counts = np.bincount(codes, minlength=len(REASONS) + 1)
     dropped_codes = [c for c in REASONS if settings["drop_identical"] or c not in IDENTICAL_CODES]
     keep = np.flatnonzero(~np.isin(codes, dropped_codes))
@@ -366,7 +414,7 @@ def _drop_bad_pairs(pairs, split, settings, tokenizer):
         raise UserError(f"No usable {split} pairs remain: of {len(codes):,}, "
                         f"{', '.join(f'{counts[c]:,} {why}' for c, why in REASONS.items())}. Check "
                         "--data_path, and --max_seq_len if the pairs only differ after the truncation point.")
-    return pairs.select(keep, keep_in_memory=True).remove_columns("drop"), {
+    return pairs.select(keep, keep_in_memory=True).remove_columns(["drop", "drop_last", "pad_inside"]), {
         REASONS[c]: int(counts[c]) for c in REASONS}
 
 
@@ -378,7 +426,8 @@ def _report_scored_before_diff(count, total, split, settings, tokenizer):
                f"the {n + 1}. token equal to the PAD id {pad_id} ({tokenizer.convert_ids_to_tokens(pad_id)!r}), "
                f"and in these pairs that token occurs {n + 1} time(s) before the answers differ. Likely causes: "
                "the EOS/PAD token inside the text (e.g. a chat template that ends every turn with it), or "
-               f"--num_padding_at_beginning {n} (1 when the tokenizer's BOS equals its PAD, as OPT's; else 0).")
+               f"--num_padding_at_beginning {n} (1 when the tokenizer's BOS equals its PAD, as OPT's; else 0). "
+               "--end_token_rule last_token (or auto) reads the score at the last attended token instead.")
     if 2 * count > total:
         raise UserError(message + " Fix the data or the flag.")
     print_rank0(f"warning: {message} They are dropped.")

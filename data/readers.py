@@ -23,6 +23,10 @@ def _suffix(file):
     return next((s for s in SUFFIXES if file.endswith(s)), None)
 
 
+def has_data_suffix(path):
+    return _suffix(path) is not None
+
+
 def is_parquet(file):
     return _suffix(file) == ".parquet"
 

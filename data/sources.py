@@ -1,7 +1,8 @@
 """Where preference pairs come from: hub datasets (a registry), local files, a synthetic set.
 
 Every source becomes a `Source`: raw `datasets.Dataset` splits plus the `Adapter` that turns a row
-into the two texts a pair is scored on, and an identity string that changes with the content.
+into the two texts a pair is scored on (or a `data.formats.RowFormat` for conversations and rated
+completions, detected from the columns), and an identity string that changes with the content.
 """
 import hashlib
 import os
@@ -13,7 +14,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data import readers, synthetic
+from data import formats, readers, synthetic
 from utils.errors import UserError
 from utils.hub import hub_unreachable_reason
 
@@ -48,6 +49,10 @@ class Adapter:
     def texts(self, row):
         prompt, chosen, rejected = self.parts(row)
         return prompt + chosen, prompt + rejected
+
+    def pairs(self, row):
+        """[(prompt, chosen answer, rejected answer, margin or None)]: one pair per row."""
+        return [self.parts(row) + (row.get("margin"),)]
 
 
 def split_hh(conversation):
@@ -113,45 +118,53 @@ class Source:
     files: tuple = ()  # the real paths of the local files it reads
 
 
-def load_source(path):
-    """Load one `--data_path` value: an existing file/folder, `synthetic/preference[:N]`, or a hub name."""
+HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name: read from the hub, its layout found from the columns
+
+
+def load_source(path, options=formats.ReadOptions()):
+    """Load one `--data_path` value: an existing file/folder, `synthetic/preference[:N]`, or a hub name.
+    Rows of conversations or rated completions are checked with `options` (see data.formats)."""
     if os.path.exists(path):
-        return _load_local(path)
-    if path.split(":")[0] == synthetic.NAME:
+        return _load_local(path, options)
+    if path.split(":")[0] in synthetic.SETS:
         return _load_synthetic(path)
-    if path in REGISTRY:
-        return _load_hub(path)
-    known = ", ".join(list(REGISTRY) + [synthetic.NAME + "[:N]"])
+    if path in REGISTRY or (HUB_NAME.fullmatch(path) and not readers.has_data_suffix(path)):
+        return _load_hub(path, options)
+    known = ", ".join(list(REGISTRY) + [name + "[:N]" for name in synthetic.SETS])
     raise UserError(f"--data_path {path!r} is neither an existing file or folder nor a known source. "
-                    f"Known sources: {known}. A local source is a file or folder with "
-                    "prompt/chosen/rejected columns.")
+                    f"Known sources: {known}, or any hub dataset 'owner/name' in an accepted layout. A local "
+                    "source is a file or folder with prompt/chosen/rejected columns (or see docs/data.md).")
 
 
 # ---------------------------------------------------------------- synthetic and hub sources
 
 def _load_synthetic(path):
-    count = path.partition(":")[2] or str(synthetic.DEFAULT_PAIRS)
+    name, _, count = path.partition(":")
+    count = count or str(synthetic.DEFAULT_PAIRS)
     if not count.isdigit() or int(count) < 2:
         raise UserError(f"--data_path {path!r}: the pair count after ':' must be an integer >= 2, "
-                        f"e.g. {synthetic.NAME}:4000.")
-    train, test = synthetic.make_splits(int(count))
+                        f"e.g. {name}:4000.")
+    train, test = synthetic.make_splits(int(count), name)
     identity = hashlib.sha256(repr((train, test)).encode()).hexdigest()
-    return Source(path, PROMPT_CHOSEN_REJECTED, datasets.Dataset.from_list(train),
-                  datasets.Dataset.from_list(test), f"synthetic:{identity}")
+    adapter = _adapter_for_columns(formats.row_kinds(train[0]), path)
+    return Source(path, adapter, datasets.Dataset.from_list(train), datasets.Dataset.from_list(test),
+                  f"synthetic:{identity}")
 
 
-def _load_hub(name):
+def _load_hub(name, options):
+    """A registered dataset, or any other 'owner/name' whose train split's columns fit a layout."""
     _check_hub_reachable(name)
     try:
         raw = datasets.load_dataset(name)
     except OSError as err:  # ConnectionError, DatasetNotFoundError, a broken local cache
         raise UserError(_hub_message(name, err)) from err
-    adapter = REGISTRY[name]
     train = _get_split(raw, "train", name)
-    eval_ = _get_split(raw, adapter.eval_split, name) if adapter.eval_split else None
-    for split_name, ds in (("train", train), (adapter.eval_split, eval_)):
+    adapter = REGISTRY.get(name) or _adapter_for_columns(formats.dataset_kinds(train), f"{name} (train split)")
+    eval_split = adapter.eval_split if name in REGISTRY else next((s for s in readers.EVAL_NAMES if s in raw), None)
+    eval_ = _get_split(raw, eval_split, name) if eval_split else None
+    for split_name, ds in (("train", train), (eval_split, eval_)):
         if ds is not None:
-            check_columns(ds, adapter, f"{name} ({split_name} split)")
+            check_columns(ds, adapter, f"{name} ({split_name} split)", options)
     identity = "hub:" + name + ":" + ",".join(ds._fingerprint for ds in (train, eval_) if ds is not None)
     return Source(name, adapter, train, eval_, identity)
 
@@ -179,7 +192,7 @@ def _get_split(dataset_dict, split, where):
 
 # ---------------------------------------------------------------- local sources
 
-def _load_local(path):
+def _load_local(path, options):
     """A save_to_disk folder, a folder of train.*/test.* (or eval.*) files, or one file (cut 9:1)."""
     registry_adapter = next((a for n, a in REGISTRY.items()
                              if path.rstrip("/") == n or path.rstrip("/").endswith("/" + n)), None)
@@ -188,14 +201,14 @@ def _load_local(path):
         hashed, where = readers.all_files(path), {"train": f"{path} (train)", "eval": f"{path} (eval)"}
     else:
         files = readers.split_files(path) if os.path.isdir(path) else {"train": path}
-        train = _read_checked(files["train"], registry_adapter)
-        eval_ = _read_checked(files["eval"], registry_adapter) if "eval" in files else None
+        train = _read_checked(files["train"], registry_adapter, options)
+        eval_ = _read_checked(files["eval"], registry_adapter, options) if "eval" in files else None
         hashed, where = files, files
-    adapter = registry_adapter or _adapter_for_columns(train.column_names, where["train"])
-    check_columns(train, adapter, where["train"])
+    adapter = registry_adapter or _adapter_for_columns(formats.dataset_kinds(train), where["train"])
+    check_columns(train, adapter, where["train"], options)
     if eval_ is not None:
-        _check_same_layout(train.column_names, eval_.column_names, where)
-        check_columns(eval_, adapter, where["eval"])
+        _check_same_layout(train, eval_, where)
+        check_columns(eval_, adapter, where["eval"], options)
     return Source(path, adapter, train, eval_, "local:" + readers.hash_files(hashed),
                   tuple(os.path.realpath(f) for f in hashed.values()))
 
@@ -205,9 +218,15 @@ def _text_columns(columns):
     return [c for c in TEXT_COLUMNS if c in columns]
 
 
-def _check_same_layout(train_columns, eval_columns, where):
-    """Train and eval are read with one adapter, so they must hold the same text columns."""
-    train_text, eval_text = _text_columns(train_columns), _text_columns(eval_columns)
+def _check_same_layout(train, eval_, where):
+    """Train and eval are read with one adapter, so they must be in one layout with the same text columns."""
+    train_layout = formats.detect(formats.dataset_kinds(train))
+    eval_layout = formats.detect(formats.dataset_kinds(eval_))
+    if train_layout != eval_layout:
+        names = [layout.layout if layout else "prompt/chosen/rejected text" for layout in (train_layout, eval_layout)]
+        raise UserError(f"{where['train']} and {where['eval']} are in different layouts ({names[0]} vs {names[1]}), "
+                        "so one of them would be read in the other's layout. Give both the same columns.")
+    train_text, eval_text = _text_columns(train.column_names), _text_columns(eval_.column_names)
     if train_text != eval_text:
         raise UserError(f"{where['train']} and {where['eval']} have different text columns "
                         f"({', '.join(train_text)} vs {', '.join(eval_text) or 'none'}), so one of them would "
@@ -228,14 +247,17 @@ def _load_saved(path):
     return train, saved[eval_name] if eval_name else None
 
 
-def _read_checked(file, registry_adapter):
+def _read_checked(file, registry_adapter, options):
     """Read a local file; rows parsed in Python are checked here, so errors can name the line."""
     if readers.is_parquet(file):
         return readers.read_parquet(file)  # Arrow columns: check_columns names the row
     rows, where = readers.read_rows(file)
     if not rows:
         raise UserError(f"{file} holds no rows; each --data_path file needs at least one preference pair.")
-    adapter = registry_adapter or _adapter_for_columns(list(rows[0]), file)
+    adapter = registry_adapter or _adapter_for_columns(formats.row_kinds(rows[0]), file)
+    if isinstance(adapter, formats.RowFormat):  # before Arrow, which would only say that types clash
+        formats.check_rows(rows, adapter, options, lambda i: f"{file}, {where(i)}")
+        return _table(rows, file)
     missing = [f for f in adapter.fields if f not in rows[0]]
     if missing:
         raise UserError(f"{file}: missing column(s) {', '.join(missing)} (columns found: {', '.join(rows[0])}).")
@@ -251,6 +273,10 @@ def _read_checked(file, registry_adapter):
             raise UserError(f"{file}, {where(i)}: has text fields {', '.join(_text_columns(row))} but "
                             f"{where(0)} has {', '.join(layout)}; the first row decides how every row is read. "
                             "Give every row the same fields.")
+    return _table(rows, file)
+
+
+def _table(rows, file):
     try:
         return datasets.Dataset.from_list(rows)
     except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:  # ArrowInvalid is a ValueError
@@ -258,23 +284,32 @@ def _read_checked(file, registry_adapter):
                         "one type across rows, and only valid Unicode text.") from err
 
 
-def _adapter_for_columns(columns, where):
-    """prompt/chosen/rejected columns, or chosen/rejected full conversations (hh-rlhf style)."""
-    if "prompt" in columns:
+def _adapter_for_columns(kinds, where):
+    """The layout {column: kind} fits: a `data.formats` one (message lists, rated completions), else
+    prompt/chosen/rejected text columns, or chosen/rejected whole conversations (hh-rlhf style)."""
+    detected = formats.detect(kinds)
+    if detected:
+        return detected
+    if "prompt" in kinds:
         return PROMPT_CHOSEN_REJECTED
-    if "chosen" in columns and "rejected" in columns:
+    if "chosen" in kinds and "rejected" in kinds:
         return HH_CONVERSATIONS
-    missing = [c for c in PROMPT_CHOSEN_REJECTED.fields if c not in columns]
+    missing = [c for c in PROMPT_CHOSEN_REJECTED.fields if c not in kinds]
+    found = ", ".join(f"{column} ({kind})" for column, kind in kinds.items())
     raise UserError(f"{where}: missing column(s) {', '.join(missing)} (columns found: "
-                    f"{', '.join(map(str, columns)) or 'none'}). Give prompt/chosen/rejected columns, "
+                    f"{', '.join(map(str, kinds)) or 'none'}). Give prompt/chosen/rejected columns, "
                     "or chosen/rejected columns that hold whole '\\n\\nHuman: ... \\n\\nAssistant: ...' "
-                    "conversations.")
+                    f"conversations, or one of these layouts: {formats.accepted_formats()}. Column kinds found: {found or 'none'}.")
 
 
-def check_columns(ds, adapter, where):
-    """Every text field of the adapter is a string column without nulls (Arrow-level, fast)."""
+def check_columns(ds, adapter, where, options=formats.ReadOptions()):
+    """Every text field of the adapter is a string column without nulls (Arrow-level, fast); rows of a
+    `data.formats` layout are parsed one by one."""
     if len(ds) == 0:
         raise UserError(f"{where} holds no rows; each --data_path source needs at least one preference pair.")
+    if isinstance(adapter, formats.RowFormat):
+        fields = list(adapter.fields) + (["margin"] if "margin" in ds.column_names else [])
+        return formats.check_rows(ds.select_columns(fields), adapter, options, lambda i: f"{where}, row {i + 1}")
     for field in adapter.fields:
         if field not in ds.column_names:
             raise UserError(f"{where}: missing column {field!r} (columns found: {', '.join(ds.column_names)}).")

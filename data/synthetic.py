@@ -1,4 +1,5 @@
-"""`synthetic/preference[:N]`: an offline demo set of N preference pairs, the same on every run.
+"""`synthetic/preference[:N]`: an offline demo set of N preference pairs, the same on every run;
+`synthetic/conversations[:N]`: the same rule in conversations of 2-4 user turns (message lists).
 
 Both answers share the prompt and a pool of neutral advice sentences; the chosen answer opens
 and closes politely, the rejected one rudely (the opening keeps the signal under truncation).
@@ -9,6 +10,7 @@ Only common English words, so a tiny byte-level BPE tokenizer handles them.
 import random
 
 NAME = "synthetic/preference"
+CHAT_NAME = "synthetic/conversations"
 DEFAULT_PAIRS = 4000
 SEED = 0  # fixed: the data never depends on --seed (that one only picks the split)
 
@@ -51,9 +53,27 @@ def make_pair(rng):
             "rejected": _answer(rng, RUDE_OPEN, RUDE_CLOSE)}
 
 
-def make_splits(count):
-    """(train rows, test rows): `count` pairs from a fixed seed, the last tenth (at least 1) for test."""
+FOLLOW_UPS = ["Thanks. What should I do next?", "Okay. Is there anything else I should know?",
+              "Got it. How long will it take?", "Nice. What if it goes wrong?"]
+
+
+def make_conversation(rng):
+    """{'chosen': [...], 'rejected': [...]} message lists (implicit prompt) of 2-4 user turns: earlier
+    assistant turns are shared and neutral, only the last answer is polite (chosen) or rude (rejected)."""
+    messages = [{"role": "user", "content": rng.choice(ASKS).format(rng.choice(TASKS))}]
+    for _ in range(rng.randint(1, 3)):
+        messages += [{"role": "assistant", "content": " ".join(rng.sample(FILLER, 2))},
+                     {"role": "user", "content": rng.choice(FOLLOW_UPS)}]
+    return {side: messages + [{"role": "assistant", "content": _answer(rng, opens, closes).strip()}]
+            for side, opens, closes in (("chosen", POLITE_OPEN, POLITE_CLOSE), ("rejected", RUDE_OPEN, RUDE_CLOSE))}
+
+
+SETS = {NAME: make_pair, CHAT_NAME: make_conversation}  # name -> one row from a random.Random
+
+
+def make_splits(count, name=NAME):
+    """(train rows, test rows): `count` rows of set `name` from a fixed seed, the last tenth (at least 1) for test."""
     rng = random.Random(SEED)
-    pairs = [make_pair(rng) for _ in range(count)]
+    pairs = [SETS[name](rng) for _ in range(count)]
     test_size = max(1, count // 10)
     return pairs[:-test_size], pairs[-test_size:]

@@ -4,6 +4,9 @@
     python evaluation_scripts/evaluate.py MODEL_DIR --data_path DATA ...     # + metrics -> eval_results.json
     python evaluation_scripts/evaluate.py MODEL_DIR --score rows.jsonl       # one reward per row -> JSONL
 
+--data_path takes every layout main.py takes (strings, conversations, rated completions); conversations
+are rendered with the chat template saved with the model and scored under its saved end-token rule.
+
 Data flags mean what they mean for main.py; when omitted they default to the values the model was
 trained with (MODEL_DIR/training_args.json), so the split scored is the one main.py evaluated on.
 """
@@ -34,10 +37,13 @@ EXAMPLES = [
      "I don't know, I don't know."),
 ]
 DATA_FLAGS = ("data_split", "max_seq_len", "seed", "data_output_path", "per_device_eval_batch_size",
-              "drop_identical_pairs")
+              "drop_identical_pairs", "pairs_from_ratings", "rating_field")
+SCORE_LAYOUTS = ("'text'; 'prompt' and 'answer' texts; 'messages' (a conversation ending with the assistant's "
+                 "answer); or 'prompt' and 'completion', texts or message lists")
 
 
 def parse_args(argv=None):
+    from data.chat import PAIR_RULES
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model_dir", help="A reward model folder written by main.py.")
@@ -50,8 +56,13 @@ def parse_args(argv=None):
                         help="As for main.py (default: the training run's).")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=None,
                         help="Pairs per batch (default: the training run's).")
+    parser.add_argument("--pairs_from_ratings", default=None, choices=list(PAIR_RULES),
+                        help="Rated completions, as for main.py (default: the training run's).")
+    parser.add_argument("--rating_field", default=None,
+                        help="UltraFeedback layout's rating field, as for main.py (default: the training run's).")
     parser.add_argument("--output", default=None, help="Metrics JSON (default: MODEL_DIR/eval_results.json).")
-    parser.add_argument("--score", default=None, help="JSONL rows with prompt and answer to score one by one.")
+    parser.add_argument("--score", default=None,
+                        help=f"A .jsonl/.json/.csv file of rows to score one by one, each with {SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
                         help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
     parser.add_argument("--center_rewards", action="store_true",
@@ -85,12 +96,14 @@ def score_examples(model, tokenizer, max_seq_len):
 
 def evaluate_data(model, tokenizer, args, settings):
     from data import build_pair_datasets
+    from data.formats import ReadOptions
     from utils.io import write_json
     from training.evaluation import eval_loader, evaluate
     _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
                                       settings["max_seq_len"], settings["data_output_path"],
                                       model.end_of_conversation_token, model.num_padding_at_beginning,
-                                      settings["drop_identical_pairs"])
+                                      settings["drop_identical_pairs"], model.end_token_rule,
+                                      ReadOptions(settings["pairs_from_ratings"], settings["rating_field"]))
     loader, num_real = eval_loader(eval_set, settings["per_device_eval_batch_size"], tokenizer.pad_token_id,
                                    settings.get("pad_to_multiple_of"))
     scores = []
@@ -108,30 +121,43 @@ def evaluate_data(model, tokenizer, args, settings):
 def score_file(model, tokenizer, args, settings):
     from tqdm import tqdm
 
+    from data.chat import ChatRenderer
     from data.readers import read_rows
     from model.scoring import score_texts
     from utils.io import atomic_file
     rows, where = read_rows(args.score)
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
-    eot = model.end_of_conversation_token
+    eot, render = model.end_of_conversation_token, ChatRenderer(tokenizer)
+    texts = [_row_text(row, args.score, where(i), render) + eot for i, row in enumerate(rows)]  # all checked first
     with atomic_file(output) as f:  # a bad row leaves no partial scores.jsonl
         batch_size = settings["per_device_eval_batch_size"]
         for start in tqdm(range(0, len(rows), batch_size), desc="scoring"):
             chunk = rows[start:start + batch_size]
-            texts = [_row_text(row, args.score, where(start + i)) + eot for i, row in enumerate(chunk)]
-            for row, reward in zip(chunk, score_texts(model, tokenizer, texts, settings["max_seq_len"]).tolist()):
+            rewards = score_texts(model, tokenizer, texts[start:start + batch_size], settings["max_seq_len"])
+            for row, reward in zip(chunk, rewards.tolist()):
                 f.write(json.dumps(dict(row, reward=reward)) + "\n")
     print(f"scored {len(rows)} rows -> {output}")
 
 
-def _row_text(row, path, where):
+def _row_text(row, path, where, render):
+    """The text a --score row stands for: as given, or a conversation rendered as training renders it."""
+    from data.chat import RowError, conversation, prompt_messages
     from utils.errors import UserError
     if isinstance(row.get("text"), str):
         return row["text"]
     if isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str):
         return row["prompt"] + row["answer"]
-    raise UserError(f"{path}, {where}: needs string fields 'prompt' and 'answer' (or 'text'); "
-                    f"found {sorted(row)}.")
+    try:
+        if "messages" in row:
+            return render(conversation([], row["messages"], "messages"))
+        if "prompt" in row and "completion" in row:
+            completion = row["completion"]
+            if isinstance(completion, str):
+                completion = [{"role": "assistant", "content": completion}]
+            return render(conversation(prompt_messages(row["prompt"]), completion, "completion"))
+    except RowError as error:
+        raise UserError(f"{path}, {where}: {error}") from error
+    raise UserError(f"{path}, {where}: needs {SCORE_LAYOUTS}; found fields {sorted(row)}.")
 
 
 def run(args):

@@ -2,11 +2,13 @@
 import math
 import os
 
-from model.reward_model import END_OF_CONVERSATION, RewardModel
+from model.reward_model import DEEPSPEED_CHAT, END_OF_CONVERSATION, LAST_TOKEN, RewardModel
+from utils.dist import print_rank0
 from utils.errors import UserError
 from utils.hub import hub_unreachable_reason
 
 # Config keys that hold dropout probabilities in the supported architectures.
+NEW_PAD_TOKEN = "<|pad|>"  # added when a tokenizer has no PAD token of its own besides EOS/BOS
 DROPOUT_KEYS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout",
                 "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob",
                 "attention_probs_dropout_prob")
@@ -50,9 +52,46 @@ def load_tokenizer(name, end_of_conversation_token, add_eot_token=False):
     return tokenizer
 
 
+def pads_at_beginning(tokenizer):
+    """How many PAD-equal tokens the tokenizer puts before every text: 1 for OPT (its BOS `</s>` is also
+    its EOS, and DeepSpeed-Chat sets PAD = EOS), 0 for tokenizers without a BOS or with another one."""
+    ids = tokenizer("a")["input_ids"]
+    return next((i for i, token in enumerate(ids) if token != tokenizer.pad_token_id), len(ids))
+
+
+def resolve_num_padding(value, tokenizer):
+    """--num_padding_at_beginning: 'auto' -> `pads_at_beginning`; a typed number that contradicts the
+    tokenizer is kept, with a warning naming the fix."""
+    derived = pads_at_beginning(tokenizer)
+    why = (f"it puts {derived} PAD-equal token(s) before every text (PAD {tokenizer.pad_token!r}, "
+           f"BOS {tokenizer.bos_token!r})")
+    if value == "auto":
+        print_rank0(f"model: --num_padding_at_beginning auto -> {derived}: {why}")
+        return derived
+    if value != derived:
+        print_rank0(f"warning: --num_padding_at_beginning {value} contradicts the tokenizer: {why}. Use "
+                    f"--num_padding_at_beginning {derived}, or leave it at auto.")
+    return value
+
+
+def use_distinct_pad(tokenizer):
+    """Give the tokenizer a PAD token that is neither EOS nor BOS, for the `last_token` rule (and exported
+    classifiers, which pool at the last non-PAD token): its own configured one, else a new special token
+    (the model's embeddings are resized to hold it). Returns a line for the log."""
+    own = tokenizer.init_kwargs.get("pad_token")
+    own = getattr(own, "content", own)  # an AddedToken or a string
+    taken = {tokenizer.eos_token, tokenizer.bos_token}
+    if isinstance(own, str) and own not in taken and tokenizer.convert_tokens_to_ids(own) is not None:
+        tokenizer.pad_token = own
+        return f"PAD is the tokenizer's own {own!r} (id {tokenizer.pad_token_id}), not EOS {tokenizer.eos_token!r}"
+    tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+    return (f"the tokenizer has no PAD token besides EOS {tokenizer.eos_token!r}: added {NEW_PAD_TOKEN!r} "
+            f"(id {tokenizer.pad_token_id})")
+
+
 def create_reward_model(name, tokenizer, num_padding_at_beginning, dropout=None,
                         compute_fp32_loss=False, end_of_conversation_token=END_OF_CONVERSATION,
-                        center_rewards_coefficient=0.0):
+                        center_rewards_coefficient=0.0, end_token_rule=DEEPSPEED_CHAT):
     from transformers import AutoConfig, AutoModel
     try:
         config = AutoConfig.from_pretrained(name)
@@ -64,10 +103,11 @@ def create_reward_model(name, tokenizer, num_padding_at_beginning, dropout=None,
     except (OSError, ValueError) as error:
         raise _offline_hint(name, error) from error
     base.config.end_token_id = tokenizer.eos_token_id
-    base.config.pad_token_id = base.config.eos_token_id
+    # DeepSpeed-Chat: PAD = EOS; the last_token rule has a PAD of its own (see use_distinct_pad)
+    base.config.pad_token_id = tokenizer.pad_token_id if end_token_rule == LAST_TOKEN else base.config.eos_token_id
     base.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
     return RewardModel(base, tokenizer, num_padding_at_beginning, compute_fp32_loss,
-                       end_of_conversation_token, center_rewards_coefficient)
+                       end_of_conversation_token, center_rewards_coefficient, end_token_rule)
 
 
 def model_max_positions(name):

@@ -5,7 +5,7 @@ import shutil
 import torch
 
 from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, read_reward_model_dir
-from model.reward_model import end_indices
+from model.reward_model import LAST_TOKEN, row_ends
 from utils.errors import UserError
 from utils.io import publish, staging_folder
 
@@ -42,6 +42,11 @@ def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR
     if transformer_key not in DSCHAT_TRANSFORMER_KEYS:
         raise UserError(f"transformer key '{transformer_key}': DeepSpeed-Chat uses one of {DSCHAT_TRANSFORMER_KEYS}.")
     settings, state = read_reward_model_dir(model_dir)
+    if settings["end_token_rule"] == LAST_TOKEN:
+        raise UserError(f"{model_dir} reads its score at the last attended token (end_token_rule last_token: a chat "
+                        "template, or EOS inside the texts), but DeepSpeed-Chat's step 3 reads it before the first "
+                        "PAD = EOS, which in these texts ends an earlier turn. Export it with --format hf and use "
+                        "it where the classifier pools at the last non-PAD token (TRL, OpenRLHF).")
     renamed = {(key if key == HEAD_KEY else transformer_key + key[len(OUR_TRANSFORMER_KEY):]): tensor.contiguous()
                for key, tensor in state.items()}
     output_dir = output_dir or model_dir
@@ -65,17 +70,19 @@ def _reward_tokenizer(model_dir, settings):
 
 
 def check_end_token_rule(tokenizer, settings, sample="Human: Hi! Assistant: Hello."):
-    """UserError unless Hugging Face's pooling (last token != pad) finds our end token (before the
-    (n+1)-th pad, n = num_padding_at_beginning) on a typical padded row; returns that row's ids.
+    """UserError unless Hugging Face's pooling (last token != pad) finds our end token on a typical padded
+    row; returns that row's ids.
 
-    They agree when a text holds exactly n pad-equal tokens before its end: OPT's `</s>` BOS with n=1,
-    no BOS with n=0. A trailing pad-equal end-of-conversation token (GPT-2's `<|endoftext|>`) is fine:
-    both rules then read the token before it.
+    Under DeepSpeed-Chat's rule (before the (n+1)-th pad, n = num_padding_at_beginning) they agree when a
+    text holds exactly n pad-equal tokens before its end: OPT's `</s>` BOS with n=1, no BOS with n=0. A
+    trailing pad-equal end-of-conversation token (GPT-2's `<|endoftext|>`) is fine: both rules then read
+    the token before it. Under the last_token rule the pad is distinct from EOS, so they agree.
     """
     pad_id, skip = settings["pad_token_id"], settings["num_padding_at_beginning"]
-    row = tokenizer(sample + settings["end_of_conversation_token"])["input_ids"] + [pad_id] * 2
-    ids = torch.tensor([row])
-    ours = int(end_indices(ids, pad_id, skip)[0]) - 1
+    text = tokenizer(sample + settings["end_of_conversation_token"])["input_ids"]
+    row = text + [pad_id] * 2
+    ids, mask = torch.tensor([row]), torch.tensor([[1] * len(text) + [0, 0]])
+    ours = int(row_ends(ids, mask, pad_id, skip, settings["end_token_rule"])[0]) - 1
     theirs = max(i for i, token in enumerate(row) if token != pad_id)
     if ours != theirs:
         raise UserError(
@@ -89,10 +96,11 @@ def check_end_token_rule(tokenizer, settings, sample="Human: Hi! Assistant: Hell
 def export_sequence_classification(model_dir, output_dir, dtype=None):
     """Write `model_dir`'s reward model as a Hugging Face `AutoModelForSequenceClassification` folder.
 
-    The base weights move under the classifier's base-model prefix (`model.` for OPT, `transformer.`
-    for GPT-2) and `v_head.weight` becomes the bias-free `score.weight`; config.json gains
-    `num_labels=1`, `architectures` and `pad_token_id` = our pad (= eos), so Hugging Face pools at the
-    last non-pad token, which is our end token (see `check_end_token_rule`). The reward settings stay
+    The base weights move under the classifier's base-model prefix (`model.` for OPT and Llama-style
+    models, `transformer.` for GPT-2) and `v_head.weight` becomes the bias-free `score.weight`; config.json
+    gains `num_labels=1`, `architectures` and `pad_token_id` = our pad (= eos under DeepSpeed-Chat's rule,
+    a token distinct from eos under the last_token rule), so Hugging Face pools at the last non-pad
+    token, which is our end token (see `check_end_token_rule`). The reward settings stay
     in config.json. `dtype` defaults to the saved one: config.json records it, and transformers loads
     in that dtype by default, so scores equal those of `RewardModel.from_pretrained`. Returns the
     classifier class name.

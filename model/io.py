@@ -12,6 +12,8 @@ from utils.errors import UserError
 from utils.io import STAGING, is_disk_full, publish, recover, staging_folder, write_json
 
 REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json
+# Settings a model saved before they existed reads as: DeepSpeed-Chat's end-token rule.
+SETTING_DEFAULTS = {"end_token_rule": "deepspeed_chat"}
 WEIGHTS_NAME = "model.safetensors"
 OUR_TRANSFORMER_KEY = "rwtransformer"
 HEAD_KEY = "v_head.weight"
@@ -98,7 +100,8 @@ def _save_recovery_copy(config, state, tokenizer, extra_json):
 
 
 def read_reward_settings(model_dir):
-    """The `reward_model` entry of model_dir/config.json; UserError if the folder is not a saved reward model."""
+    """The `reward_model` entry of model_dir/config.json (missing newer keys at `SETTING_DEFAULTS`); UserError
+    if the folder is not a saved reward model."""
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isdir(model_dir):
         raise UserError(f"{model_dir} is not a folder: pass the output_dir of a main.py run.")
@@ -110,7 +113,7 @@ def read_reward_settings(model_dir):
     if settings is None:
         raise UserError(f"{model_dir} is not a reward model saved by this project (no '{REWARD_CONFIG_KEY}' entry "
                         "in config.json): pass the output_dir of a main.py run.")
-    return settings
+    return {**SETTING_DEFAULTS, **settings}
 
 
 def read_weights(model_dir):

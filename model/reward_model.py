@@ -3,6 +3,10 @@
 The pure tensor functions below (`end_indices`, `pairwise_loss`, `end_scores_after`) hold all the
 reward maths, computed for the whole batch at once, so tests can check them directly against a
 per-pair reference loop (tests/reference.py).
+
+Two end-token rules say where a row's score is read (`END_TOKEN_RULES`): DeepSpeed-Chat's, before the
+(n+1)-th PAD token (PAD = EOS), exact for its data and OPT; and `last_token`, at the last attended
+token of the row (the attention mask), for texts where EOS also ends earlier turns (chat templates).
 """
 import math
 
@@ -12,8 +16,7 @@ from torch import nn
 
 END_OF_CONVERSATION = "<|endoftext|>"  # appended to every chosen/rejected text (DeepSpeed-Chat's)
 LN2 = math.log(2)  # the pair loss when chosen and rejected get the same reward
-
-
+DEEPSPEED_CHAT, LAST_TOKEN = "deepspeed_chat", "last_token"
 
 
 def end_indices(input_ids, pad_id, num_padding_at_beginning):
@@ -29,17 +32,37 @@ def end_indices(input_ids, pad_id, num_padding_at_beginning):
     return torch.where(nth_pad, positions, length).min(dim=1).values
 
 
-def loss_spans(chosen_ids, rejected_ids, pad_id, num_padding_at_beginning):
+def last_token_indices(attention_mask):
+    """(N, L) mask -> (N,) one past the last attended position of each row (right or left padding)."""
+    positions = torch.arange(1, attention_mask.size(1) + 1, device=attention_mask.device)
+    return (positions * (attention_mask != 0)).max(dim=1).values
+
+
+# rule -> (input_ids, attention_mask or None, pad_id, n) -> (N,) one past the position the score is read at
+END_TOKEN_RULES = {
+    DEEPSPEED_CHAT: lambda ids, mask, pad_id, n: end_indices(ids, pad_id, n),
+    LAST_TOKEN: lambda ids, mask, pad_id, n: last_token_indices(ids != pad_id if mask is None else mask),
+}
+
+
+def row_ends(input_ids, attention_mask, pad_id, num_padding_at_beginning, end_token_rule=DEEPSPEED_CHAT):
+    """(N, L) rows -> (N,) one past the token whose value is each row's score, under `end_token_rule`."""
+    return END_TOKEN_RULES[end_token_rule](input_ids, attention_mask, pad_id, num_padding_at_beginning)
+
+
+def loss_spans(chosen_ids, rejected_ids, pad_id, num_padding_at_beginning, chosen_mask=None, rejected_mask=None,
+               end_token_rule=DEEPSPEED_CHAT):
     """Where DeepSpeed-Chat's loss reads each pair of (B, L) rows: (start, end, chosen_end, rejected_end), (B,) each.
 
     The loss span is [first differing position, max(end_c, end_j)); identical rows use [L-1, L) and
     score both at chosen_end. `end >= start` always; an empty span (`end == start`) means the score is
     read at or before the first difference, so chosen and rejected cannot be told apart (0/0 loss).
+    The ends come from `end_token_rule` (the masks are only read by `last_token`).
     """
     length = chosen_ids.size(1)
     positions = torch.arange(length, device=chosen_ids.device)
-    chosen_end = end_indices(chosen_ids, pad_id, num_padding_at_beginning)
-    rejected_end = end_indices(rejected_ids, pad_id, num_padding_at_beginning)
+    chosen_end = row_ends(chosen_ids, chosen_mask, pad_id, num_padding_at_beginning, end_token_rule)
+    rejected_end = row_ends(rejected_ids, rejected_mask, pad_id, num_padding_at_beginning, end_token_rule)
     differs = chosen_ids != rejected_ids
     identical = ~differs.any(dim=1)
     first_diff = torch.where(differs, positions, length).min(dim=1).values
@@ -49,17 +72,19 @@ def loss_spans(chosen_ids, rejected_ids, pad_id, num_padding_at_beginning):
 
 
 def pairwise_loss(chosen_ids, rejected_ids, chosen_rewards, rejected_rewards, pad_id,
-                  num_padding_at_beginning, compute_fp32_loss=False, margin=None, center_coefficient=0.0):
+                  num_padding_at_beginning, compute_fp32_loss=False, margin=None, center_coefficient=0.0,
+                  chosen_mask=None, rejected_mask=None, end_token_rule=DEEPSPEED_CHAT):
     """DeepSpeed-Chat's pairwise ranking loss for B pairs at once.
 
-    ids and rewards are (B, L). For each pair the loss is the mean of -logsigmoid(r_c - r_j) over
+    ids, rewards and masks are (B, L). For each pair the loss is the mean of -logsigmoid(r_c - r_j) over
     its `loss_spans` span. Options (off by default, so the default is DeepSpeed-Chat's): `margin` (B,)
     makes the term -logsigmoid(r_c - r_j - margin); `center_coefficient` adds c * mean((s_c + s_j)^2)
-    over the end scores, which keeps rewards centred on 0.
+    over the end scores, which keeps rewards centred on 0; `end_token_rule` picks where scores are read.
     Returns (loss averaged over pairs, chosen end scores (B,), rejected end scores (B,)).
     """
     positions = torch.arange(chosen_ids.size(1), device=chosen_ids.device)
-    start, end, chosen_end, rejected_end = loss_spans(chosen_ids, rejected_ids, pad_id, num_padding_at_beginning)
+    start, end, chosen_end, rejected_end = loss_spans(chosen_ids, rejected_ids, pad_id, num_padding_at_beginning,
+                                                      chosen_mask, rejected_mask, end_token_rule)
     in_span = (positions >= start[:, None]) & (positions < end[:, None])
     if compute_fp32_loss:  # upcast each reward, then subtract (as DeepSpeed-Chat does); scores keep their dtype
         difference = chosen_rewards.float() - rejected_rewards.float()
@@ -91,11 +116,12 @@ class RewardModel(nn.Module):
 
     `forward` takes 2B rows (all chosen, then all rejected) and returns `loss`,
     `chosen_mean_scores` and `rejected_mean_scores`: despite the names (kept for DeepSpeed-Chat's
-    step 3), the scores are the reward at each answer's end token, not a mean.
+    step 3), the scores are the reward at each answer's end token (`end_token_rule`), not a mean.
     """
 
     def __init__(self, base_model, tokenizer, num_padding_at_beginning=0, compute_fp32_loss=False,
-                 end_of_conversation_token=END_OF_CONVERSATION, center_rewards_coefficient=0.0):
+                 end_of_conversation_token=END_OF_CONVERSATION, center_rewards_coefficient=0.0,
+                 end_token_rule=DEEPSPEED_CHAT):
         super().__init__()
         self.config = base_model.config
         width = getattr(self.config, "word_embed_proj_dim", None) or self.config.hidden_size
@@ -106,6 +132,7 @@ class RewardModel(nn.Module):
         self.compute_fp32_loss = compute_fp32_loss
         self.end_of_conversation_token = end_of_conversation_token
         self.center_rewards_coefficient = center_rewards_coefficient
+        self.end_token_rule = end_token_rule
         self.reward_stats = {}  # reward_mean / reward_std over the eval set, saved for step 3
         self.reward_offset = 0.0  # subtracted from every value (see from_pretrained's center_rewards)
 
@@ -122,22 +149,32 @@ class RewardModel(nn.Module):
         values = self.v_head(outputs[0]).squeeze(-1)
         return values - self.reward_offset if self.reward_offset else values
 
+    def end_positions(self, input_ids, attention_mask=None):
+        """(N, L) rows -> (N,) one past the token each row's score is read at (this model's rule)."""
+        return row_ends(input_ids, attention_mask, self.PAD_ID, self.num_padding_at_beginning, self.end_token_rule)
+
     def forward(self, input_ids=None, attention_mask=None, margin=None, **kwargs):
         """`margin` (B,): optional per-pair margins (the data's `margin` column with --use_margin)."""
         rewards = self._values(input_ids, attention_mask, **kwargs)
         pairs = input_ids.size(0) // 2
+        masks = (None, None) if attention_mask is None else (attention_mask[:pairs], attention_mask[pairs:])
         loss, chosen_scores, rejected_scores = pairwise_loss(
             input_ids[:pairs], input_ids[pairs:], rewards[:pairs], rewards[pairs:], self.PAD_ID,
-            self.num_padding_at_beginning, self.compute_fp32_loss, margin, self.center_rewards_coefficient)
+            self.num_padding_at_beginning, self.compute_fp32_loss, margin, self.center_rewards_coefficient,
+            *masks, self.end_token_rule)
         return {"loss": loss, "chosen_mean_scores": chosen_scores, "rejected_mean_scores": rejected_scores}
 
     def forward_value(self, input_ids=None, attention_mask=None, return_value_only=False,
                       prompt_length=0, **kwargs):
-        """Per-token values (N, L), or a dict adding `chosen_end_scores` (N,): what step 3 calls."""
+        """Per-token values (N, L), or a dict adding `chosen_end_scores` (N,): what step 3 calls. Under the
+        `last_token` rule the end score is the value at the last attended token (`prompt_length` unused)."""
         values = self._values(input_ids, attention_mask, **kwargs)
         if return_value_only:
             return values
-        scores = end_scores_after(values, input_ids, self.PAD_ID, prompt_length)
+        if self.end_token_rule == LAST_TOKEN:
+            scores = values.gather(1, (self.end_positions(input_ids, attention_mask) - 1)[:, None]).squeeze(1)
+        else:
+            scores = end_scores_after(values, input_ids, self.PAD_ID, prompt_length)
         return {"values": values, "chosen_end_scores": scores}
 
     # ---- Hugging Face-format save / load -------------------------------------------------------
@@ -145,7 +182,7 @@ class RewardModel(nn.Module):
     def reward_settings(self):
         return {"num_padding_at_beginning": self.num_padding_at_beginning,
                 "end_of_conversation_token": self.end_of_conversation_token,
-                "pad_token_id": self.PAD_ID, **self.reward_stats}
+                "pad_token_id": self.PAD_ID, "end_token_rule": self.end_token_rule, **self.reward_stats}
 
     @classmethod
     def from_pretrained(cls, model_dir, dtype=None, center_rewards=False, **overrides):
@@ -181,4 +218,4 @@ class RewardModel(nn.Module):
         return model.to(dtype or state["v_head.weight"].dtype).eval()
 
 
-_INIT_SETTINGS = ("num_padding_at_beginning", "compute_fp32_loss", "end_of_conversation_token")
+_INIT_SETTINGS = ("num_padding_at_beginning", "compute_fp32_loss", "end_of_conversation_token", "end_token_rule")

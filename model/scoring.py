@@ -1,14 +1,13 @@
 """Score whole texts with a reward model, exactly as a training row is scored (tokenised, padded, end token)."""
 import torch
 
-from model.reward_model import end_indices
-
 
 @torch.no_grad()
 def score_texts(model, tokenizer, texts, max_seq_len):
     """Reward of each full text (prompt + answer + end-of-conversation) at its end token: (N,) floats.
 
-    Tokenised and padded exactly like training rows, so a score equals the pair score for that text.
+    Tokenised and padded exactly like training rows, and read under the model's end-token rule, so a
+    score equals the pair score for that text.
     """
     ids = [tokenizer(text, truncation=True, max_length=max_seq_len)["input_ids"] for text in texts]
     length = max(len(row) for row in ids)
@@ -16,5 +15,5 @@ def score_texts(model, tokenizer, texts, max_seq_len):
     input_ids = torch.tensor([row + [model.PAD_ID] * (length - len(row)) for row in ids], device=device)
     attention_mask = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in ids], device=device)
     values = model.forward_value(input_ids, attention_mask, return_value_only=True).float()
-    end = end_indices(input_ids, model.PAD_ID, model.num_padding_at_beginning)
+    end = model.end_positions(input_ids, attention_mask)
     return values.gather(1, (end - 1)[:, None]).squeeze(1)

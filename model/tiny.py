@@ -3,7 +3,10 @@
 Used by the tests and the offline demo: nothing is downloaded. The OPT variant follows
 opt-350m's conventions: `</s>` is prepended as BOS, eos is `</s>`, `word_embed_proj_dim`
 differs from `hidden_size`, and layer norm comes after attention (`do_layer_norm_before=False`).
+The chat variants (`CHAT_STYLES`: Llama-, Qwen2- and Mistral-style) carry a chat template written
+here whose turns end with the EOS token, as their real counterparts' do.
 """
+import functools
 import os
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -68,6 +71,50 @@ def build_tiny_gpt2(path, corpus=None, vocab_size=512, hidden_size=64, num_layer
     return _save(path, config, hf_tokenizer, seed)
 
 
+LLAMA_TEMPLATE = (  # Llama-3-like: a header per turn, every turn closed by EOS <|eot_id|>
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+QWEN2_TEMPLATE = (  # ChatML: <|im_start|>role ... <|im_end|> (EOS); no BOS; PAD <|endoftext|>
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+MISTRAL_TEMPLATE = (  # [INST] user [/INST] answer</s>, user and assistant turns only
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% elif m['role'] == 'assistant' %} {{ m['content'] }}{{ eos_token }}"
+    "{% else %}{{ raise_exception('this template has only user and assistant turns') }}{% endif %}{% endfor %}")
+# style -> (config class name, special tokens, BOS prepended, tokens: bos/eos/pad/unk, template)
+CHAT_STYLES = {
+    "llama": ("LlamaConfig", ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"], True,
+              {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, LLAMA_TEMPLATE),
+    "qwen2": ("Qwen2Config", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], False,
+              {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, QWEN2_TEMPLATE),
+    "mistral": ("MistralConfig", ["<unk>", "<s>", "</s>"], True,
+                {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, MISTRAL_TEMPLATE),
+}
+CHAT_CORPUS = DEFAULT_CORPUS + [
+    "user assistant system [INST] [/INST] Hello! How are you? Tell me more about it, please.",
+    "Thanks, that was great, wonderful, helpful, kind, excellent and friendly. That is awful, terrible, rude.",
+]
+
+
+def build_tiny_chat(path, style="llama", corpus=None, vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
+                    max_positions=512, seed=0):
+    """A tiny chat model of `style` (see CHAT_STYLES): random weights, its chat template, EOS ending every turn."""
+    import transformers
+    config_name, specials, adds_bos, tokens, template = CHAT_STYLES[style]
+    tokenizer = train_bpe_tokenizer(corpus or CHAT_CORPUS, specials, vocab_size,
+                                    bos=tokens["bos_token"] if adds_bos else None)
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=max_positions, **tokens)
+    hf_tokenizer.chat_template = template
+    ids = {f"{name[:-6]}_token_id": hf_tokenizer.convert_tokens_to_ids(token) for name, token in tokens.items()
+           if name != "unk_token"}
+    config = getattr(transformers, config_name)(
+        vocab_size=len(hf_tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_heads // 2, intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_positions, tie_word_embeddings=False, **ids)
+    return _save(path, config, hf_tokenizer, seed)
+
+
 def _save(path, config, hf_tokenizer, seed):
     import torch
     torch.manual_seed(seed)
@@ -79,12 +126,13 @@ def _save(path, config, hf_tokenizer, seed):
 
 
 def main(argv=None):
-    """`python -m model.tiny OUT_DIR [--arch opt|gpt2] [--corpus FILE.txt]`: write a tiny model."""
+    """`python -m model.tiny OUT_DIR [--arch opt|gpt2|llama|qwen2|mistral] [--corpus FILE.txt]`: write a tiny model."""
     import argparse
     parser = argparse.ArgumentParser(description=main.__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("output_dir", help="Folder to write the model and tokenizer to.")
-    parser.add_argument("--arch", choices=["opt", "gpt2"], default="opt", help="Model family.")
+    parser.add_argument("--arch", choices=["opt", "gpt2", *CHAT_STYLES], default="opt",
+                        help="Model family (llama, qwen2, mistral: chat models with a chat template).")
     parser.add_argument("--corpus", default=None, help="Text file (one text a line) to train the tokenizer on.")
     parser.add_argument("--hidden_size", type=int, default=64, help="Hidden width.")
     parser.add_argument("--num_layers", type=int, default=2, help="Transformer layers.")
@@ -94,8 +142,10 @@ def main(argv=None):
     if args.corpus:
         with open(args.corpus) as f:
             corpus = [line.rstrip("\n") for line in f if line.strip()] + DEFAULT_CORPUS
-    build = build_tiny_opt if args.arch == "opt" else build_tiny_gpt2
-    build(args.output_dir, corpus=corpus, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
+    builders = {"opt": build_tiny_opt, "gpt2": build_tiny_gpt2,
+                **{style: functools.partial(build_tiny_chat, style=style) for style in CHAT_STYLES}}
+    builders[args.arch](args.output_dir, corpus=corpus, hidden_size=args.hidden_size, num_layers=args.num_layers,
+                        seed=args.seed)
     print(f"wrote a tiny {args.arch} model to {args.output_dir}")
 
 
