@@ -119,9 +119,7 @@ def setup_data(args, tokenizer, micro_batch):
         raise UserError("--use_margin needs a numeric 'margin' column in every training pair; some have none.")
     sampler = train_sampler(train_set, micro_batch, args.group_by_length, args.seed)
     collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=args.use_margin)
-    # Its own generator: creating a loader iterator must not consume the global RNG (exact resume).
-    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator,
-                              generator=torch.Generator().manual_seed(args.seed))
+    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
     eval_batches, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id,
                                           args.pad_to_multiple_of, args.eval_iters)
     return train_loader, eval_batches, eval_real

@@ -26,9 +26,10 @@ def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max
     num_real = len(indices)
     per_rank = math.ceil(len(chosen) / world)
     indices += indices[-1:] * (per_rank - num_real) if indices else [0] * per_rank
+    # No generator of its own: each pass draws a seed from torch's global RNG, as DeepSpeed-Chat's eval
+    # loader does, so the training dropout masks after an evaluation follow the same random stream.
     loader = DataLoader(Subset(eval_set, indices), batch_size=batch_size,
-                        collate_fn=PairCollator(pad_token_id, pad_to_multiple_of),
-                        generator=torch.Generator().manual_seed(0))
+                        collate_fn=PairCollator(pad_token_id, pad_to_multiple_of))
     return loader, num_real
 
 

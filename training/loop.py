@@ -118,7 +118,7 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
         step_loss, step_start = torch.zeros((), device=engine.device), time.time()
         step_batches = []  # this optimizer step's micro-batches, to tell why a loss is not finite
         rows = RowLog(args.output_dir, train_loader, skip) if args.log_rows else None
-        bar = tqdm(train_loader, total=batches_per_epoch, initial=skip,
+        bar = tqdm(epoch_batches(train_loader, skip), total=batches_per_epoch, initial=skip,
                    desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=not log.enabled)
         for batch_index, batch in enumerate(bar, start=skip):
             step_batches.append((batch_index, batch["input_ids"]))
@@ -169,6 +169,17 @@ def checkpoint(args, engine, client_state, stopping):
     if stopping:
         raise Stopped(f"stopped by signal {stopping} at step {engine.global_steps}; checkpoint in {folder}. "
                       "Continue with --resume_from_checkpoint auto.", stopping)
+
+
+def epoch_batches(train_loader, skip):
+    """An iterator over the epoch's batches. Starting one draws a seed from torch's global RNG, as
+    DeepSpeed-Chat's loaders do (so dropout masks follow the same random stream); a resumed epoch
+    (skip > 0) already drew it before its checkpoint, so the RNG state restored from there is kept."""
+    state = torch.get_rng_state()
+    batches = iter(train_loader)
+    if skip:
+        torch.set_rng_state(state)
+    return batches
 
 
 class RowLog:
