@@ -189,7 +189,10 @@ class RewardModel(nn.Module):
         """Load a model saved by `model.io.save_hf_model`: no other arguments needed.
 
         `dtype` defaults to the dtype the weights were saved in (the training precision), so scores
-        match the ones main.py reported bit for bit on the same device. `center_rewards` subtracts
+        match the ones main.py reported bit for bit on the same device. Only the parameters take that
+        dtype: buffers stay as transformers makes them, as in `AutoModelForSequenceClassification`
+        (rotary frequencies in fp32; DeepSpeed's bf16 training rounds them, so a bf16 Llama-style model
+        scores within about one bf16 step of its training-time evaluation). `center_rewards` subtracts
         the eval-set reward mean saved at the end of training from every value (step 3's usual
         normalisation); the loss is unchanged by it.
         """
@@ -201,9 +204,11 @@ class RewardModel(nn.Module):
         config = AutoConfig.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         tokenizer.pad_token_id = settings.pop("pad_token_id")
-        base = AutoModel.from_config(config)
-        model = cls(base, tokenizer, **{k: v for k, v in settings.items() if k in _INIT_SETTINGS})
         state = read_weights(model_dir)
+        dtype = dtype or state["v_head.weight"].dtype
+        base = AutoModel.from_config(config, dtype=dtype)
+        model = cls(base, tokenizer, **{k: v for k, v in settings.items() if k in _INIT_SETTINGS})
+        model.v_head.to(dtype)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise UserError(f"{model_dir}/{WEIGHTS_NAME} does not match the model in config.json: "
@@ -215,7 +220,7 @@ class RewardModel(nn.Module):
                 raise UserError(f"{model_dir}/config.json has no reward_mean to centre with: re-train or "
                                 "evaluate with this project's main.py.")
             model.reward_offset = model.reward_stats["reward_mean"]
-        return model.to(dtype or state["v_head.weight"].dtype).eval()
+        return model.eval()
 
 
 _INIT_SETTINGS = ("num_padding_at_beginning", "compute_fp32_loss", "end_of_conversation_token", "end_token_rule")
