@@ -237,3 +237,21 @@ def test_conversations_without_any_chat_template_name_the_flag(opt_tokenizer, tm
     with pytest.raises(UserError, match=r"row 1: the tokenizer has no chat template .* pass --chat_template FILE"):
         build(opt_tokenizer, folder(tmp_path, "d", rows), tmp_path)
     assert not os.path.exists(tmp_path / "cache")
+
+
+def test_a_chat_template_file_for_a_tokenizer_without_one(opt_tokenizer, tmp_path):
+    from data.chat import set_chat_template
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(opt_tokenizer.name_or_path)
+    tokenizer.pad_token = tokenizer.eos_token
+    (tmp_path / "broken.jinja").write_text("{% for m in messages %}{{ m['content'] }}")
+    with pytest.raises(UserError, match=r"--chat_template '.*broken\.jinja' fails on a one-turn conversation: the chat "
+                                        r"template cannot render it \(TemplateSyntaxError"):
+        set_chat_template(tokenizer, str(tmp_path / "broken.jinja"))
+    (tmp_path / "plain.jinja").write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    set_chat_template(tokenizer, str(tmp_path / "plain.jinja"))
+    items = conversations(6)
+    train = build(tokenizer, folder(tmp_path, "d", [{"chosen": p + [c], "rejected": p + [r]} for p, c, r in items]),
+                  tmp_path)
+    text = tokenizer.decode(train["chosen_input_ids"][0], skip_special_tokens=True)
+    assert text.startswith("user: Question") and text.endswith(", thanks!\n")  # no end-of-conversation text added
