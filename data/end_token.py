@@ -34,4 +34,5 @@ def choose(asked, chat, inside, total, pad_token):
     if inside:
         return LAST_TOKEN, (f"{pad} occurs inside the texts of {inside:,} of {total:,} pairs, where DeepSpeed-Chat's "
                             "rule would read the score before the text ends (--end_token_rule deepspeed_chat keeps it)")
-    return DEEPSPEED_CHAT, f"{pad} occurs only where DeepSpeed-Chat's rule expects it (DeepSpeed-Chat's data and models)"
+    return DEEPSPEED_CHAT, (f"{pad} occurs only where DeepSpeed-Chat's rule expects it (DeepSpeed-Chat's data "
+                            "and models)")

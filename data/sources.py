@@ -299,7 +299,8 @@ def _adapter_for_columns(kinds, where):
     raise UserError(f"{where}: missing column(s) {', '.join(missing)} (columns found: "
                     f"{', '.join(map(str, kinds)) or 'none'}). Give prompt/chosen/rejected columns, "
                     "or chosen/rejected columns that hold whole '\\n\\nHuman: ... \\n\\nAssistant: ...' "
-                    f"conversations, or one of these layouts: {formats.accepted_formats()}. Column kinds found: {found or 'none'}.")
+                    f"conversations, or one of these layouts: {formats.accepted_formats()}. Column kinds found: "
+                    f"{found or 'none'}.")
 
 
 def check_columns(ds, adapter, where, options=formats.ReadOptions()):

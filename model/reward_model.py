@@ -205,7 +205,8 @@ class RewardModel(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         tokenizer.pad_token_id = settings.pop("pad_token_id")
         state = read_weights(model_dir)
-        dtype = dtype or (state["v_head.weight"].dtype if "v_head.weight" in state else torch.float32)  # else: refused below
+        head = state.get("v_head.weight")  # None: refused below
+        dtype = dtype or (head.dtype if head is not None else torch.float32)
         base = AutoModel.from_config(config, dtype=dtype)
         model = cls(base, tokenizer, **{k: v for k, v in settings.items() if k in _INIT_SETTINGS})
         model.v_head.to(dtype)

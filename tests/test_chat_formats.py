@@ -32,8 +32,8 @@ def assistant(text):
 
 def conversations(count):
     """(prompt messages, chosen answer, rejected answer) of `count` pairs, two user turns each."""
-    return [([user(f"Question {i}?"), assistant("Let me think."), user("Well?")], assistant(f"Great answer {i}, thanks!"),
-             assistant(f"Awful {i}.")) for i in range(count)]
+    return [([user(f"Question {i}?"), assistant("Let me think."), user("Well?")],
+             assistant(f"Great answer {i}, thanks!"), assistant(f"Awful {i}.")) for i in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_a_hub_dataset_in_a_conversational_layout(llama, tmp_path, monkeypatch):
 
 def ultrafeedback_row(i, scores, fine=None):
     """One row in openbmb/UltraFeedback's layout (the fields it has; texts shortened)."""
-    return {"source": "evol_instruct", "instruction": f"Explain thing {i}.", "models": ["a", "b", "c", "d"][:len(scores)],
+    return {"source": "evol_instruct", "instruction": f"Explain thing {i}.", "models": list("abcd")[:len(scores)],
             "completions": [{"model": m, "principle": "helpfulness", "custom_system_prompt": "Be helpful.",
                              "response": f"Answer {k} to {i}.", "critique": "Fine.", "overall_score": s,
                              "fine-grained_score": (fine or scores)[k],
@@ -143,8 +143,8 @@ def test_ultrafeedback_best_vs_rest_all_ties_and_margins(llama, tmp_path, capsys
     assert len(train) == 18  # completion 1 (9.0) against each of the other three
     pair = {(tuple(c), tuple(r)): m for c, r, m in zip(train["chosen_input_ids"], train["rejected_input_ids"],
                                                        train["margin"])}
-    assert pair[rated(llama, "Explain thing 0.", "Answer 1 to 0."), rated(llama, "Explain thing 0.", "Answer 3 to 0.")] \
-        == 5.5  # the rating difference: --use_margin uses it
+    best, worst = (rated(llama, "Explain thing 0.", f"Answer {k} to 0.") for k in (1, 3))
+    assert pair[best, worst] == 5.5  # the rating difference: --use_margin uses it
     train = build(llama, path, tmp_path, read_options=ReadOptions("all"))
     assert len(train) == 6 * 5  # 6 pairs of 4 completions, one tie (7.0 and 7.0) dropped
     assert "(train): 6 rows in layout 'rated completions (UltraFeedback)' gave 30 pairs; 6 tied ratings dropped" \
@@ -183,29 +183,29 @@ def test_a_file_in_no_layout_names_its_columns_and_the_layouts(tmp_path):
 # ---------------------------------------------------------------- bad rows: one error, file and row, nothing written
 
 PROMPT = [user("Hi")]
-BAD_ROWS = {
-    "unknown role": ({"prompt": PROMPT, "chosen": [{"role": "gpt", "content": "Hello"}], "rejected": [assistant("No")]},
+GOOD = {"explicit": {"prompt": PROMPT, "chosen": [assistant("Hello")], "rejected": [assistant("No")]},
+        "implicit": {"chosen": [user("Hi"), assistant("Hello")], "rejected": [user("Hi"), assistant("No")]},
+        "rated": {"instruction": "Hi", "completions": [{"response": "Hello", "overall_score": 9},
+                                                       {"response": "No", "overall_score": 2}]}}
+BAD_ROWS = {  # case -> (layout of the good rows around it, the bad row, the error after the file name)
+    "unknown role": ("explicit", dict(GOOD["explicit"], chosen=[{"role": "gpt", "content": "Hello"}]),
                      r"line 2: chosen\[0\] has the unknown role 'gpt'; use one of system, user, assistant"),
-    "empty content": ({"prompt": PROMPT, "chosen": [assistant("  ")], "rejected": [assistant("No")]},
+    "empty content": ("explicit", dict(GOOD["explicit"], chosen=[assistant("  ")]),
                       r"line 2: chosen\[0\] \(assistant\) has empty content; drop that message or the row"),
-    "no final answer": ({"prompt": PROMPT, "chosen": [assistant("Hello"), user("And?")], "rejected": [assistant("No")]},
+    "no final answer": ("explicit", dict(GOOD["explicit"], chosen=[assistant("Hello"), user("And?")]),
                         r"line 2: field 'chosen': the conversation ends with a user turn; .* Add the answer"),
-    "different prompts": ({"chosen": [user("Hi"), assistant("Hello")], "rejected": [user("Bye"), assistant("No")]},
+    "different prompts": ("implicit", dict(GOOD["implicit"], rejected=[user("Bye"), assistant("No")]),
                           r"line 2: chosen and rejected have different prompts \(they differ at message 1\)"),
-    "rating not a number": ({"instruction": "Hi", "completions": [{"response": "Hello", "overall_score": "high"},
-                                                                  {"response": "No", "overall_score": 2}]},
-                            r"line 2: completions\[0\].overall_score \(--rating_field\) is 'high', not a number"),
+    "rating not a number": ("rated", {"instruction": "Hi", "completions": [
+        {"response": "Hello", "overall_score": "high"}, {"response": "No", "overall_score": 2}]},
+        r"line 2: completions\[0\].overall_score \(--rating_field\) is 'high', not a number"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_ROWS)
 def test_a_bad_row_is_one_error_naming_file_and_row(llama, tmp_path, case):
-    bad, message = BAD_ROWS[case]
-    good = ({"instruction": "Hi", "completions": [{"response": "Hello", "overall_score": 9},
-                                                  {"response": "No", "overall_score": 2}]} if "instruction" in bad
-            else {"chosen": [user("Hi"), assistant("Hello")], "rejected": [user("Hi"), assistant("No")]}
-            if "prompt" not in bad else {"prompt": PROMPT, "chosen": [assistant("Hello")], "rejected": [assistant("No")]})
-    path = write(tmp_path / "p.jsonl", [good, bad, good])
+    layout, bad, message = BAD_ROWS[case]
+    path = write(tmp_path / "p.jsonl", [GOOD[layout], bad, GOOD[layout]])
     with pytest.raises(UserError, match=r"p\.jsonl, " + message):
         build(llama, path, tmp_path)
     assert not os.path.exists(tmp_path / "cache")
