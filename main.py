@@ -33,6 +33,7 @@ from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, lo
 from training.evaluation import eval_loader, evaluate
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
+from training.sub_batches import parse_setting as sub_batch_setting
 from utils.dist import get_world_size, init_distributed, print_rank0, set_single_process_defaults
 from utils.ds_config import load_ds_config, resolve_ds_config
 from utils import validate
@@ -259,6 +260,10 @@ def build_parser():
     train.add_argument("--log_rows", action="store_true",
                        help="Write the dataset rows every optimizer step trained on to OUTPUT_DIR/rows_rank{R}.jsonl "
                             "(each rank its share): an audit of what a run, or a resumed run, saw.")
+    train.add_argument("--sub_batches", type=sub_batch_setting, default="auto",
+                       help="Compute each micro batch as sub-batches of pairs of similar length, one optimizer "
+                            "step (same update, less padding): auto (on CPU), off, or N: split where it saves more "
+                            "than N padded tokens per extra forward (training/sub_batches.py).")
     train.add_argument("--enable_tensorboard", action="store_true", help="Write TensorBoard scalars.")
     train.add_argument("--tensorboard_path", default="step2_tensorboard", help="TensorBoard log folder.")
 

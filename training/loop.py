@@ -10,8 +10,7 @@ from tqdm import tqdm
 
 from model.reward_model import LN2, loss_spans
 from training.checkpoint import save_checkpoint
-from training.cpu_speed import cpu_training_speedups
-from training.evaluation import to_device
+from training.sub_batches import forward_cost, train_micro_batch
 from utils.dist import all_reduce, get_rank, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
 
@@ -110,6 +109,7 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
     accumulation = engine.gradient_accumulation_steps()
     pairs_per_step = train_loader.batch_size * get_world_size() * accumulation
     batches_per_epoch = len(train_loader)
+    cost = forward_cost(args.sub_batches, engine.module.config, engine.device.type)
     for epoch in range(position["epoch"], args.num_train_epochs):
         engine.train()  # from_pretrained leaves the base in eval mode (no dropout)
         skip = position["batches_done"] if epoch == position["epoch"] else 0
@@ -122,14 +122,10 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
                    desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=not log.enabled)
         for batch_index, batch in enumerate(bar, start=skip):
             step_batches.append((batch_index, batch["input_ids"]))
-            batch = to_device(batch, engine.device)
-            with cpu_training_speedups(engine.module, batch["input_ids"], not args.disable_cpu_speedups):
-                loss = engine(**batch)["loss"]
-            engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
-            engine.step()
-            epoch_loss += loss.detach().float()
-            step_loss += loss.detach().float()
+            loss = train_micro_batch(engine, batch, cost, args.pad_to_multiple_of, not args.disable_cpu_speedups)
+            epoch_loss += loss
+            step_loss += loss
             if not boundary:
                 continue
             step, mean_loss = engine.global_steps, step_loss.item() / accumulation

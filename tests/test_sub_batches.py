@@ -1,0 +1,172 @@
+"""Length-aware sub-batches (training/sub_batches.py): the split rule, and a sub-batched micro batch gives
+the unsplit micro batch's update and loss under ZeRO 0, 2 and 3, gradient checkpointing and LoRA.
+
+The gradient tests train a tiny OPT through a DeepSpeed engine (fp32, no dropout, no clipping) with an SGD
+that records the gradients DeepSpeed hands it at each optimizer step (after ZeRO's reduction and
+partitioning): split and unsplit runs from the same weights must give the same gradients to 1e-6. Two
+micro batches per optimizer step, two steps: the accumulation boundary, and DeepSpeed's own micro-step
+count after a split step, are exercised too.
+
+Run: python -m pytest tests/test_sub_batches.py -q      (-m "not slow" skips the two-rank main.py run)
+"""
+import json
+
+import pytest
+import torch
+
+from data import PairCollator
+from training.sub_batches import forward_cost, pair_lengths, parse_setting, plan, split, train_micro_batch
+
+PAIRS, ACCUMULATION = 4, 2
+
+
+# ---- the split rule, on hand-worked cases ------------------------------------------------------------------
+
+def test_nearly_free_forwards_split_at_every_length_that_saves_padding():
+    # sorted: 300 (pair 1), 120 (3), 120 (0), 40 (2); equal lengths gain nothing from a cut
+    assert plan([120, 300, 40, 120], cost=1) == [[1], [0, 3], [2]]
+
+
+def test_a_forward_dearer_than_the_padding_it_saves_keeps_one_batch():
+    # one more forward saves 2 x (300 - 40) = 520 padded tokens (+ attention): not worth 10,000
+    assert plan([300, 40], cost=10_000) == [[0, 1]]
+    assert plan([300, 40], cost=100) == [[0], [1]]
+
+
+def test_parts_forces_the_cheapest_split_into_exactly_that_many():
+    lengths = [10, 300, 20, 290, 30]
+    assert plan(lengths, cost=10_000, parts=2) == [[1, 3], [0, 2, 4]]
+    assert plan(lengths, cost=10_000, parts=5) == [[1], [3], [4], [2], [0]]
+    for parts in range(1, 6):  # every pair lands in exactly one sub-batch
+        runs = plan(lengths, cost=0, parts=parts)
+        assert len(runs) == parts and sorted(i for run in runs for i in run) == list(range(5))
+
+
+def test_pair_lengths_are_the_longer_row_rounded_to_the_multiple():
+    batch = PairCollator(pad_token_id=1)([{"chosen_input_ids": [2, 5, 6], "rejected_input_ids": [2, 7]},
+                                          {"chosen_input_ids": [2], "rejected_input_ids": [2, 9, 9, 4, 4]}])
+    assert pair_lengths(batch) == [3, 5]
+    assert pair_lengths(batch, multiple=4) == [4, 8]
+
+
+def test_setting_and_auto_rule():
+    assert parse_setting("auto") == "auto" and parse_setting("off") == "off" and parse_setting("64") == 64
+    with pytest.raises(Exception, match="auto, off or an integer"):
+        parse_setting("-1")
+    from transformers import OPTConfig
+    opt_125m, tiny = OPTConfig(hidden_size=768), OPTConfig(hidden_size=64)
+    assert forward_cost("off", opt_125m, "cpu") is None and forward_cost(0, opt_125m, "cpu") == 0
+    assert forward_cost("auto", opt_125m, "cuda") is None  # not measured on GPUs
+    assert 30 < forward_cost("auto", opt_125m, "cpu") < 60  # measured: 46 padded tokens
+    assert forward_cost("auto", tiny, "cpu") > 500  # measured: 635
+    assert split([300, 40], None, "cpu") == [[0, 1]]
+
+
+# ---- the update and the loss equal the unsplit micro batch's ----------------------------------------------
+
+def micro_batches(tokenizer):
+    """Four micro batches of 4 pairs whose lengths differ a lot (so the split cuts each of them)."""
+    def text(words, answer):
+        return tokenizer(" Human: " + "the item " * words + "? Assistant: " + answer)["input_ids"]
+    collate = PairCollator(tokenizer.pad_token_id)
+    batches = []
+    for b in range(4):
+        rows = [{"chosen_input_ids": text(words, "great thanks kind"), "rejected_input_ids": text(words, "awful")}
+                for words in (2 + b, 40 - 3 * b, 5, 20 + b)]
+        batches.append(collate(rows))
+    return batches
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps a copy of every gradient it steps with: under ZeRO these are DeepSpeed's fp32
+    (partitioned) gradients after reduction, exactly what the update is made of."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.seen = []
+
+    def step(self, closure=None):
+        self.seen.append([p.grad.detach().float().clone() for g in self.param_groups for p in g["params"]
+                          if p.grad is not None])
+        return super().step(closure)
+
+
+def make_engine(tiny_opt, tokenizer, stage, checkpointing, lora):
+    import deepspeed
+
+    from model.create import create_reward_model
+    from model.lora import apply_lora
+    from utils.dist import set_single_process_defaults
+    set_single_process_defaults()
+    torch.manual_seed(0)  # the value head's initial weights
+    model = create_reward_model(tiny_opt, tokenizer, 1, dropout=0.0)
+    if lora:
+        apply_lora(model, 4, "decoder.layers.", only_optimize_lora=True)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = RecordingSGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    config = {"train_micro_batch_size_per_gpu": PAIRS, "gradient_accumulation_steps": ACCUMULATION,
+              "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
+              "gradient_clipping": 0.0, "steps_per_print": 10 ** 9}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    engine.train()
+    return engine, optimizer
+
+
+def train_run(tiny_opt, tokenizer, stage, checkpointing, lora, cost):
+    """(gradients of each optimizer step, micro batch losses) of 4 micro batches, 2 optimizer steps."""
+    engine, optimizer = make_engine(tiny_opt, tokenizer, stage, checkpointing, lora)
+    losses = [float(train_micro_batch(engine, batch, cost)) for batch in micro_batches(tokenizer)]
+    assert engine.global_steps == 2  # the boundary comes back to DeepSpeed's count after split steps
+    return optimizer.seen, losses
+
+
+CASES = {"zero0": (0, False, False), "zero2": (2, False, False), "zero3": (3, False, False),
+         "zero0+checkpointing": (0, True, False), "zero3+checkpointing": (3, True, False),
+         "zero2+lora": (2, False, True)}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sub_batches_give_the_unsplit_gradients_and_loss(case, tiny_opt, opt_tokenizer):
+    stage, checkpointing, lora = CASES[case]
+    for batch in micro_batches(opt_tokenizer):
+        assert len(plan(pair_lengths(batch), cost=0)) >= 3
+    whole, whole_losses = train_run(tiny_opt, opt_tokenizer, stage, checkpointing, lora, cost=None)
+    split_, split_losses = train_run(tiny_opt, opt_tokenizer, stage, checkpointing, lora, cost=0)
+    assert len(whole) == len(split_) == 2 and len(whole[0]) == len(split_[0]) > 0
+    for step, (a, b) in enumerate(zip(split_, whole)):
+        assert sum(float(g.abs().sum()) for g in b) > 0
+        for index, (x, y) in enumerate(zip(a, b)):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=f"{case}: step {step + 1}, tensor {index}")
+    torch.testing.assert_close(torch.tensor(split_losses), torch.tensor(whole_losses), rtol=0, atol=1e-6)
+
+
+# ---- main.py on two ranks: the ranks agree on the number of sub-batches ---------------------------------
+
+@pytest.mark.slow
+def test_two_ranks_zero3_sub_batches_train_like_one_unsplit_process(tiny_opt, pair_folder, tmp_path):
+    """ZeRO-3 gathers weights in every forward and reduces gradients in every backward: ranks that ran
+    different numbers of sub-batches would hang. Split on two ranks == unsplit in one process (fp32)."""
+    import os
+    import shutil
+    import sys
+
+    from tests.fixtures import run_main, step_losses
+    from utils.dist import free_port
+    flags = ["--model_name_or_path", tiny_opt, "--data_path", pair_folder, "--data_split", "0,10,0",
+             "--max_seq_len", "64", "--gradient_accumulation_steps", "1", "--dtype", "fp32", "--dropout", "0",
+             "--zero_stage", "3", "--learning_rate", "2e-3", "--num_padding_at_beginning", "1",
+             "--data_output_path", str(tmp_path / "cache")]
+    deepspeed = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    two = run_main(flags + ["--per_device_train_batch_size", "4", "--sub_batches", "0",
+                            "--output_dir", tmp_path / "two"],
+                   launcher=[deepspeed, "--num_gpus", "2", "--master_port", free_port()])
+    assert two.returncode == 0, two.stdout[-3000:]
+    one = run_main(flags + ["--per_device_train_batch_size", "8", "--sub_batches", "off",
+                            "--output_dir", tmp_path / "one"])
+    assert one.returncode == 0, one.stdout[-3000:]
+    torch.testing.assert_close(torch.tensor(step_losses(two.stdout)), torch.tensor(step_losses(one.stdout)),
+                               rtol=0, atol=1.5e-4)  # the log prints 4 decimals
+    results = [json.loads((tmp_path / name / "train_results.json").read_text()) for name in ("two", "one")]
+    for key in ("accuracy", "chosen_mean", "rejected_mean"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-3, abs=1e-4), key

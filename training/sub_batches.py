@@ -1,0 +1,136 @@
+"""Length-aware sub-batches: one micro batch as a few forward + backward passes over pairs of similar
+length, then one optimizer step (`--sub_batches`).
+
+DeepSpeed-Chat's sampler puts pairs of any length together and the collator pads all 2B rows to the
+longest one, so on human-preference data most of a micro batch is padding. A pair's loss does not depend
+on how far its rows are padded, and the micro batch's loss is the mean over its B pairs: a sub-batch of k
+pairs, padded only to its own longest pair, backpropagates (k / B) x its own mean, and the gradients it
+accumulates add up to the whole micro batch's. The batches, their order, the update (fp32: to 1e-6,
+tests/test_sub_batches.py) and the logged loss stay DeepSpeed-Chat's; dropout masks are drawn per sub-batch.
+
+`plan` chooses the split that minimises padded tokens plus a charge for each extra forward + backward
+(`FORWARD_COST_X_WIDTH`), measured with benchmarks/sub_batch_cost.py (docs/performance.md).
+"""
+import argparse
+
+import torch
+
+from training.cpu_speed import cpu_training_speedups
+from training.evaluation import to_device
+from utils.dist import all_reduce, get_world_size
+
+# One more forward + backward through main.py's engine (bf16, ZeRO-0: the engine's per-backward gradient
+# work included) costs as much as this many padded tokens, divided by the model's hidden size. Measured with
+# benchmarks/sub_batch_cost.py on this 2-core CPU (1 thread, CPU time): 46 tokens for the opt-125m shape
+# (x 768 = 35,300), 30 for opt-350m (30,700), 146 for a 4-layer 256-wide OPT (37,400), 635 for the tiny
+# test OPT (40,600): over a 16x range of widths, tokens x width stays within 15% of 36,000.
+# Not measured on GPUs, where small matmuls waste far more: `auto` does not split there.
+FORWARD_COST_X_WIDTH = {"cpu": 36_000}
+# A row of L tokens costs L x (1 + L / ATTENTION_LENGTH) tokens' worth: attention grows with L (same fits:
+# 1,250 for the opt-125m shape, 1,890 for opt-350m).
+ATTENTION_LENGTH = 1250
+
+
+def parse_setting(text):
+    """--sub_batches: 'auto', 'off' or a forward cost in padded tokens (an integer >= 0)."""
+    if text in ("auto", "off"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: use auto, off or an integer >= 0 (padded tokens per forward)")
+
+
+def forward_cost(setting, config, device_type):
+    """The charge per forward + backward in padded tokens for `plan` (`config`: the model's), or None: one pass."""
+    if setting == "off" or (setting == "auto" and device_type not in FORWARD_COST_X_WIDTH):
+        return None
+    return FORWARD_COST_X_WIDTH[device_type] / config.hidden_size if setting == "auto" else setting
+
+
+def plan(lengths, cost, parts=None):
+    """Pairs (their padded lengths) -> sub-batches (lists of pair indices), longest first.
+
+    Minimises the sum over sub-batches of 2k x L x (1 + L / ATTENTION_LENGTH) + cost, for k pairs padded
+    to L; with `parts`, into exactly that many. Pairs sorted by length are cut into runs (the cheapest split
+    always is one); each run keeps the micro batch's order.
+
+    >>> plan([300, 20, 290, 30], cost=64)
+    [[0, 2], [1, 3]]
+    >>> plan([300, 20, 290, 30], cost=64, parts=1)
+    [[0, 1, 2, 3]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    longest = [lengths[i] for i in order]
+    count, most = len(order), parts or len(order)
+    # best[m][j]: cheapest way to cover the j longest pairs with m sub-batches; start[m][j]: where the last begins
+    best = [[0.0] + [float("inf")] * count] + [[float("inf")] * (count + 1) for _ in range(most)]
+    start = [[0] * (count + 1) for _ in range(most + 1)]
+    for m in range(1, most + 1):
+        for j in range(m, count + 1):
+            for i in range(m - 1, j):
+                padded = 2 * (j - i) * longest[i] * (1 + longest[i] / ATTENTION_LENGTH)
+                if best[m - 1][i] + padded + cost < best[m][j]:
+                    best[m][j], start[m][j] = best[m - 1][i] + padded + cost, i
+    m = parts or min(range(1, count + 1), key=lambda n: best[n][count])
+    runs, j = [], count
+    for m in range(m, 0, -1):
+        runs.append(sorted(order[start[m][j]:j]))
+        j = start[m][j]
+    return runs[::-1]
+
+
+def pair_lengths(batch, multiple=None):
+    """(B,) padded length of each pair of a collated batch: its longer row, rounded up to `multiple`."""
+    rows = batch["attention_mask"].sum(dim=1)
+    pairs = rows.size(0) // 2
+    lengths = torch.maximum(rows[:pairs], rows[pairs:]).tolist()
+    return [-(-n // multiple) * multiple for n in lengths] if multiple else lengths
+
+
+def select(batch, pairs, length):
+    """The sub-batch of `pairs` (indices), its rows cut to `length` columns (all padding beyond)."""
+    half = batch["input_ids"].size(0) // 2
+    rows = torch.tensor(pairs + [half + p for p in pairs])
+    part = {key: batch[key][rows, :length] for key in ("input_ids", "attention_mask")}
+    if "margin" in batch:
+        part["margin"] = batch["margin"][pairs]
+    return part
+
+
+def split(lengths, cost, device):
+    """`plan`'s sub-batches, as many on every rank (the most any rank wants): ZeRO-2/3 reduce gradients in
+    every backward and ZeRO-3 gathers weights in every forward, so all ranks must run as many."""
+    if cost is None:
+        return [list(range(len(lengths)))]
+    runs = plan(lengths, cost)
+    if get_world_size() > 1:
+        parts = int(all_reduce(torch.tensor([float(len(runs))], device=device), op="max").item())
+        runs = runs if parts == len(runs) else plan(lengths, cost, parts)
+    return runs
+
+
+def train_micro_batch(engine, batch, cost, multiple=None, cpu_speedups=True):
+    """Forward + backward of one collated micro batch (on the CPU) in sub-batches, then `engine.step()`.
+
+    `cost`: forward_cost's charge, None for one pass. Returns the micro batch's loss (fp32, detached).
+    Every backward but the last is marked as no gradient-accumulation boundary, so DeepSpeed reduces
+    gradients (ZeRO-0/1) and steps the optimizer at most once, as for one pass; its own micro-step count
+    takes over again after the step.
+    """
+    lengths = pair_lengths(batch, multiple)
+    runs = split(lengths, cost, engine.device)
+    boundary = engine.is_gradient_accumulation_boundary()
+    total = torch.zeros((), device=engine.device)
+    for index, pairs in enumerate(runs):
+        part = to_device(select(batch, pairs, max(lengths[p] for p in pairs)), engine.device)
+        if len(runs) > 1:
+            engine.set_gradient_accumulation_boundary(boundary and index == len(runs) - 1)
+        with cpu_training_speedups(engine.module, part["input_ids"], cpu_speedups):
+            loss = engine(**part)["loss"]
+        share = len(pairs) / len(lengths)
+        engine.backward(loss * share if len(runs) > 1 else loss)  # engine.backward divides by accumulation
+        total += loss.detach().float() * share
+    engine.step()
+    if len(runs) > 1:
+        engine.set_gradient_accumulation_boundary(None)  # None: DeepSpeed's micro-step count decides again
+    return total
