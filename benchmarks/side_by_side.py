@@ -47,7 +47,8 @@ from benchmarks import hh_like, sxs_logs  # noqa: E402
 RUNNER = os.path.join(HERE, "sxs_runner.py")
 DSCHAT_SCRIPT = os.path.join("training", "step2_reward_model_finetuning", "main.py")
 SHARES = (2, 4, 4)  # --data_split; step 2 takes the second share
-SPEED_RUNS = (("dschat", []), ("project", []), ("project_grouped", ["--group_by_length"]))
+SPEED_RUNS = {"dschat": [], "project": [], "project_grouped": ["--group_by_length"],
+              "project_unsplit": ["--sub_batches", "off"]}  # name -> extra main.py flags
 
 
 def parse_args(argv=None):
@@ -86,6 +87,8 @@ def parse_args(argv=None):
                         help="Speed: OPT shape with random weights (benchmarks/bench.py).")
     parser.add_argument("--train_pairs", type=int, default=1000,
                         help="Speed: pairs in the train split's step-2 share (fidelity: --steps x --micro_batch).")
+    parser.add_argument("--runs", nargs="+", choices=list(SPEED_RUNS), default=["dschat", "project", "project_grouped"],
+                        help="Speed: the runs of each round, in turn (project_unsplit: main.py --sub_batches off).")
     parser.add_argument("--rounds", type=int, default=2, help="Speed: how many times each run is repeated, in turn.")
     parser.add_argument("--time_from", type=int, default=4, help="Speed: first timed micro step.")
     parser.add_argument("--time_to", type=int, default=20, help="Speed: last timed micro step (the run ends there).")
@@ -117,6 +120,8 @@ def parse_args(argv=None):
         problems.append(f"--project {args.project}: no main.py there")
     if not fidelity and not 2 <= args.time_from <= args.time_to <= args.steps:
         problems.append("speed needs 2 <= --time_from <= --time_to <= --steps")
+    if not fidelity and "dschat" not in args.runs:
+        problems.append("--runs needs dschat: the ratios are against it")
     if not fidelity and args.train_pairs < args.steps * args.micro_batch:
         problems.append(f"--train_pairs {args.train_pairs} < --steps x --micro_batch")
     if problems:
@@ -313,14 +318,17 @@ def speed_figures(run, args):
     pairs = sum(len(s["pairs"]) for s in timed)
     return {"pairs_per_s": pairs / seconds, "timed_steps": len(timed), "timed_seconds": seconds,
             "first_step_s": steps[0]["t"] - run["start"], "peak_rss_mb": run["peak_rss_mb"],
-            "mean_padded_len": sum(s["padded_len"] for s in timed) / len(timed), "run_seconds": run["seconds"]}
+            "mean_padded_len": sum(s["padded_len"] for s in timed) / len(timed), "run_seconds": run["seconds"],
+            "mean_padded_tokens": sum(s["padded_tokens"] for s in timed) / len(timed),
+            "mean_forwards": sum(s["forwards"] for s in timed) / len(timed)}
 
 
 def run_speed(args, work):
     model, data = speed_inputs(args, work)
-    figures = {name: [] for name, _ in SPEED_RUNS}
+    figures = {name: [] for name in args.runs}
     for round_index in range(args.rounds):
-        for name, extra in SPEED_RUNS:
+        for name in args.runs:
+            extra = SPEED_RUNS[name]
             side = "dschat" if name == "dschat" else "project"
             run_dir = os.path.join(work, f"{name}_{round_index}")
             script, flags, env = script_command(side, args, model, data, run_dir, extra)
@@ -352,18 +360,21 @@ def summarise_speed(figures):
             "rss_ratio": max(r["peak_rss_mb"] for r in runs) / max(b["peak_rss_mb"] for b in base),
             "first_step_s": [r["first_step_s"] for r in runs],
             "first_step_ratio": mean([r["first_step_s"] for r in runs]) / mean([b["first_step_s"] for b in base]),
-            "mean_padded_len": [r["mean_padded_len"] for r in runs]}
+            "mean_padded_len": [r["mean_padded_len"] for r in runs],
+            "mean_padded_tokens": [r["mean_padded_tokens"] for r in runs],
+            "mean_forwards": [r["mean_forwards"] for r in runs]}
     return summary
 
 
 def print_speed(summary):
-    print("\nrun | pairs/s | vs DeepSpeed-Chat (mean; per round) | peak RSS MB (vs) | first step s (vs) | padded len")
+    print("\nrun | pairs/s | vs DeepSpeed-Chat (mean; per round) | peak RSS MB (vs) | first step s (vs) | "
+          "padded tokens per micro step (forwards)")
     for name, s in summary.items():
         print(f"{name} | {', '.join(f'{x:.3f}' for x in s['pairs_per_s'])} | {s['speed_ratio']:.2f}x; "
               f"{', '.join(f'{x:.2f}' for x in s['speed_ratio_per_round'])} | "
               f"{', '.join(f'{x:.0f}' for x in s['peak_rss_mb'])} ({s['rss_ratio']:.2f}x) | "
               f"{', '.join(f'{x:.1f}' for x in s['first_step_s'])} ({s['first_step_ratio']:.2f}x) | "
-              f"{', '.join(f'{x:.0f}' for x in s['mean_padded_len'])}")
+              f"{', '.join(f'{x:.0f} ({f:.2f})' for x, f in zip(s['mean_padded_tokens'], s['mean_forwards']))}")
 
 
 # ---------------------------------------------------------------- main

@@ -16,17 +16,26 @@ def read_log(path):
 
 
 def micro_steps(records):
-    """One entry per DeepSpeed micro step: the training forwards since the previous step, joined."""
-    steps, forwards = [], []
+    """One entry per DeepSpeed micro step: the training forwards since the previous step, joined.
+
+    main.py may run a micro batch as several forwards (sub-batches of similar length): the step's pairs
+    are then its `micro_batch` record's (the loader's order), its loss the pair-weighted mean of the
+    forwards' losses (what the micro batch's loss is), its padded length the longest forward's.
+    """
+    steps, forwards, micro_batch = [], [], None
     for record in records:
         if record["kind"] == "forward" and record["train"]:
             forwards.append(record)
+        elif record["kind"] == "micro_batch":
+            micro_batch = record
         elif record["kind"] == "step":
+            pairs = micro_batch["pairs"] if micro_batch else [p for f in forwards for p in f["pairs"]]
+            weighted = sum(f["loss"] * len(f["pairs"]) for f in forwards)
             steps.append({"n": record["n"], "t": record["t"], "lr": record["lr"], "forwards": len(forwards),
-                          "pairs": [p for f in forwards for p in f["pairs"]],
-                          "loss": sum(f["loss"] for f in forwards) if forwards else None,
-                          "padded_len": max((f["padded_len"] for f in forwards), default=0)})
-            forwards = []
+                          "pairs": pairs, "loss": weighted / len(pairs) if forwards else None,
+                          "padded_len": max((f["padded_len"] for f in forwards), default=0),
+                          "padded_tokens": sum(f["padded_len"] * 2 * len(f["pairs"]) for f in forwards)})
+            forwards, micro_batch = [], None
     return steps
 
 

@@ -12,7 +12,8 @@ Environment:
 
 Measured, per forward call of the reward model: train or eval, a hash of each row's unpadded ids
 (attention_mask == 1), each pair as (chosen hash, rejected hash), the loss as a Python float, the
-end scores, the padded length; per `DeepSpeedEngine.step`: the wall time and the learning rate;
+end scores, the padded length; per micro batch of main.py (split into sub-batches, one forward each) its
+pairs in the loader's order; per `DeepSpeedEngine.step`: the wall time and the learning rate;
 once: checksums of the initial weights, and a hash of torch's CPU RNG state at the first training
 forward (dropout masks are drawn from it). Not measured here: memory and process start-up (the
 parent measures those), anything that happens outside forward and step.
@@ -107,6 +108,22 @@ def patch_engine_step(recorder):
     DeepSpeedEngine.step = step
 
 
+def patch_micro_batch(recorder):
+    """main.py computes a micro batch in length-aware sub-batches (training/sub_batches.py), one forward
+    each: log the micro batch's pairs in the order the loader gave them, before it is split."""
+    import importlib.util
+    if importlib.util.find_spec("training.sub_batches") is None:  # a --project checkout from before sub-batches
+        return
+    import training.sub_batches as sub_batches
+    original = sub_batches.train_micro_batch
+
+    def train_micro_batch(engine, batch, *args, **kwargs):
+        pairs, lengths = describe_batch(batch["input_ids"], batch["attention_mask"])
+        recorder.write("micro_batch", pairs=pairs, lengths=lengths, padded_len=batch["input_ids"].size(1))
+        return original(engine, batch, *args, **kwargs)
+    sub_batches.train_micro_batch = train_micro_batch  # before main.py imports training.loop
+
+
 def reward_model_class(side):
     if side == "dschat":
         from dschat.utils.model.reward_model import RewardModel
@@ -127,6 +144,8 @@ def main(argv):
     recorder.write("start", side=side, script=script, argv=script_args)
     patch_forward(reward_model_class(side), recorder)
     patch_engine_step(recorder)
+    if side == "project":
+        patch_micro_batch(recorder)
     sys.argv = [script] + script_args
     runpy.run_path(script, run_name="__main__")
     recorder.write("end", micro_steps=recorder.micro_steps)
