@@ -25,6 +25,9 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data.chat import ChatRenderer, RowError  # noqa: E402
+from model.reward_model import LAST_TOKEN  # noqa: E402
+
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -285,16 +288,17 @@ def render_conversation(messages, tokenizer, where):
         raise BadRequest(422, "this model's tokenizer has no chat template, so conversations cannot be "
                               "rendered: send {\"texts\": [...]} written the way the model was trained.")
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception as error:  # jinja raises its own errors for conversations a template refuses
-        raise BadRequest(422, f"{where}: the chat template refused it ({type(error).__name__}: {error}).")
-    return strip_special_ends(text, tokenizer)
+        return ChatRenderer(tokenizer)(messages)  # exactly as training rendered its conversations
+    except RowError as error:
+        raise BadRequest(422, f"{where}: {error}")
 
 
-def strip_special_ends(text, tokenizer):
-    """Drop a leading BOS text and trailing EOS / PAD texts: the tokenizer adds its own BOS, and the end
-    token is appended after, so a query decoded with special tokens scores like the plain text."""
-    bos, ends = tokenizer.bos_token, [t for t in (tokenizer.eos_token, tokenizer.pad_token) if t]
+def strip_special_ends(text, tokenizer, keep_eos=False):
+    """Drop a leading BOS text and trailing PAD (and, unless `keep_eos`, EOS) texts: the tokenizer adds its
+    own BOS, and the end-of-conversation token is appended after, so a query decoded with special tokens
+    scores like the plain text. A chat model (last_token rule) keeps its EOS: its template ends turns with it."""
+    bos = tokenizer.bos_token
+    ends = [t for t in (tokenizer.pad_token, None if keep_eos else tokenizer.eos_token) if t]
     while bos and text.startswith(bos):
         text = text[len(bos):]
     while any(text.endswith(t) for t in ends):
@@ -384,7 +388,8 @@ def build_app(scorer, batcher, args):
     async def get_reward(request: Request):
         """OpenRLHF's remote reward model protocol: its client also sends prompts and labels (ignored)."""
         def texts_of(body):
-            return [strip_special_ends(q, scorer.tokenizer)
+            keep_eos = scorer.model.end_token_rule == LAST_TOKEN
+            return [strip_special_ends(q, scorer.tokenizer, keep_eos)
                     for q in string_list(body, "query", args.max_texts_per_request)]
         return await answer(request, texts_of,
                             lambda rewards, truncated: {"rewards": rewards, "scores": rewards,
@@ -409,8 +414,10 @@ def server_info(scorer, args):
             "device": str(model.v_head.weight.device), "threads": torch.get_num_threads(),
             "max_seq_len": scorer.max_seq_len,
             "num_padding_at_beginning": n, "pad_token_id": model.PAD_ID,
-            "end_token_rule": f"reward at the token before pad token number {n + 1} (pad id {model.PAD_ID}; "
-                              f"num_padding_at_beginning={n} skips a pad-equal BOS), or at the last token",
+            "end_token_rule": model.end_token_rule,
+            "end_token_rule_meaning": "reward at the last attended token" if model.end_token_rule == LAST_TOKEN
+            else (f"reward at the token before pad token number {n + 1} (pad id {model.PAD_ID}; "
+                  f"num_padding_at_beginning={n} skips a pad-equal BOS), or at the last token"),
             "end_of_conversation_token": model.end_of_conversation_token,
             "reward_mean": model.reward_stats.get("reward_mean"), "reward_std": model.reward_stats.get("reward_std"),
             "normalize": args.normalize, "center": args.center,

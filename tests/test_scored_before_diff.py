@@ -55,7 +55,7 @@ def test_opt_with_num_padding_at_beginning_0_is_an_error_naming_the_flag(tiny_op
 
 def test_a_nonfinite_loss_names_its_cause():
     from training.loop import nonfinite_cause
-    model = SimpleNamespace(PAD_ID=2, num_padding_at_beginning=1)
+    model = SimpleNamespace(PAD_ID=2, num_padding_at_beginning=1, end_token_rule="deepspeed_chat")
     # pair 1: the second </s> (position 2) comes before the first difference (position 3): empty span
     ids = torch.tensor([[2, 5, 6, 7, 2], [2, 5, 2, 7, 8], [2, 5, 9, 2, 2], [2, 5, 2, 9, 2]])
     assert nonfinite_cause([(4, ids)], model).startswith(

@@ -186,7 +186,8 @@ def test_info_describes_the_model(server, reward_dir):
     assert info["model"] == os.path.abspath(reward_dir) and info["dtype"] == "float32"
     assert info["max_seq_len"] == MAX_SEQ_LEN and info["num_padding_at_beginning"] == 1
     assert info["reward_mean"] == REWARD_MEAN and info["reward_std"] == REWARD_STD
-    assert info["end_of_conversation_token"] == "<|endoftext|>" and "pad token number 2" in info["end_token_rule"]
+    assert info["end_of_conversation_token"] == "<|endoftext|>" and info["end_token_rule"] == "deepspeed_chat"
+    assert "pad token number 2" in info["end_token_rule_meaning"]
     assert info["max_batch_tokens"] == 2048 and info["chat_template"] is False
 
 

@@ -200,7 +200,7 @@ def nonfinite_cause(step_batches, model):
     for batch_index, input_ids in step_batches:
         pairs = input_ids.size(0) // 2
         start, end, _, _ = loss_spans(input_ids[:pairs], input_ids[pairs:], model.PAD_ID,
-                                      model.num_padding_at_beginning)
+                                      model.num_padding_at_beginning, end_token_rule=model.end_token_rule)
         empty += [f"micro-batch {batch_index} pair {i}" for i in (end == start).nonzero().flatten().tolist()]
     if empty:
         return (f"Data: {len(empty)} pair(s) are scored at or before the token where chosen and rejected first "

@@ -6,6 +6,7 @@ CARD_ARGS=(
   --data_split 2,4,4
   --model_name_or_path facebook/opt-350m
   --num_padding_at_beginning 1
+  --end_token_rule deepspeed_chat
   --deepspeed_config "$ROOT/ds_config.json"
   --max_seq_len 512
   --learning_rate 5e-5
