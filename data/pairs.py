@@ -3,20 +3,19 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 
 import datasets
 import numpy as np
-import pyarrow as pa
 from datasets import Features, List, Value
 
+from data import cache
 from data.chat import ChatRenderer
 from data.collator import PairCollator
 from data.end_token import AUTO, DROP_COLUMNS, RULES, choose, pad_inside
 from data.formats import ReadOptions, RowFormat, normalize
-from data.readers import all_files, hash_files, one_line
+from data.readers import hash_files, one_line
 from data.sources import load_source
 from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
 from data.tokenize import pair_encoder
@@ -26,9 +25,6 @@ from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
 
 CACHE_VERSION = 5  # bump when a change in this package changes the tokenised pairs or the cache layout
-HASHED_BYTES = 1 << 20  # cache files up to this size are hashed in meta.json; larger ones only sized
-CACHE_ERRORS = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)  # reading a damaged cache
-TEMP_NAME = re.compile(r"pairs-[0-9a-f]{24}\.tmp-(.+)-(\d+)")  # see _build_or_reuse
 LARGE = 100_000  # rows from which tokenisation uses several processes
 # What `_pair_codes` finds in a pair. Identical pairs train (ln 2, zero gradient) and count as wrong
 # in evaluation, as in DeepSpeed-Chat, unless --drop_identical_pairs; the others cannot be scored.
@@ -79,14 +75,14 @@ def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, ca
         folder = _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir)
     barrier()
     if not builder:
-        folder = _cache_folder(cache_dir, _load_sources(data_paths, read_options), settings)
-        if not _is_complete(folder):
+        folder = cache.cache_folder(cache_dir, _load_sources(data_paths, read_options), settings)
+        if not cache.is_complete(folder):
             raise UserError(f"{folder}: the tokenised data that local rank 0 should have written is not "
                             "there; check --data_output_path is writable and the data did not change "
                             "while the job started.")
     try:
-        pairs = _open_cache(folder)
-    except CACHE_ERRORS as err:  # rank 0 checked it just now: something else damaged it
+        pairs = cache.open_cache(folder)
+    except cache.CACHE_ERRORS as err:  # rank 0 checked it just now: something else damaged it
         raise UserError(f"{folder}: cannot load the tokenised pairs ({one_line(err)}); delete that folder "
                         "and run again.") from err
     info = build_info(pairs[0])
@@ -145,22 +141,6 @@ def tokenizer_identity(tokenizer):
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _cache_folder(cache_dir, sources, settings):
-    """cache_dir/<key>: the key hashes the sources' content and every setting that changes the ids."""
-    key = {"settings": settings,
-           "sources": [(s.identity, s.adapter.describe(), s.eval is None) for s in sources]}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return os.path.join(cache_dir, f"pairs-{digest}")
-
-
-def _is_complete(folder):
-    return os.path.isfile(os.path.join(folder, "meta.json"))  # written last, before the rename
-
-
-def _open_cache(folder):
-    return tuple(datasets.load_from_disk(os.path.join(folder, split)) for split in ("train", "eval"))
-
-
 def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
     """The cache folder for these sources and settings: reused if it verifies, else (re)built.
 
@@ -169,18 +149,18 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
     """
     options = ReadOptions(settings["pairs_from_ratings"], settings["rating_field"])
     sources = _load_sources(data_paths, options)
-    folder = _cache_folder(cache_dir, sources, settings)
+    folder = cache.cache_folder(cache_dir, sources, settings)
     tmp = f"{folder}.tmp-{socket.gethostname()}-{os.getpid()}"
     if os.path.isdir(cache_dir):
-        _remove_stale_temps(cache_dir)
-    if _is_complete(folder):
-        meta, problem = _verify_cache(folder)
+        cache.remove_stale_temps(cache_dir)
+    if cache.is_complete(folder):
+        meta, problem = cache.verify_cache(folder)
         if problem is None:
             print_rank0(f"data: reusing the tokenised pairs in {folder} ({meta['rows']['train']:,} train, "
                         f"{meta['rows']['eval']:,} eval)")
             return folder
         print_rank0(f"data: the tokenised pairs in {folder} are damaged ({problem}); rebuilding them")
-        _discard(folder, tmp)
+        cache.discard(folder, tmp)
     render = ChatRenderer(tokenizer)  # every row parsed and rendered before anything is written
     chat = bool(render.template) and any(isinstance(s.adapter, RowFormat) for s in sources)
     sources = [normalize(s, render, options) if isinstance(s.adapter, RowFormat) else s for s in sources]
@@ -190,7 +170,7 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
         raise UserError(f"--data_output_path {cache_dir!r} cannot be created ({err}).") from err
     try:
         _build(tmp, sources, data_split, settings, tokenizer, chat)
-        _publish(tmp, folder)
+        cache.publish(tmp, folder)
     except OSError as err:
         fix = "free some space" if err.errno == errno.ENOSPC else "check that it is writable"
         raise UserError(f"--data_output_path {cache_dir!r}: writing the tokenised pairs failed ({one_line(err)}); "
@@ -199,80 +179,6 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
         shutil.rmtree(tmp, ignore_errors=True)  # a crash never leaves a complete-looking folder
     print_rank0(f"data: built the tokenised pairs in {folder}")
     return folder
-
-
-def _verify_cache(folder):
-    """(meta, None) when every file meta.json lists has its recorded size (and hash, for small files)
-    and datasets can open both splits; else (meta or None, what is wrong)."""
-    try:
-        with open(os.path.join(folder, "meta.json")) as f:
-            meta = json.load(f)
-        recorded = dict(meta["files"])
-    except CACHE_ERRORS as err:
-        return None, f"meta.json unreadable: {one_line(err)}"
-    try:
-        for name, want in sorted(recorded.items()):
-            path = os.path.join(folder, name)
-            if not os.path.isfile(path):
-                return meta, f"{name} is missing"
-            if os.path.getsize(path) != want["size"]:
-                return meta, f"{name} holds {os.path.getsize(path):,} bytes, {want['size']:,} when built"
-            if want["sha256"] is not None and _sha256(path) != want["sha256"]:
-                return meta, f"{name} changed since it was built"
-        _open_cache(folder)
-    except CACHE_ERRORS as err:
-        return meta, f"cannot read it: {one_line(err)}"
-    return meta, None
-
-
-def _file_records(folder):
-    """{relative path: {size, sha256 (None above HASHED_BYTES)}} of the files under `folder`."""
-    records = {}
-    for name, path in sorted(all_files(folder).items()):
-        size = os.path.getsize(path)
-        records[name] = {"size": size, "sha256": _sha256(path) if size <= HASHED_BYTES else None}
-    return records
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _discard(folder, tmp):
-    """Remove a damaged cache folder: renamed first, so no reader sees it half deleted."""
-    try:
-        os.rename(folder, tmp)
-    except FileNotFoundError:  # another builder on a shared disk got there first
-        return
-    except OSError as err:
-        raise UserError(f"{folder} is damaged and cannot be removed ({err}); delete it, or point "
-                        "--data_output_path elsewhere.") from err
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_stale_temps(cache_dir):
-    """Remove this project's temp build folders left on this host by processes that no longer run."""
-    host = socket.gethostname()
-    for name in os.listdir(cache_dir):
-        match = TEMP_NAME.fullmatch(name)
-        if match and match[1] == host and not _process_alive(int(match[2])):
-            print_rank0(f"data: removing {os.path.join(cache_dir, name)}, left by a cache build that was "
-                        f"stopped (process {match[2]} is gone)")
-            shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
-
-
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _build(tmp, sources, data_split, settings, tokenizer, chat):
@@ -304,7 +210,7 @@ def _build(tmp, sources, data_split, settings, tokenizer, chat):
         pairs.save_to_disk(os.path.join(tmp, split))
         meta["rows"][split] = len(pairs)
     shutil.rmtree(scratch)
-    meta["files"] = _file_records(tmp)
+    meta["files"] = cache.file_records(tmp)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
 
@@ -433,12 +339,3 @@ def _report_scored_before_diff(count, total, split, settings, tokenizer):
     print_rank0(f"warning: {message} They are dropped.")
 
 
-def _publish(tmp, folder):
-    """Rename the finished `tmp` to `folder`; if another process published it first, keep theirs."""
-    if os.path.isdir(folder) and not _is_complete(folder):
-        shutil.rmtree(folder)  # left by something other than this code: a complete build renames atomically
-    try:
-        os.rename(tmp, folder)
-    except OSError:
-        if not _is_complete(folder):
-            raise
