@@ -241,7 +241,7 @@ def test_normalize_and_center_use_the_saved_statistics(reward_dir, offline):
 
 
 def test_length_batches_keep_the_token_budget():
-    from evaluation_scripts.serve import length_batches
+    from evaluation_scripts.batching import length_batches
     lengths = [300, 100, 90, 90, 50, 10, 10, 1]
     batches = length_batches(lengths, 200)
     assert batches == [(0, 1), (1, 3), (3, 5), (5, 8)]
@@ -269,7 +269,7 @@ class FakeScorer:
 
 
 def test_an_error_fails_only_its_own_request():
-    from evaluation_scripts.serve import Batcher
+    from evaluation_scripts.batching import Batcher
     scorer = FakeScorer()
     batcher = Batcher(scorer, max_batch_tokens=10000, max_wait_s=0.2)
     batcher.start()
