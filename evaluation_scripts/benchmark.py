@@ -12,29 +12,20 @@ and NAME_reliability.png, and prints markdown tables. What each figure means: do
 import argparse
 import json
 import os
-import re
 import sys
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from evaluation_scripts import rm_metrics as M  # noqa: E402
+from evaluation_scripts.benchmark_figures import (  # noqa: E402
+    summarise_rmbench, summarise_rewardbench, summarise_rewardbench2, summarise_judgebench, summarise_pairs, bias_and_calibration)
+from evaluation_scripts.benchmark_data import (  # noqa: E402
+    load_judgebench, load_pairs, load_rewardbench, load_rewardbench2, load_rmbench, local_copy, read_file)
 
 PROMPT_FORMATS = ("auto", "human_assistant", "chat_template", "raw")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-SCHEMAS = {  # what each --benchmark reads, for error messages
-    "rmbench": "fields id, prompt, chosen (3 answers), rejected (3 answers), and a domain: a 'domain' field or a "
-               "file name starting with chat, code, math or safety (as RM-Bench's data/*_filtered.json)",
-    "rewardbench": "fields prompt, chosen, rejected (one answer each) and subset",
-    "rewardbench2": "fields id, prompt, chosen (a list: one answer, several for Ties), rejected (a list) and subset",
-    "judgebench": "fields question, response_A, response_B, label ('A>B' or 'B>A') and source",
-    "pairs": "fields prompt, chosen, rejected (texts), or chosen/rejected whole '\\n\\nHuman: ... "
-             "\\n\\nAssistant: ...' conversations; an optional subset field groups them",
-}
 
 
 def parse_args(argv=None):
@@ -67,135 +58,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-@dataclass
-class Item:
-    """One benchmark prompt: answers that should win (`chosen`) and answers that should lose."""
-    group: str  # RM-Bench sub-domain, RewardBench subset, JudgeBench source, or a pairs file's subset
-    prompt: str
-    chosen: list
-    rejected: list
-    extra: dict = field(default_factory=dict)
-    chosen_at: list = field(default_factory=list)  # indices into the table of unique scored texts
-    rejected_at: list = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- reading benchmark files
-
-def _error(path, where, message, benchmark, row):
-    """A UserError naming the file and row, what the benchmark needs, and which benchmark the row fits."""
-    from utils.errors import UserError
-    guess = ("judgebench" if "response_A" in row else
-             "rewardbench2" if isinstance(row.get("chosen"), list) and len(row["chosen"]) != 3 else
-             "rmbench" if isinstance(row.get("chosen"), list) else
-             "rewardbench" if "subset" in row and "prompt" in row else
-             "pairs" if "chosen" in row else None)
-    hint = f" This row looks like --benchmark {guess}." if guess and guess != benchmark else ""
-    return UserError(f"{path}, {where}: {message}. --benchmark {benchmark} needs {SCHEMAS[benchmark]}.{hint}")
-
-
-def _text(row, name, path, where, benchmark):
-    value = row.get(name)
-    if not isinstance(value, str):
-        got = "missing" if name not in row else "null" if value is None else type(value).__name__
-        raise _error(path, where, f"field {name!r} is {got}, not text (fields found: {', '.join(map(str, row))})",
-                     benchmark, row)
-    return value
-
-
-def _texts(row, name, path, where, benchmark, count=None):
-    value = row.get(name)
-    if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-        got = "missing" if name not in row else type(value).__name__
-        raise _error(path, where, f"field {name!r} is {got}, not a list of texts", benchmark, row)
-    if count is not None and len(value) != count:
-        raise _error(path, where, f"field {name!r} holds {len(value)} answers, not {count}", benchmark, row)
-    return value
-
-
-def read_file(path, limit):
-    """(rows, where) of one local file; where(i) names row i's line or item."""
-    from data.readers import is_parquet, read_parquet, read_rows
-    from utils.errors import UserError
-    if not os.path.isfile(path):
-        raise UserError(f"--data {path!r}: no such file.")
-    if is_parquet(path):
-        rows = read_parquet(path).to_list()
-        where = lambda i: f"row {i + 1}"  # noqa: E731
-    else:
-        rows, where = read_rows(path)
-    if not rows:
-        raise UserError(f"{path} holds no rows: an empty benchmark file scores nothing; pass the full file.")
-    return (rows[:limit] if limit else rows), where
-
-
-def load_rmbench(rows, where, path):
-    items = []
-    for i, row in enumerate(rows):
-        subdomain = row.get("domain") or os.path.basename(path).split("_")[0].split(".")[0]
-        if M.rmbench_domain(subdomain) is None:
-            raise _error(path, where(i), "no 'domain' field, and the file name does not start with a domain",
-                         "rmbench", row)
-        items.append(Item(subdomain, _text(row, "prompt", path, where(i), "rmbench"),
-                          _texts(row, "chosen", path, where(i), "rmbench", 3),
-                          _texts(row, "rejected", path, where(i), "rmbench", 3), {"id": row.get("id")}))
-    return items
-
-
-def load_rewardbench(rows, where, path):
-    return [Item(_text(row, "subset", path, where(i), "rewardbench"),
-                 _text(row, "prompt", path, where(i), "rewardbench"),
-                 [_text(row, "chosen", path, where(i), "rewardbench")],
-                 [_text(row, "rejected", path, where(i), "rewardbench")], {"id": row.get("id")})
-            for i, row in enumerate(rows)]
-
-
-def load_rewardbench2(rows, where, path):
-    items = []
-    for i, row in enumerate(rows):
-        subset = _text(row, "subset", path, where(i), "rewardbench2")
-        item = Item(subset, _text(row, "prompt", path, where(i), "rewardbench2"),
-                    _texts(row, "chosen", path, where(i), "rewardbench2"),
-                    _texts(row, "rejected", path, where(i), "rewardbench2"), {"id": row.get("id")})
-        if subset.lower() == "ties":
-            if not re.fullmatch(r"(ref|tied):\d+", str(row.get("id"))):
-                raise _error(path, where(i), f"a Ties row needs an id 'ref:N' or 'tied:N', got {row.get('id')!r}",
-                             "rewardbench2", row)
-        elif len(item.chosen) != 1:
-            raise _error(path, where(i), f"subset {subset!r} needs exactly one chosen answer, got "
-                         f"{len(item.chosen)} (only Ties rows hold several)", "rewardbench2", row)
-        items.append(item)
-    return items
-
-
-def load_judgebench(rows, where, path):
-    items = []
-    for i, row in enumerate(rows):
-        a, b = (_text(row, k, path, where(i), "judgebench") for k in ("response_A", "response_B"))
-        label = row.get("label")
-        if label not in ("A>B", "B>A"):
-            raise _error(path, where(i), f"label is {label!r}; it must be 'A>B' or 'B>A'", "judgebench", row)
-        chosen, rejected = (a, b) if label == "A>B" else (b, a)
-        items.append(Item(_text(row, "source", path, where(i), "judgebench"),
-                          _text(row, "question", path, where(i), "judgebench"), [chosen], [rejected],
-                          {"id": row.get("pair_id"), "label": label}))
-    return items
-
-
-def load_pairs(rows, where, path):
-    from data.sources import split_hh
-    items = []
-    for i, row in enumerate(rows):
-        group = str(row.get("subset") or "all")
-        if "prompt" in row:
-            prompt, chosen, rejected = (_text(row, k, path, where(i), "pairs")
-                                        for k in ("prompt", "chosen", "rejected"))
-        else:
-            prompt, chosen = split_hh(_text(row, "chosen", path, where(i), "pairs"))
-            rejected = split_hh(_text(row, "rejected", path, where(i), "pairs"))[1]
-        items.append(Item(group, prompt, [chosen], [rejected], {"id": row.get("id")}))
-    return items
-
-
 def load_items(args):
     """Every --data file read and checked by the benchmark's loader, before any model is loaded."""
     from utils.errors import UserError
@@ -207,25 +69,6 @@ def load_items(args):
     if not items:
         raise UserError(f"--data {' '.join(args.data)}: no items to score.")
     return items
-
-
-def local_copy(path):
-    """An http(s) address is downloaded to a temporary file (its name kept); a local path is returned as is."""
-    if not re.match(r"https?://", path):
-        return path
-    import tempfile
-    import urllib.parse
-    import urllib.request
-
-    from utils.errors import UserError
-    name = urllib.parse.unquote(os.path.basename(urllib.parse.urlparse(path).path)) or "data.json"
-    target = os.path.join(tempfile.mkdtemp(prefix="benchmark_"), name)
-    try:
-        urllib.request.urlretrieve(path, target)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--data {path}: could not download it ({err}). Download the file yourself "
-                        "and pass its local path.") from err
-    return target
 
 
 # ---------------------------------------------------------------- model, texts, scores
@@ -326,129 +169,6 @@ def score_sequences(model, sequences, batch_size):
     return scores
 
 
-# ---------------------------------------------------------------- per-benchmark figures
-
-def summarise_rmbench(items, scored):
-    by_domain, by_subdomain = defaultdict(lambda: ([], [])), defaultdict(lambda: ([], []))
-    for item, (chosen, rejected) in zip(items, scored):
-        for groups, key in ((by_domain, M.rmbench_domain(item.group)), (by_subdomain, item.group)):
-            groups[key][0].append(chosen)
-            groups[key][1].append(rejected)
-    order = [d for d in M.RMBENCH_DOMAINS if d in by_domain]
-    result = M.rmbench_scores({d: by_domain[d] for d in order})
-    result["subdomains"] = {s: M.rmbench_scores({s: v})["domains"][s]
-                            for s, v in sorted(by_subdomain.items()) if s not in by_domain}
-    missing = [d for d in M.RMBENCH_DOMAINS if d not in by_domain]
-    result["overall"]["domains_missing"] = missing
-    name = "overall" if not missing else f"overall of {', '.join(order)} (no {', '.join(missing)})"
-    rows = [[d, *(result["domains"][d][k] for k in ("easy", "normal", "hard", "average", "items"))] for d in order]
-    pooled = [s for s in result["subdomains"] if sum(M.rmbench_domain(t) == M.rmbench_domain(s)
-                                                     for t in result["subdomains"]) > 1]
-    rows += [[f"{s} (in {M.rmbench_domain(s)})", *(result["subdomains"][s][k] for k in
-                                                   ("easy", "normal", "hard", "average", "items"))] for s in pooled]
-    rows.append([name, *(result["overall"][k] for k in ("easy", "normal", "hard", "average", "items"))])
-    table = ("RM-Bench accuracy (3x3 style matrix)", ["domain", "easy", "normal", "hard", "average", "items"], rows)
-    chart_rows = [r for r in rows if r[0] in order] + rows[-1:]
-    chart = ("RM-Bench", order + ["overall"], {k: [r[i] for r in chart_rows] for i, k in
-                                               ((1, "easy"), (2, "normal"), (3, "hard"))})
-    return result, [table], chart
-
-
-def _subset_outcomes(items, scored):
-    by_group = defaultdict(lambda: ([], []))
-    for item, (chosen, rejected) in zip(items, scored):
-        by_group[item.group][0].append(chosen[0])
-        by_group[item.group][1].append(rejected[0])
-    return {group: M.pair_outcomes(*by_group[group]) for group in sorted(by_group)}
-
-
-def summarise_rewardbench(items, scored):
-    subsets = _subset_outcomes(items, scored)
-    sections = M.rewardbench_sections({s: v["accuracy"] for s, v in subsets.items()})
-    known = set(M.REWARDBENCH_COUNTS) | set(M.PRIOR_SETS)
-    result = {"sections": sections, "subsets": subsets, "subsets_in_no_section": sorted(set(subsets) - known)}
-    section_rows = [[s, v] for s, v in sections.items()]
-    subset_rows = [[s, v["accuracy"], v["pairs"], v["ties"]] for s, v in subsets.items()]
-    tables = [("RewardBench sections (weighted as the authors weight them)", ["section", "score"], section_rows),
-              ("RewardBench subsets", ["subset", "accuracy", "pairs", "ties"], subset_rows)]
-    present = [r for r in section_rows if r[1] is not None]
-    return result, tables, ("RewardBench", [r[0] for r in present], {"score": [r[1] for r in present]})
-
-
-def summarise_rewardbench2(items, scored):
-    groups = defaultdict(list)
-    for item, (chosen, rejected) in zip(items, scored):
-        groups[item.group].append((item, chosen, rejected))
-    subsets = {}
-    for name, members in sorted(groups.items()):
-        if name.lower() == "ties":
-            subsets[name] = dict(_ties(members), items=len(members))
-            continue
-        credit = [M.best_of_n_credit(c[0], r) for _, c, r in members]
-        shared = sum(float(np.max(r)) == c[0] for _, c, r in members)
-        subsets[name] = {"score": float(np.mean(credit)), "items": len(members), "top_shared_with_rejected": shared}
-    overall = float(np.mean([v["score"] for v in subsets.values()]))
-    rows = [[s, v["score"], v["items"]] for s, v in subsets.items()]
-    rows.append(["Overall (mean of subsets)", overall, len(items)])
-    table = ("RewardBench 2 (best-of-4 accuracy; Ties: its weighted score)", ["subset", "score", "items"], rows)
-    return {"subsets": subsets, "overall": overall}, [table], ("RewardBench 2", [r[0] for r in rows],
-                                                               {"score": [r[1] for r in rows]})
-
-
-def _ties(members):
-    from utils.errors import UserError
-    sets = {"ref": {}, "tied": {}}
-    for item, chosen, rejected in members:
-        kind, prompt_id = item.extra["id"].split(":")
-        sets[kind][int(prompt_id)] = (list(chosen), list(rejected))
-    if not set(sets["ref"]) & set(sets["tied"]):
-        raise UserError("the Ties subset needs a 'ref:N' and a 'tied:N' row for the same N; none match.")
-    one = sorted(k for k, (correct, _) in sets["tied"].items() if len(correct) < 2)
-    if one:
-        raise UserError(f"Ties row 'tied:{one[0]}' has one chosen answer; a tied prompt needs several.")
-    return M.ties_score(sets["ref"], sets["tied"])
-
-
-JUDGEBENCH_CATEGORIES = ("mmlu-pro", "livebench-reasoning", "livebench-math", "livecodebench")  # the authors' groups
-
-
-def summarise_judgebench(items, scored):
-    counts = defaultdict(lambda: defaultdict(int))
-    for item, (chosen, rejected) in zip(items, scored):
-        a, b = (chosen[0], rejected[0]) if item.extra["label"] == "A>B" else (rejected[0], chosen[0])
-        verdict_ab, verdict_ba = M.reward_verdict(a, b), M.reward_verdict(b, a)
-        outcome = M.both_orders_outcome(item.extra["label"], verdict_ab, verdict_ba)
-        category = next((c for c in JUDGEBENCH_CATEGORIES if item.group.startswith(c)), item.group)
-        for key in {category, "source:" + item.group, "Overall"}:
-            counts[key][outcome] += 1
-            counts[key]["single_game_correct"] += verdict_ab == item.extra["label"]
-            counts[key]["pairs"] += 1
-    figures = {k: {"accuracy": v["correct"] / v["pairs"], "single_game_accuracy": v["single_game_correct"] / v["pairs"],
-                   "ties": v["tie"], "incorrect": v["incorrect"], "pairs": v["pairs"]} for k, v in counts.items()}
-    shown = [c for c in JUDGEBENCH_CATEGORIES if c in counts] + sorted(
-        k for k in counts if k not in JUDGEBENCH_CATEGORIES and not k.startswith("source:") and k != "Overall")
-    shown.append("Overall")
-    rows = [[k, figures[k]["accuracy"], figures[k]["single_game_accuracy"], figures[k]["ties"], figures[k]["pairs"]]
-            for k in shown]
-    table = ("JudgeBench (both orders, the authors' rule; single game: the --single_game rule)",
-             ["source", "accuracy", "single game", "ties", "pairs"], rows)
-    return figures, [table], ("JudgeBench", shown, {"accuracy": [r[1] for r in rows]})
-
-
-def summarise_pairs(items, scored):
-    groups = _subset_outcomes(items, scored)
-    chosen = np.array([c[0] for c, _ in scored])
-    rejected = np.array([r[0] for _, r in scored])
-    overall = dict(M.pair_outcomes(chosen, rejected), chosen_mean=float(chosen.mean()),
-                   rejected_mean=float(rejected.mean()), margin=float((chosen - rejected).mean()))
-    rows = [[g, v["accuracy"], v["pairs"], v["ties"]] for g, v in groups.items()]
-    if len(groups) > 1:
-        rows.append(["all", overall["accuracy"], overall["pairs"], overall["ties"]])
-    table = ("Pairwise accuracy (chosen scores strictly higher)", ["group", "accuracy", "pairs", "ties"], rows)
-    return {"groups": groups, "overall": overall}, [table], ("pairs", [r[0] for r in rows],
-                                                            {"accuracy": [r[1] for r in rows]})
-
-
 BENCHMARKS = {
     "rmbench": {"load": load_rmbench, "summarise": summarise_rmbench},
     "rewardbench": {"load": load_rewardbench, "summarise": summarise_rewardbench},
@@ -456,30 +176,6 @@ BENCHMARKS = {
     "judgebench": {"load": load_judgebench, "summarise": summarise_judgebench},
     "pairs": {"load": load_pairs, "summarise": summarise_pairs},
 }
-
-
-# ---------------------------------------------------------------- figures every evaluation gets
-
-def bias_and_calibration(items, scores, lengths, bins):
-    """Over every (chosen, rejected) comparison the benchmark makes (RM-Bench: 9 per item, RewardBench 2:
-    one per rejected answer): accuracy, ties, length bias and calibration; Spearman over distinct texts."""
-    at = [(c, r) for item in items for c in item.chosen_at for r in item.rejected_at]
-    chosen, rejected = np.array([c for c, _ in at]), np.array([r for _, r in at])
-    figures = {"pairs": M.pair_outcomes(scores[chosen], scores[rejected]),
-               "length_bias": M.length_bias(scores[chosen], scores[rejected], lengths[chosen], lengths[rejected]),
-               "spearman_reward_vs_answer_tokens": M.spearman(scores, lengths),
-               "calibration": M.calibration(scores[chosen] - scores[rejected], bins)}
-    bias, ece = figures["length_bias"], figures["calibration"]
-    rows = [["comparisons (chosen vs rejected)", figures["pairs"]["pairs"]],
-            ["accuracy (chosen strictly higher)", figures["pairs"]["accuracy"]],
-            ["ties (equal scores, not counted correct)", figures["pairs"]["ties"]],
-            ["longer answer wins (baseline, answer tokens)", bias["longer_wins_accuracy"]],
-            [f"accuracy when chosen is longer ({bias['pairs_chosen_longer']} pairs)", bias["accuracy_chosen_longer"]],
-            [f"accuracy when chosen is shorter ({bias['pairs_chosen_shorter']} pairs)",
-             bias["accuracy_chosen_shorter"]],
-            ["Spearman(reward, answer tokens)", figures["spearman_reward_vs_answer_tokens"]],
-            [f"ECE of sigmoid(r_chosen - r_rejected), {bins} bins", ece["ece"]]]
-    return figures, ("Length bias and calibration", ["figure", "value"], rows)
 
 
 # ---------------------------------------------------------------- output

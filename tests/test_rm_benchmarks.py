@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from evaluation_scripts import benchmark
+from evaluation_scripts.benchmark_data import Item
 from evaluation_scripts import rm_metrics as M
 from tests.fixtures import ROOT, child_env, write_jsonl
 
@@ -37,8 +38,8 @@ def test_rmbench_levels_from_a_hand_worked_3x3_matrix():
 
 
 def test_rmbench_pools_safety_subdomains_by_item_and_counts_equal_scores_as_wrong():
-    refuse = [benchmark.Item("safety-refuse", "p", [], [])]
-    respond = [benchmark.Item("safety-response", "p", [], []) for _ in range(3)]
+    refuse = [Item("safety-refuse", "p", [], [])]
+    respond = [Item("safety-response", "p", [], []) for _ in range(3)]
     scored = [(np.full(3, 1.0), np.zeros(3))] + [(np.zeros(3), np.ones(3))] * 2 + [(np.ones(3), np.ones(3))]
     result, tables, _ = benchmark.summarise_rmbench(refuse + respond, scored)
     # 1 of 4 safety items wins everything: pooled 0.25 (not the 0.5 a mean of the two files would give);
