@@ -98,7 +98,8 @@ def parse_args(argv=None):
     parser.add_argument("--project_args", default="", help="Extra flags for main.py (one string).")
     parser.add_argument("--timeout", type=int, default=3600, help="Seconds before a run is killed.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic data and random weights.")
-    parser.add_argument("--workdir", default=None, help="Keep the model, data and logs here (default: a temp folder, removed).")
+    parser.add_argument("--workdir", default=None,
+                        help="Keep the model, data and logs here (default: a temp folder, removed).")
     parser.add_argument("--json", default=None, help="Write the full result (per-step table included) here.")
     args = parser.parse_args(argv)
     fidelity = args.mode == "fidelity"
@@ -285,7 +286,8 @@ def print_fidelity(r):
     st = r["settings"]
     print(f"\nmain.py from {st['project']} (commit {st['project_commit']}, modified tracked files: "
           f"{', '.join(st['project_modified_files']) or 'none'}); DeepSpeed-Chat from {st['dschat']}")
-    print("\nstep | same pairs | identical pairs | loss DeepSpeed-Chat | loss main.py | |diff| | lr DS-Chat | lr main.py")
+    print("\nstep | same pairs | identical pairs | loss DeepSpeed-Chat | loss main.py | |diff| | "
+          "lr DS-Chat | lr main.py")
     for s in r["steps"]:
         print(f"{s['step']:4d} | {'yes' if s['same_pairs'] else ('set' if s['same_set'] else 'no'):>10} | "
               f"{fmt(s['identical_pairs_in_batch'], 'd'):>15} | {fmt(s['ref_loss']):>19} | {fmt(s['new_loss']):>12} | "
@@ -303,7 +305,8 @@ def print_fidelity(r):
           f"({rng['ref']} vs {rng['new']}; dropout masks come from it)")
     for phase in ("eval_before", "eval_after"):
         e = r[phase]
-        print(f"{phase.replace('_', ' ')}: accuracy DeepSpeed-Chat {fmt(e['ref_acc'], '.4f')} ({e['ref_pairs']} pairs), "
+        print(f"{phase.replace('_', ' ')}: accuracy DeepSpeed-Chat {fmt(e['ref_acc'], '.4f')} "
+              f"({e['ref_pairs']} pairs), "
               f"main.py {fmt(e['new_acc'], '.4f')} ({e['new_pairs']} pairs); pairs scored by both "
               f"{e['common_pairs']}, max |score diff| {fmt(e['max_score_diff'], '.2e')}")
     print(f"accuracies as printed: DeepSpeed-Chat {r['printed_acc']['dschat']}, main.py {r['printed_acc']['project']}")
