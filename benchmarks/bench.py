@@ -2,7 +2,8 @@
 
 This measures the data path and the loss inside one process with a hand-written bf16 trainer
 (`Trainer` below), not main.py's DeepSpeed engine; benchmarks/side_by_side.py runs DeepSpeed-Chat's
-actual script beside main.py end to end.
+actual script beside main.py end to end. Longer than most modules because it is one benchmark whose
+steps read best in order; measuring lives in measure.py, the figures and the table in report.py.
 
     python benchmarks/bench.py --json bench_125m.json                      # opt-125m shape (default)
     python benchmarks/bench.py --model_shape 350m --json bench_350m.json   # the card's opt-350m shape

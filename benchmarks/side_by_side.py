@@ -18,7 +18,7 @@ loss; the learning rate after each step; the eval accuracy each program printed 
 logged scores give; per-pair eval score differences; checksums of the initial weights.
 Not measured: gradients and optimizer state directly (a different update shows in the next loss).
 
---mode speed (issue 20): a random-weight opt-125m-shape model (benchmarks/bench.py) and
+--mode speed: a random-weight opt-125m-shape model (benchmarks/bench.py) and
 HH-harmless-like pairs, --max_seq_len 512, 4 pairs per micro batch, bf16, ZeRO-0, dropout 0.
 DeepSpeed-Chat, main.py and main.py --group_by_length run in turn (A, B, C, A, B, C, ...) so that
 other load on the machine hits all alike. Measured per run: pairs/s over micro steps
@@ -26,6 +26,9 @@ other load on the machine hits all alike. Measured per run: pairs/s over micro s
 step (imports, tokenisation, model load, the eval before training), peak RSS of the process and
 the children it waited for (getrusage via wait4). Not measured: the final evaluation and saving
 (each run ends right after the last timed step), GPU behaviour, more than one rank.
+
+Longer than most modules: it is one command whose two modes share their setup (model, data, runs);
+running a script lives in sxs_runner.py and dschat_shims.py, reading the logs in sxs_logs.py.
 """
 import argparse
 import json
@@ -55,7 +58,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--mode", choices=["fidelity", "speed"], required=True,
-                        help="fidelity: batch-by-batch comparison; speed: interleaved timing (issue 20).")
+                        help="fidelity: batch-by-batch comparison; speed: interleaved timing.")
     parser.add_argument("--dschat", required=True,
                         help="DeepSpeed-Chat folder (applications/DeepSpeed-Chat of DeepSpeedExamples).")
     parser.add_argument("--project", default=ROOT,
