@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks import hh_like, sxs_logs  # noqa: E402
+from utils.dist import free_port  # noqa: E402
 
 RUNNER = os.path.join(HERE, "sxs_runner.py")
 DSCHAT_SCRIPT = os.path.join("training", "step2_reward_model_finetuning", "main.py")
@@ -222,12 +222,6 @@ def script_command(side, args, model, data, run_dir, extra=()):
     flags += ["--dtype", args.dtype, "--deepspeed_config", os.path.join(args.project, "ds_config.json"),
               "--output_dir", os.path.join(run_dir, "out")] + args.project_args.split() + list(extra)
     return os.path.join(args.project, "main.py"), flags, {}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return str(s.getsockname()[1])
 
 
 def wait_with_rusage(proc, timeout):

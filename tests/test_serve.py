@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from tests.fixtures import ROOT, child_env, learnable_pairs
+from utils.dist import free_port
 
 SERVE = os.path.join(ROOT, "evaluation_scripts", "serve.py")
 MAX_SEQ_LEN = 64
@@ -56,12 +56,6 @@ def offline(reward_dir):
                    for r in score_texts(model, tokenizer, texts[s:s + 8], MAX_SEQ_LEN).tolist()]
         return rewards, [len(ids) for ids in tokenizer(texts)["input_ids"]]
     return score
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
