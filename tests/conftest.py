@@ -1,7 +1,7 @@
 """Session fixtures: tiny models and data built once in temp folders (nothing is downloaded)."""
 import pytest
 
-from tests.fixtures import learnable_pairs, write_jsonl
+from tests.fixtures import DIST_ENV, learnable_pairs, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,13 @@ def pair_folder(tmp_path_factory):
     write_jsonl(folder / "train.jsonl", learnable_pairs(384, seed=1))
     write_jsonl(folder / "test.jsonl", learnable_pairs(96, seed=2))
     return str(folder)
+
+
+@pytest.fixture
+def clean_dist_env(monkeypatch):
+    """For tests that call main.main() in this process: it sets RANK, MASTER_PORT, ... here; they are
+    undone afterwards so later subprocesses pick their own. The process group itself stays: DeepSpeed
+    keeps the groups of the first engine built in a process, and a destroyed group would leave them dead."""
+    for key in DIST_ENV:
+        monkeypatch.delenv(key, raising=False)
+    yield

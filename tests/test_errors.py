@@ -9,7 +9,7 @@ import os
 import pytest
 
 import main
-from tests.fixtures import DIST_ENV, learnable_pairs, run_main, write_jsonl
+from tests.fixtures import learnable_pairs, run_main, write_jsonl
 
 GOOD = learnable_pairs(40, seed=3)
 
@@ -111,15 +111,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_dist_env(monkeypatch):
-    """main.main() sets RANK, MASTER_PORT, ... in this process; undo that so later subprocesses pick their own."""
-    for key in DIST_ENV:
-        monkeypatch.delenv(key, raising=False)
-    yield
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()
+pytestmark = pytest.mark.usefixtures("clean_dist_env")
 
 
 def base_args(tiny_opt, tmp_path):

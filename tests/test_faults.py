@@ -15,7 +15,7 @@ import pytest
 import main
 from evaluation_scripts import evaluate, export_hf
 from model.reward_model import RewardModel
-from tests.fixtures import DIST_ENV, ROOT, child_env, learnable_pairs, run_main, write_jsonl
+from tests.fixtures import ROOT, child_env, learnable_pairs, run_main, write_jsonl
 from utils import io
 
 RUN = ["--max_seq_len", "64", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
@@ -52,14 +52,7 @@ def killed_copy(finished, tmp_path):
     return out
 
 
-@pytest.fixture(autouse=True)
-def clean_dist_env(monkeypatch):
-    for key in DIST_ENV:
-        monkeypatch.delenv(key, raising=False)
-    yield
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()
+pytestmark = pytest.mark.usefixtures("clean_dist_env")
 
 
 def error_of(function, args, capsys):
@@ -78,7 +71,8 @@ def test_a_folder_with_another_runs_checkpoints_is_refused(tiny_opt, data, finis
 
 
 @pytest.mark.parametrize("change, named", [(["--learning_rate", "5e-4"], "learning_rate: 0.001 then, 0.0005 now"),
-                                           (["--per_device_train_batch_size", "4"], "train_micro_batch_size_per_gpu"),
+                                           (["--per_device_train_batch_size", "4"],  # the global batch 8 -> 4
+                                            "global batch (micro batch x ranks x accumulation): 8 then, 4 now"),
                                            (["--max_seq_len", "48"], "max_seq_len: 64 then, 48 now")])
 def test_a_resume_that_would_change_the_run_is_refused_naming_the_setting(
         change, named, tiny_opt, data, finished, tmp_path, capsys):

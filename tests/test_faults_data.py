@@ -22,7 +22,7 @@ import pytest
 import main
 from data import build_pair_datasets
 from data.sources import load_source
-from tests.fixtures import DIST_ENV, learnable_pairs, run_main, write_jsonl
+from tests.fixtures import learnable_pairs, run_main, write_jsonl
 from utils.errors import UserError
 
 ROWS = [{"prompt": f" Human: question {i}? Assistant:", "chosen": f" kind answer {i}",
@@ -57,15 +57,6 @@ def folder(tmp_path, name, train_text, test_text, suffix="jsonl"):
 
 # ---------------------------------------------------------------- main.py, in process and as a process
 
-@pytest.fixture
-def clean_dist_env(monkeypatch):
-    """main.main() sets RANK, MASTER_PORT, ... in this process; undo that afterwards."""
-    for key in DIST_ENV:
-        monkeypatch.delenv(key, raising=False)
-    yield
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def main_args(tiny_opt, tmp_path, data_path, out="out"):

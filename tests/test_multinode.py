@@ -127,7 +127,7 @@ def ssh_nodes(tmp_path, request):
         subprocess.run([find_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "test_multinode",
                         "-f", str(folder / name)], check=True)
     shutil.copy(folder / "user_key.pub", folder / "authorized_keys")
-    port = free_port()
+    port = int(free_port())
     (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {(folder / 'host_key.pub').read_text()}")
     (folder / "sshd_config").write_text(SSHD_CONFIG.format(port=port, folder=folder))
     (folder / "ssh_config").write_text(SSH_CONFIG.format(hosts=" ".join(HOSTS), port=port, folder=folder))

@@ -151,7 +151,9 @@ def test_zero_0_1_2_3_give_the_same_loss_curve(stage_runs):
 # Checkpointing without LoRA is the ZeRO-3 run above.
 
 LORA_CASES = {
-    "lora": LORA,  # bf16: the merge rounds W + BA to bf16
+    # bf16: the merge rounds W + BA to bf16. Adapter lr 2e-2, not 5e-2: at 5e-2 some dropout streams saturate
+    # the bf16 rewards (59 of 64 eval pairs tied at ~2.5), so the test would measure luck, not learning
+    "lora": ["--lora_dim", "8", "--lora_learning_rate", "2e-2"],
     # adapters and the value head only: a frozen base learns slower, hence the higher head lr
     "lora+only_optimize_lora+checkpointing": FP32 + LORA + ["--only_optimize_lora", "--gradient_checkpointing",
                                                             "--learning_rate", "2e-2"],
