@@ -128,7 +128,9 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
             step_loss += loss
             if not boundary:
                 continue
-            step, mean_loss = engine.global_steps, step_loss.item() / accumulation
+            # the global batch's loss: every rank's micro-batches (DeepSpeed-Chat prints rank 0's alone)
+            step = engine.global_steps
+            mean_loss = all_reduce(step_loss.clone()).item() / (accumulation * get_world_size())
             if not math.isfinite(mean_loss):
                 raise UserError(f"training loss is {mean_loss} at optimizer step {step}: stopping without saving "
                                 f"a model. {nonfinite_cause(step_batches, engine.module)}")
