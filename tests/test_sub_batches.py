@@ -165,8 +165,13 @@ def test_two_ranks_zero3_sub_batches_train_like_one_unsplit_process(tiny_opt, pa
     one = run_main(flags + ["--per_device_train_batch_size", "8", "--sub_batches", "off",
                             "--output_dir", tmp_path / "one"])
     assert one.returncode == 0, one.stdout[-3000:]
-    torch.testing.assert_close(torch.tensor(step_losses(two.stdout)), torch.tensor(step_losses(one.stdout)),
-                               rtol=0, atol=1.5e-4)  # the log prints 4 decimals
+    # The logged loss is the global batch's. Measured: equal to the log's 4 decimals for the first 6 steps;
+    # after that fp32 summation-order differences, amplified by Adam at lr 2e-3, reach 2.3e-3 by step 26 and
+    # the final mean scores differ by 0.8%. A wrong split or reduction differs from step 1 (by ~0.2).
+    two_losses, one_losses = torch.tensor(step_losses(two.stdout)), torch.tensor(step_losses(one.stdout))
+    torch.testing.assert_close(two_losses[:8], one_losses[:8], rtol=0, atol=1.5e-4)
+    torch.testing.assert_close(two_losses, one_losses, rtol=0, atol=1e-2)
     results = [json.loads((tmp_path / name / "train_results.json").read_text()) for name in ("two", "one")]
-    for key in ("accuracy", "chosen_mean", "rejected_mean"):
-        assert results[0][key] == pytest.approx(results[1][key], rel=1e-3, abs=1e-4), key
+    assert results[0]["accuracy"] == results[1]["accuracy"]
+    for key in ("chosen_mean", "rejected_mean"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=3e-2), key
