@@ -29,6 +29,15 @@ def pair_folder(tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def small_pair_folder(tmp_path_factory):
+    """train.jsonl (64 pairs: 8 steps of 8) and test.jsonl (16) for runs that are killed, resumed, damaged."""
+    folder = tmp_path_factory.mktemp("small_pairs")
+    write_jsonl(folder / "train.jsonl", learnable_pairs(64, seed=1))
+    write_jsonl(folder / "test.jsonl", learnable_pairs(16, seed=2))
+    return str(folder)
+
+
 @pytest.fixture
 def clean_dist_env(monkeypatch):
     """For tests that call main.main() in this process: it sets RANK, MASTER_PORT, ... here; they are

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from model.reward_model import RewardModel
 from model.scoring import score_texts
-from tests.fixtures import ROOT, finish, learnable_pairs, run_until, write_jsonl
+from tests.fixtures import ROOT, finish, run_until
 from training.checkpoint import reward_model_from_checkpoint
 from utils.dist import free_port
 
@@ -24,11 +24,8 @@ WEIGHT_TOLERANCE = 1e-4  # fp32; the 2-rank and 1-rank uninterrupted runs themse
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("elastic_pairs")
-    write_jsonl(folder / "train.jsonl", learnable_pairs(64, seed=1))
-    write_jsonl(folder / "test.jsonl", learnable_pairs(16, seed=2))
-    return str(folder)
+def data(small_pair_folder):
+    return small_pair_folder
 
 
 def command(tiny_opt, data, out, ranks, stage, *extra):

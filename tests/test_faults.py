@@ -15,7 +15,7 @@ import pytest
 import main
 from evaluation_scripts import evaluate, export_hf
 from model.reward_model import RewardModel
-from tests.fixtures import ROOT, child_env, learnable_pairs, run_main, write_jsonl
+from tests.fixtures import ROOT, child_env, run_main, write_jsonl
 from utils import io
 
 RUN = ["--max_seq_len", "64", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
@@ -23,11 +23,8 @@ RUN = ["--max_seq_len", "64", "--per_device_train_batch_size", "8", "--gradient_
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fault_pairs")
-    write_jsonl(folder / "train.jsonl", learnable_pairs(64, seed=1))
-    write_jsonl(folder / "test.jsonl", learnable_pairs(16, seed=2))
-    return str(folder)
+def data(small_pair_folder):
+    return small_pair_folder
 
 
 def argv(tiny_opt, data, out, *extra):
