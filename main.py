@@ -30,6 +30,7 @@ from model.lora import apply_lora, merge_lora
 from model.reward_model import END_OF_CONVERSATION, LAST_TOKEN
 from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, load_checkpoint, needs_universal,
                                  run_identity, to_universal)
+from training.cpu_speed import bound_kernel_caches
 from training.evaluation import eval_loader, evaluate
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
@@ -51,6 +52,7 @@ def main(argv=None):
 
 def run(args, typed):
     """The recipe: config -> tokenizer -> data -> model -> engine -> (resume) -> train + eval -> save."""
+    bound_kernel_caches()  # before the first CPU matmul
     set_single_process_defaults()
     ds_config, notes = setup_config(args, typed)
     init_distributed()

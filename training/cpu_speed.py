@@ -1,6 +1,7 @@
-"""CPU training speed rules, entered by the training loop around each forward (`cpu_training_speedups`).
+"""CPU training rules: two speed rules the training loop enters around each forward
+(`cpu_training_speedups`), and a memory bound main.py sets at start (`bound_kernel_caches`).
 
-Two rules, neither changes results beyond float rounding (tests/test_fidelity.py):
+The speed rules change no result beyond float rounding (tests/test_fidelity.py):
 1. Attention: eager for batches up to CPU_EAGER_MAX_LEN tokens, SDPA above. PyTorch's CPU flash-
    attention backward is 2-4x slower than eager on short rows and faster on long ones.
 2. Dropout, below: torch's keep rate and scale, with the random bits drawn faster.
@@ -13,6 +14,7 @@ then numpy's SFC64 generator gives 64 random bits per two elements. Forward + ba
 2432 x 1024 bf16 activation: 11 ms instead of 26 ms.
 """
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -22,6 +24,12 @@ _torch_dropout = F.dropout
 # Measured crossover of eager and SDPA attention (forward + backward, bf16) on this project's 2-core CPU
 # machine with the opt-125m and opt-350m shapes of benchmarks/bench.py (commit 1994c2f).
 CPU_EAGER_MAX_LEN = 192
+# oneDNN (torch's bf16 CPU matmuls) and ideep keep the kernels they build for every input shape in LRU caches
+# of 1,024 entries each. Batches padded only to their longest row, and sub-batches, bring new shapes nearly
+# every step: ~9.5 MB more RSS per new length for the opt-125m shape, never given back, up to ~1 GB.
+# DeepSpeed-Chat pads every row to max_seq_len, one shape. 64 entries keep the kernels of a few shapes:
+# no slower here (forward + backward over 12 lengths), and RSS stays flat (docs/performance.md).
+KERNEL_CACHE_CAPACITY = 64
 
 
 def fast_dropout(input, p=0.5, training=True, inplace=False):
@@ -38,6 +46,13 @@ def fast_dropout(input, p=0.5, training=True, inplace=False):
     # uniform over int32, so P(bits < t - 2**31) = t / 2**32 = p
     keep = torch.from_numpy(bits).view(input.shape) >= round(p * 2**32) - 2**31
     return input * keep.to(input.dtype).div_(1 - p)  # the scale rounds to input's dtype, as in torch's
+
+
+def bound_kernel_caches():
+    """Cap oneDNN's and ideep's per-shape kernel caches at KERNEL_CACHE_CAPACITY, unless the environment
+    sets them. Both read the capacity at their first use: call this before the first CPU matmul."""
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, str(KERNEL_CACHE_CAPACITY))
 
 
 @contextlib.contextmanager
