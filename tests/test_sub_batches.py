@@ -40,6 +40,8 @@ def test_parts_forces_the_cheapest_split_into_exactly_that_many():
     for parts in range(1, 6):  # every pair lands in exactly one sub-batch
         runs = plan(lengths, cost=0, parts=parts)
         assert len(runs) == parts and sorted(i for run in runs for i in run) == list(range(5))
+    with pytest.raises(ValueError, match="cannot cut 5 pairs into 6"):
+        plan(lengths, cost=0, parts=6)  # a rank that could not run as many forwards as the others
 
 
 def test_pair_lengths_are_the_longer_row_rounded_to_the_multiple():

@@ -59,6 +59,8 @@ def plan(lengths, cost, parts=None):
     >>> plan([300, 20, 290, 30], cost=64, parts=1)
     [[0, 1, 2, 3]]
     """
+    if parts is not None and not 1 <= parts <= len(lengths):
+        raise ValueError(f"cannot cut {len(lengths)} pairs into {parts} sub-batches (unequal micro batches on ranks?)")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     longest = [lengths[i] for i in order]
     count, most = len(order), parts or len(order)
