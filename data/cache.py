@@ -13,6 +13,7 @@ import pyarrow as pa
 from data.readers import all_files, one_line
 from utils.dist import print_rank0
 from utils.errors import UserError
+from utils.io import sha256_file
 
 HASHED_BYTES = 1 << 20  # cache files up to this size are hashed in meta.json; larger ones only sized
 CACHE_ERRORS = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)  # reading a damaged cache
@@ -51,7 +52,7 @@ def verify_cache(folder):
                 return meta, f"{name} is missing"
             if os.path.getsize(path) != want["size"]:
                 return meta, f"{name} holds {os.path.getsize(path):,} bytes, {want['size']:,} when built"
-            if want["sha256"] is not None and sha256(path) != want["sha256"]:
+            if want["sha256"] is not None and sha256_file(path) != want["sha256"]:
                 return meta, f"{name} changed since it was built"
         open_cache(folder)
     except CACHE_ERRORS as err:
@@ -64,16 +65,8 @@ def file_records(folder):
     records = {}
     for name, path in sorted(all_files(folder).items()):
         size = os.path.getsize(path)
-        records[name] = {"size": size, "sha256": sha256(path) if size <= HASHED_BYTES else None}
+        records[name] = {"size": size, "sha256": sha256_file(path) if size <= HASHED_BYTES else None}
     return records
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def discard(folder, tmp):

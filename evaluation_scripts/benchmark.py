@@ -192,9 +192,9 @@ def _plain(value):
 
 
 def write_atomic(path, text):
-    with open(path + ".tmp", "w") as f:
+    from utils.io import atomic_file
+    with atomic_file(path) as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def write_outputs(out_dir, name, report, items, scores):

@@ -20,22 +20,23 @@ def tiny_opt(tmp_path_factory):
     return build_tiny_opt(str(tmp_path_factory.mktemp("tiny_opt")))
 
 
+def _pair_folder(tmp_path_factory, name, train, test):
+    folder = tmp_path_factory.mktemp(name)
+    write_jsonl(folder / "train.jsonl", learnable_pairs(train, seed=1))
+    write_jsonl(folder / "test.jsonl", learnable_pairs(test, seed=2))
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def pair_folder(tmp_path_factory):
     """train.jsonl (384 pairs) and test.jsonl (96) of a rule a tiny model learns in seconds."""
-    folder = tmp_path_factory.mktemp("pairs")
-    write_jsonl(folder / "train.jsonl", learnable_pairs(384, seed=1))
-    write_jsonl(folder / "test.jsonl", learnable_pairs(96, seed=2))
-    return str(folder)
+    return _pair_folder(tmp_path_factory, "pairs", 384, 96)
 
 
 @pytest.fixture(scope="session")
 def small_pair_folder(tmp_path_factory):
     """train.jsonl (64 pairs: 8 steps of 8) and test.jsonl (16) for runs that are killed, resumed, damaged."""
-    folder = tmp_path_factory.mktemp("small_pairs")
-    write_jsonl(folder / "train.jsonl", learnable_pairs(64, seed=1))
-    write_jsonl(folder / "test.jsonl", learnable_pairs(16, seed=2))
-    return str(folder)
+    return _pair_folder(tmp_path_factory, "small_pairs", 64, 16)
 
 
 @pytest.fixture

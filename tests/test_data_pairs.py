@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import data.pairs
+import utils.dist
 from data import PairCollator, build_pair_datasets
 from utils.errors import UserError
 
@@ -168,16 +169,18 @@ def test_split_that_leaves_phase2_nothing_names_the_flag(opt_tokenizer, tmp_path
 
 def test_other_ranks_read_the_cache_rank0_wrote(opt_tokenizer, tmp_path, monkeypatch, capsys):
     src = folder(tmp_path, "src", rows(20, "x"), rows(10, "y"))
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setenv("RANK", "1")  # print_rank0 stays quiet
+
+    def be_rank(rank):  # a process group left by an earlier in-process main() would override RANK
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setattr(utils.dist, "get_rank", lambda: rank)  # print_rank0 stays quiet on rank 1
+
+    be_rank(1)
     with pytest.raises(UserError, match="local rank 0 should have written"):
         build(opt_tokenizer, [src], tmp_path)
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("RANK", "0")
+    be_rank(0)
     built, _ = build(opt_tokenizer, [src], tmp_path)
     capsys.readouterr()
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setenv("RANK", "1")
+    be_rank(1)
     read, _ = build(opt_tokenizer, [src], tmp_path)
     assert read.cache_files == built.cache_files and capsys.readouterr().out == ""
 

@@ -5,7 +5,6 @@ An output folder belongs to one run: a fresh run refuses a folder holding anothe
 (unless --overwrite_output_dir), and a resume refuses a checkpoint whose run differs in anything that
 would change the training (data, batch arithmetic, schedule, optimizer, model, precision), naming it.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ import torch
 
 from utils.dist import barrier, get_rank, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
-from utils.io import is_disk_full, write_json
+from utils.io import is_disk_full, sha256_file, write_json
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -137,13 +136,8 @@ def save_checkpoint(engine, output_dir, client_state, total_limit=0):
 
 def _manifest(folder):
     files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, names in os.walk(folder) for f in names)
-    return {name: [os.path.getsize(os.path.join(folder, name)), _sha256(os.path.join(folder, name))]
+    return {name: [os.path.getsize(os.path.join(folder, name)), sha256_file(os.path.join(folder, name))]
             for name in files if name != COMPLETE_MARKER}
-
-
-def _sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify_checkpoint(folder):
@@ -159,7 +153,7 @@ def verify_checkpoint(folder):
             return f"{name} is missing"
         if os.path.getsize(path) != size:
             return f"{name} has {os.path.getsize(path):,} bytes, {size:,} when saved"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{name} does not have the content it was saved with"
     return None if "manifest" in info else f"its {COMPLETE_MARKER} marker has no manifest"
 

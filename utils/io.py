@@ -6,6 +6,7 @@ interrupted. Single files (JSON, scores) go through `atomic_file`.
 """
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,12 @@ def atomic_file(path, mode="w"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def sha256_file(path):
+    """The SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def is_disk_full(error):
