@@ -34,7 +34,7 @@ from training.cpu_speed import bound_kernel_caches
 from training.evaluation import eval_loader, evaluate
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
-from training.sub_batches import parse_setting as sub_batch_setting
+from training.sub_batches import SHARE_SETTINGS, parse_setting as sub_batch_setting
 from utils.dist import get_world_size, init_distributed, print_rank0, set_single_process_defaults
 from utils.ds_config import load_ds_config, resolve_ds_config
 from utils import validate
@@ -153,6 +153,9 @@ def setup_engine(args, model, config, micro_batches_per_epoch):
                                args.num_train_epochs * math.ceil(micro_batches_per_epoch / accumulation))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                       config=config, dist_init_required=True)
+    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
+        # Alone, DeepSpeed would still flatten every gradient, "all-reduce" it and copy it back each step.
+        engine.enable_backward_allreduce = False
     return engine
 
 
@@ -266,6 +269,10 @@ def build_parser():
                        help="Compute each micro batch as sub-batches of pairs of similar length, one optimizer "
                             "step (same update, less padding): auto (on CPU), off, or N: split where it saves more "
                             "than N padded tokens per extra forward (training/sub_batches.py).")
+    train.add_argument("--share_prompt", choices=SHARE_SETTINGS, default="auto",
+                       help="Compute the tokens a pair's chosen and rejected rows share (their prompt) once per "
+                            "pair (same values, fewer tokens): auto (on CPU without dropout, per sub-batch where it "
+                            "costs less), on (every sub-batch) or off (model/shared_prompt.py).")
     train.add_argument("--enable_tensorboard", action="store_true", help="Write TensorBoard scalars.")
     train.add_argument("--tensorboard_path", default="step2_tensorboard", help="TensorBoard log folder.")
 

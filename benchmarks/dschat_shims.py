@@ -4,9 +4,9 @@ Applied in memory by benchmarks/sxs_runner.py before the script is run; the chec
 Each shim changes how the script runs on this machine, not what it computes:
 - `transformers.modeling_utils.no_init_weights` moved to `transformers.initialization` in v5:
   re-exported under the old name (the script imports it; step 2 never calls it).
-- FusedAdam needs CUDA: on a CPU accelerator it becomes torch's AdamW with the same arguments
-  (FusedAdam's default is AdamW-style decoupled weight decay; this project uses the same torch AdamW
-  on CPU).
+- FusedAdam needs CUDA: on a CPU accelerator it becomes torch's fused AdamW with the same arguments
+  (FusedAdam's default is AdamW-style decoupled weight decay; a fused kernel, as FusedAdam is; this
+  project uses the same optimizer on CPU).
 - DeepSpeed's CPU accelerator has no fp16: the script's fp16 section becomes bf16 (this project's
   rule), and `fp32` (SXS_DTYPE) drops the section so the engine trains in fp32, which the script's
   `--dtype` choices (fp16, bf16) cannot ask for.
@@ -35,13 +35,14 @@ def _cpu_fused_adam():
         return
 
     class FusedAdam(torch.optim.AdamW):
-        """torch AdamW under FusedAdam's signature (adam_w_mode=True, its default)."""
+        """torch's fused AdamW under FusedAdam's signature (adam_w_mode=True, its default)."""
 
         def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-8,
                      adam_w_mode=True, weight_decay=0.0, amsgrad=False, set_grad_none=True):
             if not (bias_correction and adam_w_mode):
                 raise NotImplementedError("the CPU stand-in for FusedAdam only does bias-corrected AdamW")
-            super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+            super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                             fused=True)
 
     deepspeed.ops.adam.FusedAdam = FusedAdam
 

@@ -52,7 +52,8 @@ RUNNER = os.path.join(HERE, "sxs_runner.py")
 DSCHAT_SCRIPT = os.path.join("training", "step2_reward_model_finetuning", "main.py")
 SHARES = (2, 4, 4)  # --data_split; step 2 takes the second share
 SPEED_RUNS = {"dschat": [], "project": [], "project_grouped": ["--group_by_length"],
-              "project_unsplit": ["--sub_batches", "off"]}  # name -> extra main.py flags
+              "project_unsplit": ["--sub_batches", "off"], "project_unshared": ["--share_prompt", "off"],
+              "project_grouped_unshared": ["--group_by_length", "--share_prompt", "off"]}  # name -> extra main.py flags
 
 
 def parse_args(argv=None):
@@ -321,6 +322,7 @@ def speed_figures(run, args):
             "first_step_s": steps[0]["t"] - run["start"], "peak_rss_mb": run["peak_rss_mb"],
             "mean_padded_len": sum(s["padded_len"] for s in timed) / len(timed), "run_seconds": run["seconds"],
             "mean_padded_tokens": sum(s["padded_tokens"] for s in timed) / len(timed),
+            "mean_tokens": sum(s["tokens"] for s in timed) / len(timed),
             "mean_forwards": sum(s["forwards"] for s in timed) / len(timed)}
 
 
@@ -363,19 +365,21 @@ def summarise_speed(figures):
             "first_step_ratio": mean([r["first_step_s"] for r in runs]) / mean([b["first_step_s"] for b in base]),
             "mean_padded_len": [r["mean_padded_len"] for r in runs],
             "mean_padded_tokens": [r["mean_padded_tokens"] for r in runs],
+            "mean_tokens": [r["mean_tokens"] for r in runs],
             "mean_forwards": [r["mean_forwards"] for r in runs]}
     return summary
 
 
 def print_speed(summary):
     print("\nrun | pairs/s | vs DeepSpeed-Chat (mean; per round) | peak RSS MB (vs) | first step s (vs) | "
-          "padded tokens per micro step (forwards)")
+          "padded tokens per micro step (forwards) | tokens computed (shared prompts once)")
     for name, s in summary.items():
         print(f"{name} | {', '.join(f'{x:.3f}' for x in s['pairs_per_s'])} | {s['speed_ratio']:.2f}x; "
               f"{', '.join(f'{x:.2f}' for x in s['speed_ratio_per_round'])} | "
               f"{', '.join(f'{x:.0f}' for x in s['peak_rss_mb'])} ({s['rss_ratio']:.2f}x) | "
               f"{', '.join(f'{x:.1f}' for x in s['first_step_s'])} ({s['first_step_ratio']:.2f}x) | "
-              f"{', '.join(f'{x:.0f} ({f:.2f})' for x, f in zip(s['mean_padded_tokens'], s['mean_forwards']))}")
+              f"{', '.join(f'{x:.0f} ({f:.2f})' for x, f in zip(s['mean_padded_tokens'], s['mean_forwards']))} | "
+              f"{', '.join(f'{x:.0f}' for x in s['mean_tokens'])}")
 
 
 # ---------------------------------------------------------------- main

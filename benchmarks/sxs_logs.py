@@ -34,7 +34,8 @@ def micro_steps(records):
             steps.append({"n": record["n"], "t": record["t"], "lr": record["lr"], "forwards": len(forwards),
                           "pairs": pairs, "loss": weighted / len(pairs) if forwards else None,
                           "padded_len": max((f["padded_len"] for f in forwards), default=0),
-                          "padded_tokens": sum(f["padded_len"] * 2 * len(f["pairs"]) for f in forwards)})
+                          "padded_tokens": sum(f["padded_len"] * 2 * len(f["pairs"]) for f in forwards),
+                          "tokens": sum(f.get("tokens", f["padded_len"] * 2 * len(f["pairs"])) for f in forwards)})
             forwards, micro_batch = [], None
     return steps
 

@@ -12,7 +12,7 @@ Environment:
 
 Measured, per forward call of the reward model: train or eval, a hash of each row's unpadded ids
 (attention_mask == 1), each pair as (chosen hash, rejected hash), the loss as a Python float, the
-end scores, the padded length; per micro batch of main.py (split into sub-batches, one forward each) its
+end scores, the padded length, the tokens computed (fewer with main.py's shared prompts); per micro batch of main.py (split into sub-batches, one forward each) its
 pairs in the loader's order; per `DeepSpeedEngine.step`: the wall time and the learning rate;
 once: checksums of the initial weights, and a hash of torch's CPU RNG state at the first training
 forward (dropout masks are drawn from it). Not measured here: memory and process start-up (the
@@ -82,7 +82,15 @@ def patch_forward(cls, recorder):
                                                             digest_size=8).hexdigest())
         out = original(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pairs, lengths = describe_batch(input_ids, attention_mask)
+        tokens = input_ids.numel()
+        if kwargs.get("share_prompt"):  # main.py's shared prompts: B rows of the shared start, 2B of the rest
+            from model.reward_model import shared_lengths
+            shared = shared_lengths(input_ids, attention_mask, self.PAD_ID, self.num_padding_at_beginning,
+                                    self.end_token_rule)
+            ends = attention_mask.sum(dim=1)  # right padding
+            tokens = len(shared) * int(shared.max()) + 2 * len(shared) * int((ends - shared.repeat(2)).max())
         recorder.write("forward", train=training, pairs=pairs, lengths=lengths, padded_len=input_ids.size(1),
+                       tokens=tokens, shared=bool(kwargs.get("share_prompt")),
                        loss=float(out["loss"].detach().float()), dtype=str(out["loss"].dtype),
                        chosen=out["chosen_mean_scores"].detach().float().tolist(),
                        rejected=out["rejected_mean_scores"].detach().float().tolist())

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.shared_prompt import shared_values
+
 END_OF_CONVERSATION = "<|endoftext|>"  # appended to every chosen/rejected text (DeepSpeed-Chat's)
 LN2 = math.log(2)  # the pair loss when chosen and rejected get the same reward
 DEEPSPEED_CHAT, LAST_TOKEN = "deepspeed_chat", "last_token"
@@ -69,6 +71,21 @@ def loss_spans(chosen_ids, rejected_ids, pad_id, num_padding_at_beginning, chose
     start = torch.where(identical, length - 1, first_diff)
     end = torch.where(identical, length, torch.maximum(torch.maximum(chosen_end, rejected_end), start))
     return start, end, chosen_end, torch.where(identical, chosen_end, rejected_end)
+
+
+def shared_lengths(input_ids, attention_mask, pad_id, num_padding_at_beginning, end_token_rule):
+    """(2B, L) rows, chosen then rejected -> (B,) leading tokens each pair shares that the loss never reads:
+    up to the first difference, the first token not attended in both rows, and the earlier score position."""
+    pairs, length = input_ids.size(0) // 2, input_ids.size(1)
+    chosen_mask, rejected_mask = attention_mask[:pairs], attention_mask[pairs:]
+    start, _, chosen_end, rejected_end = loss_spans(input_ids[:pairs], input_ids[pairs:], pad_id,
+                                                    num_padding_at_beginning, chosen_mask, rejected_mask,
+                                                    end_token_rule)
+    positions = torch.arange(length, device=input_ids.device)
+    both = (chosen_mask != 0) & (rejected_mask != 0)
+    first_gap = torch.where(both, length, positions).min(dim=1).values
+    shared = torch.minimum(torch.minimum(start, first_gap), torch.minimum(chosen_end, rejected_end) - 1)
+    return shared.clamp(min=0)
 
 
 def pairwise_loss(chosen_ids, rejected_ids, chosen_rewards, rejected_rewards, pad_id,
@@ -143,19 +160,28 @@ class RewardModel(nn.Module):
     def gradient_checkpointing_disable(self):
         self.rwtransformer.activation_checkpointing_disable()
 
-    def _values(self, input_ids, attention_mask, use_cache=False, **kwargs):
-        """(N, L) ids -> (N, L) per-token rewards. kwargs (head_mask, ...) go to the base model."""
-        outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
-        values = self.v_head(outputs[0]).squeeze(-1)
+    def _values(self, input_ids, attention_mask, use_cache=False, shared=None, **kwargs):
+        """(N, L) ids -> (N, L) per-token rewards. kwargs (head_mask, ...) go to the base model. `shared`
+        (N/2,): compute each pair's first `shared` tokens once (model/shared_prompt.py; those values are 0)."""
+        if shared is not None:
+            values = shared_values(self.rwtransformer, self.v_head, input_ids, attention_mask, shared)
+        else:
+            outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+            values = self.v_head(outputs[0]).squeeze(-1)
         return values - self.reward_offset if self.reward_offset else values
 
     def end_positions(self, input_ids, attention_mask=None):
         """(N, L) rows -> (N,) one past the token each row's score is read at (this model's rule)."""
         return row_ends(input_ids, attention_mask, self.PAD_ID, self.num_padding_at_beginning, self.end_token_rule)
 
-    def forward(self, input_ids=None, attention_mask=None, margin=None, **kwargs):
-        """`margin` (B,): optional per-pair margins (the data's `margin` column with --use_margin)."""
-        rewards = self._values(input_ids, attention_mask, **kwargs)
+    def forward(self, input_ids=None, attention_mask=None, margin=None, share_prompt=False, **kwargs):
+        """`margin` (B,): optional per-pair margins (the data's `margin` column with --use_margin).
+        `share_prompt`: each pair's shared start goes through the model once (`shared_lengths`)."""
+        shared = None
+        if share_prompt:
+            shared = shared_lengths(input_ids, attention_mask, self.PAD_ID, self.num_padding_at_beginning,
+                                    self.end_token_rule)
+        rewards = self._values(input_ids, attention_mask, shared=shared, **kwargs)
         pairs = input_ids.size(0) // 2
         masks = (None, None) if attention_mask is None else (attention_mask[:pairs], attention_mask[pairs:])
         loss, chosen_scores, rejected_scores = pairwise_loss(

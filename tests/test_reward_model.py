@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model.reward_model import RewardModel, end_indices, pairwise_loss
-from training.cpu_speed import CPU_EAGER_MAX_LEN, cpu_training_speedups
+from training.cpu_speed import CPU_EAGER_MAX_LEN, CPU_EAGER_MAX_TOKENS, cpu_training_speedups
 from tests.reference import reference_end_scores, reference_pairwise_loss
 
 PAD = 2  # OPT: pad = eos = bos = </s>
@@ -97,14 +97,16 @@ def test_value_head_reads_opt_projection_width(tiny_reward_model):
     assert tiny_reward_model.v_head.bias is None
 
 
-@pytest.mark.parametrize("length", [12, CPU_EAGER_MAX_LEN + 8])
-def test_cpu_attention_switch_keeps_values_and_gradients(tiny_reward_model, length, monkeypatch):
-    """Eager attention for short batches, SDPA for long ones: same values and gradients as SDPA alone;
-    the model's own kernel is back once the forward is done."""
+@pytest.mark.parametrize("rows, length, kernel_used", [
+    (4, 12, "eager"), (4, CPU_EAGER_MAX_LEN + 8, "eager"),  # long rows, but few tokens in all
+    (16, CPU_EAGER_MAX_TOKENS // 16 + 8, "sdpa")])
+def test_cpu_attention_switch_keeps_values_and_gradients(tiny_reward_model, rows, length, kernel_used, monkeypatch):
+    """Eager attention for short rows or small batches, SDPA otherwise: same values and gradients as SDPA
+    alone; the model's own kernel is back once the forward is done."""
     import contextlib
     monkeypatch.setattr("training.cpu_speed.cpu_dropout", contextlib.nullcontext)  # torch's masks in both runs
     torch.manual_seed(1)
-    input_ids = torch.randint(3, 100, (4, length))
+    input_ids = torch.randint(3, 100, (rows, length))
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, length // 2:] = 0  # right padding, as the collator makes
     input_ids[attention_mask == 0] = PAD
@@ -122,7 +124,7 @@ def test_cpu_attention_switch_keeps_values_and_gradients(tiny_reward_model, leng
                 values.sum().backward()
             runs[enabled] = (used, values.detach(), model.v_head.weight.grad.clone())
             assert kernel() == "sdpa"
-        assert runs[True][0] == ("eager" if length <= CPU_EAGER_MAX_LEN else "sdpa")
+        assert runs[True][0] == kernel_used
         assert runs[False][0] == "sdpa"
         torch.testing.assert_close(runs[True][1][attention_mask.bool()], runs[False][1][attention_mask.bool()])
         torch.testing.assert_close(runs[True][2], runs[False][2])

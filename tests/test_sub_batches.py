@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from data import PairCollator
-from training.sub_batches import forward_cost, pair_lengths, parse_setting, plan, split, train_micro_batch
+from training.sub_batches import (ALWAYS, CHEAPER, OFF, forward_cost, pair_lengths, parse_setting, plan, share_mode,
+                                  split, train_micro_batch)
+from utils.errors import UserError
 
 PAIRS, ACCUMULATION = 4, 2
 
@@ -115,10 +117,10 @@ def make_engine(tiny_opt, tokenizer, stage, checkpointing, lora):
     return engine, optimizer
 
 
-def train_run(tiny_opt, tokenizer, stage, checkpointing, lora, cost):
+def train_run(tiny_opt, tokenizer, stage, checkpointing, lora, cost, share=OFF):
     """(gradients of each optimizer step, micro batch losses) of 4 micro batches, 2 optimizer steps."""
     engine, optimizer = make_engine(tiny_opt, tokenizer, stage, checkpointing, lora)
-    losses = [float(train_micro_batch(engine, batch, cost)) for batch in micro_batches(tokenizer)]
+    losses = [float(train_micro_batch(engine, batch, cost, share=share)) for batch in micro_batches(tokenizer)]
     assert engine.global_steps == 2  # the boundary comes back to DeepSpeed's count after split steps
     return optimizer.seen, losses
 
@@ -141,6 +143,36 @@ def test_sub_batches_give_the_unsplit_gradients_and_loss(case, tiny_opt, opt_tok
         for index, (x, y) in enumerate(zip(a, b)):
             torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=f"{case}: step {step + 1}, tensor {index}")
     torch.testing.assert_close(torch.tensor(split_losses), torch.tensor(whole_losses), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["zero0", "zero2", "zero3", "zero2+lora"])
+@pytest.mark.parametrize("share", [ALWAYS, CHEAPER])
+def test_shared_prompts_give_the_plain_gradients_and_loss(case, share, tiny_opt, opt_tokenizer):
+    """Each pair's shared start computed once, in sub-batches or not: DeepSpeed steps with the gradients
+    of plain unsplit micro batches."""
+    stage, checkpointing, lora = CASES[case]
+    whole, whole_losses = train_run(tiny_opt, opt_tokenizer, stage, checkpointing, lora, cost=None)
+    for cost in (None, 0):
+        shared, shared_losses = train_run(tiny_opt, opt_tokenizer, stage, checkpointing, lora, cost, share)
+        for step, (a, b) in enumerate(zip(shared, whole)):
+            for index, (x, y) in enumerate(zip(a, b)):
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=f"{case}: step {step + 1}, tensor {index}")
+        torch.testing.assert_close(torch.tensor(shared_losses), torch.tensor(whole_losses), rtol=0, atol=1e-6)
+
+
+def test_share_mode_rules(tiny_opt, opt_tokenizer):
+    from model.create import create_reward_model
+    model = create_reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.0)
+    assert share_mode("auto", model, "cpu", 0, 1)[0] == CHEAPER
+    assert share_mode("auto", model, "cuda", 0, 1)[0] == OFF  # the cost is measured on CPU only
+    assert share_mode("auto", model, "cpu", 3, 2)[0] == OFF and share_mode("on", model, "cpu", 3, 2)[0] == ALWAYS
+    assert share_mode("off", model, "cpu", 0, 1)[0] == OFF
+    mode, why = share_mode("auto", create_reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.1), "cpu", 0, 1)
+    assert mode == OFF and "dropout" in why
+    model.gradient_checkpointing_enable()
+    assert share_mode("auto", model, "cpu", 0, 1)[0] == OFF
+    with pytest.raises(UserError, match="--share_prompt on: gradient checkpointing"):
+        share_mode("on", model, "cpu", 0, 1)
 
 
 # ---- main.py on two ranks: the ranks agree on the number of sub-batches ---------------------------------

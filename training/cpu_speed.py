@@ -2,8 +2,9 @@
 (`cpu_training_speedups`), and a memory bound main.py sets at start (`bound_kernel_caches`).
 
 The speed rules change no result beyond float rounding (tests/test_fidelity.py):
-1. Attention: eager for batches up to CPU_EAGER_MAX_LEN tokens, SDPA above. PyTorch's CPU flash-
-   attention backward is 2-4x slower than eager on short rows and faster on long ones.
+1. Attention: eager for rows up to CPU_EAGER_MAX_LEN tokens or batches up to CPU_EAGER_MAX_TOKENS, SDPA
+   otherwise. PyTorch's CPU flash-attention backward is 2-4x slower than eager on short rows and faster
+   on long ones and on large batches.
 2. Dropout, below: torch's keep rate and scale, with the random bits drawn faster.
 
 On CPU `torch.nn.functional.dropout` draws its Bernoulli mask one element at a time from the
@@ -24,6 +25,10 @@ _torch_dropout = F.dropout
 # Measured crossover of eager and SDPA attention (forward + backward, bf16) on this project's 2-core CPU
 # machine with the opt-125m and opt-350m shapes of benchmarks/bench.py (commit 1994c2f).
 CPU_EAGER_MAX_LEN = 192
+# ... and for batches of up to this many tokens whatever their length (opt-125m shape, bf16, forward +
+# backward, process CPU time: eager 3-7% faster at 8 x 198 ... 8 x 384, 2 x 512 and 4 x 512 rows x tokens;
+# SDPA 8-27% faster at 8 x 448, 8 x 512, 16 x 256 and above; docs/performance.md).
+CPU_EAGER_MAX_TOKENS = 3072
 # oneDNN (torch's bf16 CPU matmuls) and ideep keep the kernels they build for every input shape in LRU caches
 # of 1,024 entries each. Batches padded only to their longest row, and sub-batches, bring new shapes nearly
 # every step: ~9.5 MB more RSS per new length for the opt-125m shape, never given back, up to ~1 GB.
@@ -83,7 +88,8 @@ def cpu_training_speedups(model, input_ids, enabled=True):
     previous = base.config._attn_implementation
     switch = previous == "sdpa" and base._can_set_attn_implementation()
     if switch:
-        base.set_attn_implementation("eager" if input_ids.size(1) <= CPU_EAGER_MAX_LEN else "sdpa")
+        eager = input_ids.size(1) <= CPU_EAGER_MAX_LEN or input_ids.numel() <= CPU_EAGER_MAX_TOKENS
+        base.set_attn_implementation("eager" if eager else "sdpa")
     try:
         with cpu_dropout():
             yield

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from model.reward_model import LN2, loss_spans
 from training.checkpoint import save_checkpoint
-from training.sub_batches import forward_cost, train_micro_batch
+from training.sub_batches import forward_cost, share_mode, train_micro_batch
 from utils.dist import all_reduce, get_rank, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
 
@@ -110,6 +110,9 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
     pairs_per_step = train_loader.batch_size * get_world_size() * accumulation
     batches_per_epoch = len(train_loader)
     cost = forward_cost(args.sub_batches, engine.module.config, engine.device.type)
+    share, why = share_mode(args.share_prompt, engine.module, engine.device.type, engine.zero_optimization_stage(),
+                            get_world_size())
+    print_rank0(f"train: shared prompts computed once: {share} ({why})")
     for epoch in range(position["epoch"], args.num_train_epochs):
         engine.train()  # from_pretrained leaves the base in eval mode (no dropout)
         skip = position["batches_done"] if epoch == position["epoch"] else 0
@@ -123,7 +126,7 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
         for batch_index, batch in enumerate(bar, start=skip):
             step_batches.append((batch_index, batch["input_ids"]))
             boundary = engine.is_gradient_accumulation_boundary()
-            loss = train_micro_batch(engine, batch, cost, args.pad_to_multiple_of, not args.disable_cpu_speedups)
+            loss = train_micro_batch(engine, batch, cost, args.pad_to_multiple_of, not args.disable_cpu_speedups, share)
             epoch_loss += loss
             step_loss += loss
             if not boundary:

@@ -15,9 +15,15 @@ import argparse
 
 import torch
 
+from torch import nn
+
+from model.create import DROPOUT_KEYS
+from model.reward_model import shared_lengths
+from model.shared_prompt import supports
 from training.cpu_speed import cpu_training_speedups
 from training.evaluation import to_device
 from utils.dist import all_reduce, get_world_size
+from utils.errors import UserError
 
 # One more forward + backward through main.py's engine (bf16, ZeRO-0: the engine's per-backward gradient
 # work included) costs as much as this many padded tokens, divided by the model's hidden size. Measured with
@@ -29,6 +35,8 @@ FORWARD_COST_X_WIDTH = {"cpu": 36_000}
 # A row of L tokens costs L x (1 + L / ATTENTION_LENGTH) tokens' worth: attention grows with L (same fits:
 # 1,250 for the opt-125m shape, 1,890 for opt-350m).
 ATTENTION_LENGTH = 1250
+OFF, ALWAYS, CHEAPER = "off", "always", "cheaper"  # share_mode's answers
+SHARE_SETTINGS = ("auto", "on", "off")  # --share_prompt
 
 
 def parse_setting(text):
@@ -47,12 +55,12 @@ def forward_cost(setting, config, device_type):
     return FORWARD_COST_X_WIDTH[device_type] / config.hidden_size if setting == "auto" else setting
 
 
-def plan(lengths, cost, parts=None):
+def plan(lengths, cost, parts=None, shared=None):
     """Pairs (their padded lengths) -> sub-batches (lists of pair indices), longest first.
 
-    Minimises the sum over sub-batches of 2k x L x (1 + L / ATTENTION_LENGTH) + cost, for k pairs padded
-    to L; with `parts`, into exactly that many. Pairs sorted by length are cut into runs (the cheapest split
-    always is one); each run keeps the micro batch's order.
+    Minimises the sum over sub-batches of `run_cost`; with `parts`, into exactly that many. Pairs sorted by
+    length are cut into runs (without `shared` the cheapest split always is one); each run keeps the
+    micro batch's order.
 
     >>> plan([300, 20, 290, 30], cost=64)
     [[0, 2], [1, 3]]
@@ -62,23 +70,70 @@ def plan(lengths, cost, parts=None):
     if parts is not None and not 1 <= parts <= len(lengths):
         raise ValueError(f"cannot cut {len(lengths)} pairs into {parts} sub-batches (unequal micro batches on ranks?)")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    longest = [lengths[i] for i in order]
     count, most = len(order), parts or len(order)
     # best[m][j]: cheapest way to cover the j longest pairs with m sub-batches; start[m][j]: where the last begins
     best = [[0.0] + [float("inf")] * count] + [[float("inf")] * (count + 1) for _ in range(most)]
     start = [[0] * (count + 1) for _ in range(most + 1)]
-    for m in range(1, most + 1):
-        for j in range(m, count + 1):
-            for i in range(m - 1, j):
-                padded = 2 * (j - i) * longest[i] * (1 + longest[i] / ATTENTION_LENGTH)
-                if best[m - 1][i] + padded + cost < best[m][j]:
-                    best[m][j], start[m][j] = best[m - 1][i] + padded + cost, i
+    for j in range(1, count + 1):
+        for i in range(j - 1, -1, -1):
+            run = order[i:j]
+            price, _ = run_cost([lengths[p] for p in run], None if shared is None else [shared[p] for p in run], cost)
+            for m in range(1, min(most, i + 1) + 1):
+                if best[m - 1][i] + price < best[m][j]:
+                    best[m][j], start[m][j] = best[m - 1][i] + price, i
     m = parts or min(range(1, count + 1), key=lambda n: best[n][count])
     runs, j = [], count
     for m in range(m, 0, -1):
         runs.append(sorted(order[start[m][j]:j]))
         j = start[m][j]
     return runs[::-1]
+
+
+def run_cost(lengths, shared, cost):
+    """(token-equivalents, share the prompt?) of one forward + backward over pairs of these padded lengths.
+
+    k pairs padded to L cost 2k x L x (1 + L / ATTENTION_LENGTH) + cost. With `shared` (each pair's
+    `shared_lengths`), also k rows of the longest shared start P plus 2k rows of the longest rest S
+    attending to P + S tokens, charged a second `cost`; the cheaper of the two is taken.
+    """
+    count, longest = len(lengths), max(lengths)
+    plain = 2 * count * longest * (1 + longest / ATTENTION_LENGTH) + cost
+    if shared is None:
+        return plain, False
+    start, rest = max(shared), max(length - n for length, n in zip(lengths, shared))
+    both = count * start * (1 + start / ATTENTION_LENGTH) + 2 * count * rest * (1 + (start + rest) / ATTENTION_LENGTH)
+    return min(plain, both + 2 * cost), both + 2 * cost < plain
+
+
+def share_mode(setting, model, device_type, zero_stage, world_size):
+    """--share_prompt resolved for this run: (OFF, ALWAYS or CHEAPER (per sub-batch, where `run_cost` says
+    so), why). `on` shares in every sub-batch, so every rank runs the same passes (ZeRO-3 needs that)."""
+    config = model.config
+    if setting == "off":
+        return OFF, "--share_prompt off"
+    problem = (f"model type {config.model_type} is not supported (model/shared_prompt.py)"
+               if not supports(config) else
+               "gradient checkpointing recomputes each forward without the shared keys and values"
+               if model.rwtransformer.is_activation_checkpointing else None)
+    if problem:
+        if setting == "on":
+            raise UserError(f"--share_prompt on: {problem}; use --share_prompt auto or off")
+        return OFF, f"auto: {problem}"
+    if setting == "on":
+        return ALWAYS, "--share_prompt on"
+    dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()) or any(
+        (getattr(config, key, 0) or 0) > 0 for key in DROPOUT_KEYS)
+    why = ("dropout is on (the shared tokens would share their dropout masks)" if dropout else
+           "the split cost is measured on CPU only" if device_type not in FORWARD_COST_X_WIDTH else
+           "ZeRO-3 ranks must all run the same passes (--share_prompt on shares in every sub-batch)"
+           if zero_stage == 3 and world_size > 1 else None)
+    return (OFF, f"auto: {why}") if why else (CHEAPER, "auto: where it costs fewer tokens")
+
+
+def shared_pair_lengths(model, batch):
+    """Each pair's `shared_lengths` under `model`'s (a RewardModel) end-token rule, as a list."""
+    return shared_lengths(batch["input_ids"], batch["attention_mask"], model.PAD_ID, model.num_padding_at_beginning,
+                          model.end_token_rule).tolist()
 
 
 def pair_lengths(batch, multiple=None):
@@ -99,39 +154,43 @@ def select(batch, pairs, length):
     return part
 
 
-def split(lengths, cost, device):
+def split(lengths, cost, device, shared=None):
     """`plan`'s sub-batches, as many on every rank (the most any rank wants): ZeRO-2/3 reduce gradients in
     every backward and ZeRO-3 gathers weights in every forward, so all ranks must run as many."""
     if cost is None:
         return [list(range(len(lengths)))]
-    runs = plan(lengths, cost)
+    runs = plan(lengths, cost, shared=shared)
     if get_world_size() > 1:
         parts = int(all_reduce(torch.tensor([float(len(runs))], device=device), op="max").item())
-        runs = runs if parts == len(runs) else plan(lengths, cost, parts)
+        runs = runs if parts == len(runs) else plan(lengths, cost, parts, shared)
     return runs
 
 
-def train_micro_batch(engine, batch, cost, multiple=None, cpu_speedups=True):
+def train_micro_batch(engine, batch, cost, multiple=None, cpu_speedups=True, share=OFF):
     """Forward + backward of one collated micro batch (on the CPU) in sub-batches, then `engine.step()`.
 
-    `cost`: forward_cost's charge, None for one pass. Returns the micro batch's loss (fp32, detached).
-    Every backward but the last is marked as no gradient-accumulation boundary, so DeepSpeed reduces
-    gradients (ZeRO-0/1) and steps the optimizer at most once, as for one pass; its own micro-step count
-    takes over again after the step.
+    `cost`: forward_cost's charge, None for one pass; `share`: `share_mode`'s. Returns the micro batch's loss
+    (fp32, detached). Every backward but the last is marked as no gradient-accumulation boundary, so
+    DeepSpeed reduces gradients (ZeRO-0/1) and steps the optimizer at most once, as for one pass; its own
+    micro-step count takes over again after the step.
     """
     lengths = pair_lengths(batch, multiple)
-    runs = split(lengths, cost, engine.device)
+    shared = None if share == OFF else shared_pair_lengths(engine.module, batch)
+    runs = split(lengths, cost, engine.device, shared)
     boundary = engine.is_gradient_accumulation_boundary()
     total = torch.zeros((), device=engine.device)
     for index, pairs in enumerate(runs):
         part = to_device(select(batch, pairs, max(lengths[p] for p in pairs)), engine.device)
         if len(runs) > 1:
             engine.set_gradient_accumulation_boundary(boundary and index == len(runs) - 1)
+        if share != OFF:
+            part["share_prompt"] = share == ALWAYS or run_cost([lengths[p] for p in pairs],
+                                                               [shared[p] for p in pairs], cost or 0)[1]
         with cpu_training_speedups(engine.module, part["input_ids"], cpu_speedups):
             loss = engine(**part)["loss"]
-        share = len(pairs) / len(lengths)
-        engine.backward(loss * share if len(runs) > 1 else loss)  # engine.backward divides by accumulation
-        total += loss.detach().float() * share
+        share_of_loss = len(pairs) / len(lengths)
+        engine.backward(loss * share_of_loss if len(runs) > 1 else loss)  # engine.backward divides by accumulation
+        total += loss.detach().float() * share_of_loss
     engine.step()
     if len(runs) > 1:
         engine.set_gradient_accumulation_boundary(None)  # None: DeepSpeed's micro-step count decides again
