@@ -23,13 +23,13 @@ CONFIGS = {
 }
 
 
-def reward_model(arch, rule):
+def reward_model(arch, rule, attention="eager"):
     torch.manual_seed(0)
     config = CONFIGS[arch]()
     for key in ("dropout", "attention_dropout", "activation_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
         if hasattr(config, key):
             setattr(config, key, 0.0)
-    base = transformers.AutoModel.from_config(config, attn_implementation="eager")
+    base = transformers.AutoModel.from_config(config, attn_implementation=attention)
     model = RewardModel(base, SimpleNamespace(pad_token_id=PAD), num_padding_at_beginning=1 if arch == "opt" else 0,
                         end_token_rule=rule)
     torch.nn.init.normal_(model.v_head.weight, std=0.5)
@@ -54,10 +54,11 @@ def pairs(seed, count=5, length=24):
     return rows, masks
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("rule", ["deepspeed_chat", "last_token"])
 @pytest.mark.parametrize("arch", list(CONFIGS))
-def test_shared_start_gives_the_plain_loss_scores_and_gradients(arch, rule):
-    model = reward_model(arch, rule)
+def test_shared_start_gives_the_plain_loss_scores_and_gradients(arch, rule, attention):
+    model = reward_model(arch, rule, attention)
     assert supports(model.config)
     input_ids, attention_mask = pairs(seed=len(arch))
     runs = []

@@ -1,0 +1,58 @@
+"""Where one training step of main.py's engine spends its time: torch profiler, one batch shape.
+
+    python benchmarks/step_profile.py --model_shape 125m --rows 8 --length 198 [--dtype bf16] [--top 25]
+
+Builds main.py's engine around a random-weight OPT (benchmarks/sub_batch_cost.py's `build_engine`: the card's
+ds_config.json, ZeRO-0, its optimizer and groups), runs forward + backward + `engine.step()` on random
+rows x length batches with main.py's CPU rules: two warm-up steps, one timed step (wall clock), one profiled
+step. Prints the step time and the profiler's table by self CPU time. Not measured: data loading, sub-batches,
+shared prompts (one plain pass per step).
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmarks.sub_batch_cost import build_engine  # noqa: E402
+from training.cpu_speed import cpu_training_speedups  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_shape", choices=["tiny", "small", "125m", "350m"], default="125m")
+    parser.add_argument("--rows", type=int, default=8, help="Rows per batch (2 per pair).")
+    parser.add_argument("--length", type=int, default=198, help="Tokens per row.")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--top", type=int, default=25, help="Rows of the profiler table.")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        engine = build_engine(args.model_shape, args.dtype, folder)
+        ids = torch.randint(4, engine.module.config.vocab_size, (args.rows, args.length),
+                            generator=torch.Generator().manual_seed(0))
+        ids[:, 0] = 2  # OPT's BOS
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+        def step():
+            with cpu_training_speedups(engine.module, ids):
+                loss = engine(**batch)["loss"]
+            engine.backward(loss)
+            engine.step()
+
+        step(), step()
+        start = time.perf_counter()
+        step()
+        print(f"step: {time.perf_counter() - start:.3f} s ({args.rows} x {args.length}, {args.model_shape}, {args.dtype})")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            step()
+        print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+
+
+if __name__ == "__main__":
+    main()
