@@ -48,7 +48,8 @@ def main(argv=None):
         step(), step()
         start = time.perf_counter()
         step()
-        print(f"step: {time.perf_counter() - start:.3f} s ({args.rows} x {args.length}, {args.model_shape}, {args.dtype})")
+        seconds = time.perf_counter() - start
+        print(f"step: {seconds:.3f} s ({args.rows} x {args.length}, {args.model_shape}, {args.dtype})")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             step()
         print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))

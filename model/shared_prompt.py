@@ -24,7 +24,8 @@ def supports(config):
 
 
 def shared_values(base, v_head, input_ids, attention_mask, shared):
-    """(2B, L) rows, chosen then rejected, and their (B,) `shared_lengths` -> (2B, L) rewards; a row's first `shared` positions hold 0."""
+    """(2B, L) rows, chosen then rejected, and their (B,) `shared_lengths` -> (2B, L) rewards through
+    `base` and `v_head`; a row's first `shared` positions hold 0 (the loss never reads them)."""
     rows, length = input_ids.shape
     pairs, device = rows // 2, input_ids.device
     width = max(int(shared.max()), 1)

@@ -9,12 +9,13 @@ accumulates add up to the whole micro batch's. The batches, their order, the upd
 tests/test_sub_batches.py) and the logged loss stay DeepSpeed-Chat's; dropout masks are drawn per sub-batch.
 
 `plan` chooses the split that minimises padded tokens plus a charge for each extra forward + backward
-(`FORWARD_COST_X_WIDTH`), measured with benchmarks/sub_batch_cost.py (docs/performance.md).
+(`FORWARD_COST_X_WIDTH`), measured with benchmarks/sub_batch_cost.py (docs/performance.md). With shared
+prompts (`--share_prompt`, `share_mode`) each run may instead compute its pairs' shared starts once
+(model/shared_prompt.py), where `run_cost` says that is cheaper.
 """
 import argparse
 
 import torch
-
 from torch import nn
 
 from model.create import DROPOUT_KEYS
