@@ -162,7 +162,8 @@ class RewardModel(nn.Module):
 
     def _values(self, input_ids, attention_mask, use_cache=False, shared=None, **kwargs):
         """(N, L) ids -> (N, L) per-token rewards. kwargs (head_mask, ...) go to the base model. `shared`
-        (N/2,): compute each pair's first `shared` tokens once (model/shared_prompt.py; those values are 0)."""
+        (N/2,): compute each pair's first `shared` tokens once (model/shared_prompt.py; those values are 0;
+        training only: `use_cache` and kwargs do not apply)."""
         if shared is not None:
             values = shared_values(self.rwtransformer, self.v_head, input_ids, attention_mask, shared)
         else:

@@ -109,26 +109,35 @@ def run_cost(lengths, shared, cost):
 def share_mode(setting, model, device_type, zero_stage, world_size):
     """--share_prompt resolved for this run: (OFF, ALWAYS or CHEAPER (per sub-batch, where `run_cost` says
     so), why). `on` shares in every sub-batch, so every rank runs the same passes (ZeRO-3 needs that)."""
-    config = model.config
     if setting == "off":
         return OFF, "--share_prompt off"
-    problem = (f"model type {config.model_type} is not supported (model/shared_prompt.py)"
-               if not supports(config) else
-               "gradient checkpointing recomputes each forward without the shared keys and values"
-               if model.rwtransformer.is_activation_checkpointing else None)
-    if problem:
-        if setting == "on":
-            raise UserError(f"--share_prompt on: {problem}; use --share_prompt auto or off")
-        return OFF, f"auto: {problem}"
+    problem = unsupported_reason(model)
     if setting == "on":
+        if problem:
+            raise UserError(f"--share_prompt on: {problem}; use --share_prompt auto or off")
         return ALWAYS, "--share_prompt on"
-    dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()) or any(
-        (getattr(config, key, 0) or 0) > 0 for key in DROPOUT_KEYS)
-    why = ("dropout is on (the shared tokens would share their dropout masks)" if dropout else
-           "the split cost is measured on CPU only" if device_type not in FORWARD_COST_X_WIDTH else
-           "ZeRO-3 ranks must all run the same passes (--share_prompt on shares in every sub-batch)"
-           if zero_stage == 3 and world_size > 1 else None)
-    return (OFF, f"auto: {why}") if why else (CHEAPER, "auto: where it costs fewer tokens")
+    if not problem and has_dropout(model):
+        problem = "dropout is on (the shared tokens would share their dropout masks)"
+    if not problem and device_type not in FORWARD_COST_X_WIDTH:
+        problem = "the split cost is measured on CPU only"
+    if not problem and zero_stage == 3 and world_size > 1:
+        problem = "ZeRO-3 ranks must all run the same passes (--share_prompt on shares in every sub-batch)"
+    return (OFF, f"auto: {problem}") if problem else (CHEAPER, "auto: where it costs fewer tokens")
+
+
+def unsupported_reason(model):
+    """Why `model` (a RewardModel) cannot run the shared-start forward, or None."""
+    if not supports(model.config):
+        return f"model type {model.config.model_type} is not supported (model/shared_prompt.py)"
+    if model.rwtransformer.is_activation_checkpointing:
+        return "gradient checkpointing recomputes each forward without the shared keys and values"
+    return None
+
+
+def has_dropout(model):
+    """True when any dropout module or dropout probability in the model's config is above 0."""
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()) or any(
+        (getattr(model.config, key, 0) or 0) > 0 for key in DROPOUT_KEYS)
 
 
 def shared_pair_lengths(model, batch):
