@@ -30,6 +30,7 @@ from model.lora import apply_lora, merge_lora
 from model.reward_model import END_OF_CONVERSATION, LAST_TOKEN
 from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, load_checkpoint, needs_universal,
                                  run_identity, to_universal)
+from training.bf16_step import use_buffered_step
 from training.cpu_speed import bound_kernel_caches
 from training.evaluation import eval_loader, evaluate
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train
@@ -156,6 +157,7 @@ def setup_engine(args, model, config, micro_batches_per_epoch):
     if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
         # Alone, DeepSpeed would still flatten every gradient, "all-reduce" it and copy it back each step.
         engine.enable_backward_allreduce = False
+    use_buffered_step(engine)  # bf16 ZeRO-0 on CPU: DeepSpeed's step, bit for bit, through one fp32 buffer
     return engine
 
 
