@@ -11,7 +11,8 @@ tests/test_sub_batches.py) and the logged loss stay DeepSpeed-Chat's; dropout ma
 `plan` chooses the split that minimises padded tokens plus a charge for each extra forward + backward
 (`FORWARD_COST_X_WIDTH`), measured with benchmarks/sub_batch_cost.py (docs/performance.md). With shared
 prompts (`--share_prompt`, `share_mode`) each run may instead compute its pairs' shared starts once
-(model/shared_prompt.py), where `run_cost` says that is cheaper.
+(model/shared_prompt.py), where `run_cost` says that is cheaper. Under ZeRO-0 the passes add their token-embedding
+gradient rows straight into `.grad` (training/embedding_grad.py) instead of one table-sized gradient each.
 """
 import argparse
 
@@ -21,6 +22,7 @@ from torch import nn
 from model.create import DROPOUT_KEYS
 from model.reward_model import shared_lengths
 from model.shared_prompt import supports
+from training import embedding_grad
 from training.cpu_speed import cpu_training_speedups
 from training.evaluation import to_device
 from utils.dist import all_reduce, get_world_size
@@ -188,6 +190,7 @@ def train_micro_batch(engine, batch, cost, multiple=None, cpu_speedups=True, sha
     shared = None if share == OFF else shared_pair_lengths(engine.module, batch)
     runs = split(lengths, cost, engine.device, shared)
     boundary = engine.is_gradient_accumulation_boundary()
+    direct = (len(runs) > 1 or share != OFF) and embedding_grad.applies(engine)  # several lookups
     total = torch.zeros((), device=engine.device)
     for index, pairs in enumerate(runs):
         part = to_device(select(batch, pairs, max(lengths[p] for p in pairs)), engine.device)
@@ -196,7 +199,8 @@ def train_micro_batch(engine, batch, cost, multiple=None, cpu_speedups=True, sha
         if share != OFF:
             part["share_prompt"] = share == ALWAYS or run_cost([lengths[p] for p in pairs],
                                                                [shared[p] for p in pairs], cost or 0)[1]
-        with cpu_training_speedups(engine.module, part["input_ids"], cpu_speedups):
+        with (cpu_training_speedups(engine.module, part["input_ids"], cpu_speedups),
+              embedding_grad.direct_embedding_grad(engine.module, direct)):
             loss = engine(**part)["loss"]
         share_of_loss = len(pairs) / len(lengths)
         engine.backward(loss * share_of_loss if len(runs) > 1 else loss)  # engine.backward divides by accumulation
