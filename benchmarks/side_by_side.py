@@ -21,7 +21,7 @@ Not measured: gradients and optimizer state directly (a different update shows i
 --mode speed: a random-weight opt-125m-shape model (benchmarks/bench.py) and
 HH-harmless-like pairs, --max_seq_len 512, 4 pairs per micro batch, bf16, ZeRO-0, dropout 0.
 DeepSpeed-Chat, main.py and main.py --group_by_length (--runs; project_unsplit adds main.py --sub_batches
-off) run in turn (A, B, C, A, B, C, ...) so that other load on the machine hits all alike. Measured per
+off, baseline the main.py of another checkout, --baseline) run in turn (A, B, C, A, B, C, ...) so that other load on the machine hits all alike. Measured per
 run: pairs/s over micro steps --time_from..--time_to (wall time between step ends), time from process
 start to the end of the first step (imports, tokenisation, model load, the eval before training), peak
 RSS of the process and the children it waited for (getrusage via wait4), padded tokens and forwards per
@@ -53,7 +53,8 @@ DSCHAT_SCRIPT = os.path.join("training", "step2_reward_model_finetuning", "main.
 SHARES = (2, 4, 4)  # --data_split; step 2 takes the second share
 SPEED_RUNS = {"dschat": [], "project": [], "project_grouped": ["--group_by_length"],
               "project_unsplit": ["--sub_batches", "off"], "project_unshared": ["--share_prompt", "off"],
-              "project_grouped_unshared": ["--group_by_length", "--share_prompt", "off"]}  # name -> extra main.py flags
+              "project_grouped_unshared": ["--group_by_length", "--share_prompt", "off"],
+              "baseline": []}  # name -> extra main.py flags; baseline: main.py of the --baseline checkout
 
 
 def parse_args(argv=None):
@@ -101,6 +102,9 @@ def parse_args(argv=None):
                         help="OMP_NUM_THREADS of the runs (default: fidelity 1, speed unset: torch's default).")
     parser.add_argument("--dschat_args", default="", help="Extra flags for DeepSpeed-Chat's script (one string).")
     parser.add_argument("--project_args", default="", help="Extra flags for main.py (one string).")
+    parser.add_argument("--baseline", default=None,
+                        help="Speed: another checkout of this project (e.g. `git worktree add /tmp/old COMMIT`) whose "
+                             "main.py the run 'baseline' runs with default flags, to compare two commits.")
     parser.add_argument("--timeout", type=int, default=3600, help="Seconds before a run is killed.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the synthetic data and random weights.")
     parser.add_argument("--workdir", default=None,
@@ -126,6 +130,8 @@ def parse_args(argv=None):
         problems.append(f"--project {args.project}: no main.py there")
     if not fidelity and not 2 <= args.time_from <= args.time_to <= args.steps:
         problems.append("speed needs 2 <= --time_from <= --time_to <= --steps")
+    if "baseline" in args.runs and not (args.baseline and os.path.isfile(os.path.join(args.baseline, "main.py"))):
+        problems.append("--runs baseline needs --baseline PATH, a checkout of this project with main.py")
     if not fidelity and "dschat" not in args.runs:
         problems.append("--runs needs dschat: the ratios are against it")
     if not fidelity and args.train_pairs < args.steps * args.micro_batch:
@@ -215,15 +221,17 @@ def common_flags(args, model, data, cache):
             "--dropout", str(args.dropout), "--zero_stage", "0", "--eval_iters", str(args.eval_iters)]
 
 
-def script_command(side, args, model, data, run_dir, extra=()):
-    """(script, argv, extra env) for one run; `side` is dschat or project."""
+def script_command(side, args, model, data, run_dir, extra=(), project=None):
+    """(script, argv, extra env) for one run; `side` is dschat or project (main.py of `project`, default
+    --project)."""
     flags = common_flags(args, model, data, os.path.join(run_dir, "cache"))
     if side == "dschat":  # its --dtype has no fp32: the shim drops the bf16 section (SXS_DTYPE)
         flags += ["--dtype", "bf16", "--local_rank", "0"] + args.dschat_args.split()
         return os.path.join(args.dschat, DSCHAT_SCRIPT), flags, {"SXS_DTYPE": args.dtype, "SXS_DSCHAT": args.dschat}
-    flags += ["--dtype", args.dtype, "--deepspeed_config", os.path.join(args.project, "ds_config.json"),
+    project = project or args.project
+    flags += ["--dtype", args.dtype, "--deepspeed_config", os.path.join(project, "ds_config.json"),
               "--output_dir", os.path.join(run_dir, "out")] + args.project_args.split() + list(extra)
-    return os.path.join(args.project, "main.py"), flags, {}
+    return os.path.join(project, "main.py"), flags, {}
 
 
 def wait_with_rusage(proc, timeout):
@@ -334,7 +342,8 @@ def run_speed(args, work):
             extra = SPEED_RUNS[name]
             side = "dschat" if name == "dschat" else "project"
             run_dir = os.path.join(work, f"{name}_{round_index}")
-            script, flags, env = script_command(side, args, model, data, run_dir, extra)
+            project = args.baseline if name == "baseline" else None
+            script, flags, env = script_command(side, args, model, data, run_dir, extra, project)
             print(f"round {round_index + 1}/{args.rounds}: {name}", flush=True)
             result = speed_figures(launch(side, args, script, flags, env, run_dir, args.steps), args)
             figures[name].append(result)
@@ -389,7 +398,9 @@ def settings(args):
     dschat = subprocess.run(["git", "-C", args.dschat, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", args.project, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True)
-    return dict(vars(args), project_commit=commit.stdout.strip() or None,
+    baseline = args.baseline and subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"],
+                                                capture_output=True, text=True).stdout.strip()
+    return dict(vars(args), project_commit=commit.stdout.strip() or None, baseline_commit=baseline or None,
                 project_modified_files=[line[3:] for line in dirty.stdout.splitlines()],
                 dschat_commit=dschat.stdout.strip() or None)
 

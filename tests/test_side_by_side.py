@@ -23,6 +23,20 @@ def test_share_size_is_the_split_rule():
     assert side_by_side.share_size(side_by_side.rows_for_share(100)) == 100
 
 
+def test_a_baseline_run_needs_a_checkout_and_runs_its_main(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        side_by_side.parse_args(["--mode", "speed", "--dschat", str(tmp_path), "--runs", "dschat", "baseline"])
+    assert "--runs baseline needs --baseline PATH" in capsys.readouterr().err
+    (tmp_path / "main.py").write_text("")
+    (tmp_path / "dschat").mkdir()
+    (tmp_path / side_by_side.DSCHAT_SCRIPT).parent.mkdir(parents=True)
+    (tmp_path / side_by_side.DSCHAT_SCRIPT).write_text("")
+    args = side_by_side.parse_args(["--mode", "speed", "--dschat", str(tmp_path), "--baseline", str(tmp_path)])
+    script, _, _ = side_by_side.script_command("project", args, "MODEL", "DATA", str(tmp_path / "run"),
+                                               project=args.baseline)
+    assert script == str(tmp_path / "main.py")
+
+
 def _forward(train, pairs, loss, chosen=(), rejected=()):
     return {"kind": "forward", "train": train, "pairs": pairs, "loss": loss, "padded_len": 8,
             "chosen": list(chosen), "rejected": list(rejected)}
