@@ -4,9 +4,10 @@
 
 Builds main.py's engine around a random-weight OPT (benchmarks/sub_batch_cost.py's `build_engine`: the card's
 ds_config.json, ZeRO-0, its optimizer and groups), runs forward + backward + `engine.step()` on random
-rows x length batches with main.py's CPU rules: two warm-up steps, one timed step (wall clock), one profiled
-step. Prints the step time and the profiler's table by self CPU time. Not measured: data loading, sub-batches,
-shared prompts (one plain pass per step).
+rows x length batches with main.py's CPU rules: two warm-up steps, one timed step (wall clock), where main.py
+replaced DeepSpeed's bf16 optimizer step (training/bf16_step.py) that step and DeepSpeed's own in turn, and one
+profiled step. Prints the times and the profiler's table by self CPU time. Not measured: data loading,
+sub-batches, shared prompts (one plain pass per step).
 """
 import argparse
 import os
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,13 +45,26 @@ def main(argv=None):
             with cpu_training_speedups(engine.module, ids):
                 loss = engine(**batch)["loss"]
             engine.backward(loss)
+            start = time.perf_counter()
             engine.step()
+            return time.perf_counter() - start
 
         step(), step()
         start = time.perf_counter()
         step()
         seconds = time.perf_counter() - start
         print(f"step: {seconds:.3f} s ({args.rows} x {args.length}, {args.model_shape}, {args.dtype})")
+        if "step" in vars(engine.optimizer):  # training/bf16_step.py's: time it against DeepSpeed's own, in turn
+            buffered = engine.optimizer.step
+            times = {"buffered": [], "DeepSpeed's": []}
+            for _ in range(4):
+                for name in times:
+                    engine.optimizer.step = buffered
+                    if name != "buffered":
+                        del engine.optimizer.step
+                    times[name].append(step())
+            engine.optimizer.step = buffered
+            print("optimizer step, median of 4: " + ", ".join(f"{name} {np.median(t):.3f} s" for name, t in times.items()))
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             step()
         print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
