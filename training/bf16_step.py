@@ -31,6 +31,8 @@ def use_buffered_step(engine):
                and engine.device.type == "cpu" and optimizer.mpu is None and not optimizer.fused_lamb_legacy
                and not engine.has_moe_layers)
     if applies:
+        largest = max(p.numel() for group in optimizer.fp16_groups for p in group)
+        optimizer.fp32_grad_buffer = torch.empty(largest, dtype=torch.float32)
         optimizer.step = types.MethodType(buffered_step, optimizer)
     return applies
 
@@ -38,11 +40,9 @@ def use_buffered_step(engine):
 @torch.no_grad()
 def buffered_step(self, closure=None):
     """FP16_UnfusedOptimizer.step (DeepSpeed 0.19) without materialising fp32 gradients; `self` is that
-    optimizer. Returns whether the step was skipped, as DeepSpeed's does."""
+    optimizer, given `fp32_grad_buffer` by `use_buffered_step`. Returns whether the step was skipped, as
+    DeepSpeed's does."""
     self.overflow = False
-    largest = max(p.numel() for group in self.fp16_groups for p in group)
-    if getattr(self, "fp32_grad_buffer", None) is None or self.fp32_grad_buffer.numel() < largest:
-        self.fp32_grad_buffer = torch.empty(largest, dtype=torch.float32)
     buffer = self.fp32_grad_buffer
 
     def fp32_grads(params):
