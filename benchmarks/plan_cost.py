@@ -26,7 +26,7 @@ from benchmarks import hh_like, side_by_side  # noqa: E402
 
 
 def pair_table(folder):
-    """(train dataset, tokenizer, (N, 2) [total length, shared length] per pair) of the benchmark's data."""
+    """(train dataset, (N, 2) [total length, shared length] per pair, PAD id) of the benchmark's data."""
     from data import PairCollator
     from data.pairs import build_pair_datasets
     from model.create import load_tokenizer
@@ -46,7 +46,7 @@ def pair_table(folder):
         shared = shared_lengths(batch["input_ids"], batch["attention_mask"], tokenizer.pad_token_id, 1,
                                 "deepspeed_chat")
         table.append((total, int(shared[0])))
-    return train_set, np.array(table, dtype=np.int64)
+    return train_set, np.array(table, dtype=np.int64), tokenizer.pad_token_id
 
 
 def micro_batches(train_set, table, key, batch_size):
@@ -82,7 +82,7 @@ def main(argv=None):
     from training.sub_batches import FORWARD_COST_X_WIDTH
     charge = FORWARD_COST_X_WIDTH["cpu"] / 768  # the opt-125m shape's hidden size
     with tempfile.TemporaryDirectory() as folder:
-        train_set, table = pair_table(folder)
+        train_set, table, _ = pair_table(folder)
     total, shared = table[:, 0], table[:, 1]
     keys = {"total": total, "shared_rest": (total - shared) * 1024 + shared}
     orders = {"DeepSpeed-Chat's order": None, **{f"grouped by {k}": keys[k] for k in args.key}}
