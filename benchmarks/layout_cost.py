@@ -5,10 +5,10 @@
 For each (shared start P, rest S) it builds B random pairs whose rows share their first P tokens and differ in
 the S after, and times forward + backward through main.py's engine (benchmarks/sub_batch_cost.py's
 `build_engine`: opt-125m shape, bf16, ZeRO-0, main.py's CPU rules), the layouts taking turns:
-- shared: main.py's `--share_prompt` forward (model/shared_prompt.py): B rows of P, then 2B rows of S attending
-  to them, two base-model calls;
-- packed: B rows of P + 2S tokens, one call. The cost of packing each pair as [start | chosen rest | rejected
-  rest] with a block mask (eager and SDPA attention compute every masked score too, so the mask is left out);
+- shared: main.py's `--share_prompt` forward (model/shared_prompt.py): every pair's P + 2S tokens in one
+  unpadded row, attention on B padded rows of P and 2B of S attending to P + S;
+- packed: B rows of P + 2S tokens, one call: each pair as [start | chosen rest | rejected rest] with a block
+  mask, attention included (eager and SDPA compute every masked score too, so the mask is left out);
 - one call, short rows: 2B rows of (P + 2S) / 2 tokens, the same token count with the least attention.
 Prints the median seconds (first run of each dropped) and each layout against `shared`. Not measured: the
 optimizer step (the same for all), data loading, sub-batch planning.

@@ -65,11 +65,9 @@ def batch_cost(table, pairs, charge):
     from training.sub_batches import plan, run_cost
     lengths, shared = table[pairs, 0].tolist(), table[pairs, 1].tolist()
     perfect = sum(s + 2 * (n - s) for n, s in zip(lengths, shared))
-    price = passes = 0
-    for run in plan(lengths, charge, shared=shared):
-        cost, shares = run_cost([lengths[i] for i in run], [shared[i] for i in run], charge)
-        price, passes = price + cost, passes + (2 if shares else 1)
-    return perfect, price, passes
+    runs = plan(lengths, charge, shared=shared)
+    price = sum(run_cost([lengths[i] for i in run], [shared[i] for i in run], charge)[0] for run in runs)
+    return perfect, price, len(runs)
 
 
 def main(argv=None):

@@ -2,50 +2,150 @@
 
 In a causal model the hidden states before the first token where chosen and rejected differ are the same
 in both rows, and the loss reads rewards only from that token on (DeepSpeed-Chat's span), the end scores
-later still. So the pairs' shared starts go through the model once (B rows), their keys and values are
-repeated for the chosen and the rejected row, and the 2B remainders attend to them: the same rewards
-where the loss reads them, to float rounding (tests/test_shared_prompt.py), for fewer tokens whenever
-the prompt is a good part of a pair. Dropout masks on the shared tokens are then the same in both rows.
+later still. So each pair goes through the base model as one unpadded run of tokens, its shared start then
+its chosen rest then its rejected rest (up to the pair's longer row's end), all pairs of the batch in one
+row: every linear layer sees only the tokens the loss needs, none of them padding. Attention alone runs on
+padded rows (`pair_rows_attention`): the B shared starts, then the 2B rests, each attending to its pair's
+shared start and to itself, with the positions and padding mask the plain forward gives every token. The rewards where the loss reads them equal the plain forward's to float
+rounding (tests/test_shared_prompt.py). Dropout masks on the shared tokens are the same in both rows.
 """
-import torch
-from transformers import DynamicCache
+from dataclasses import dataclass
+import sys
 
-# Model types whose base model takes `position_ids` and a 2-D mask over cache + new tokens, checked by
-# tests/test_shared_prompt.py. Others (and sliding-window attention) compute every token in each row.
+import torch
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+# Model types whose base model takes `position_ids`, keeps a prepared 4-D mask as it is and hands its
+# keyword arguments to the attention function, checked by tests/test_shared_prompt.py. Others (and
+# sliding-window attention) compute every token in each row.
 SUPPORTED = ("opt", "llama", "qwen2", "mistral", "gpt2")
 # The position a padding token gets where it is not its index (OPT counts attended tokens only). DeepSpeed-
 # Chat's loss span runs to the longer row's end, so it reads the shorter row's values on padding.
 PADDING_POSITION = {"opt": -1}
+ATTENTION_NAME = "pair_rows"  # registered with transformers' AttentionInterface below
 
 
 def supports(config):
     """True when the base model of `config` can run the shared-start forward."""
-    return config.model_type in SUPPORTED and getattr(config, "sliding_window", None) is None
+    return (config.model_type in SUPPORTED and getattr(config, "sliding_window", None) is None
+            and not getattr(config, "reorder_and_upcast_attn", False))
+
+
+@dataclass
+class AttentionRows:
+    """One batched attention call over rows of the one-row batch's tokens: `query_index` (rows, Q) and
+    `key_index` (rows, K) token indices (padded with 0), `mask` (rows, 1, Q, K) additive."""
+    query_index: torch.Tensor
+    key_index: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class PairLayout:
+    """The attention of the one-row batch: `groups` of `AttentionRows` (the pairs' shared starts, then their
+    2B rests), `slot` (T,) where each token's output sits in their flattened queries, one after the other,
+    and `inner` the attention implementation the rows run with (eager or sdpa)."""
+    groups: list
+    slot: torch.Tensor
+    inner: str
+
+
+def pair_rows_attention(module, query, key, value, attention_mask, pair_layout=None, **kwargs):
+    """transformers attention function for the one-row batch: (1, heads, T, D) -> (1, T, heads, D), each
+    group of `pair_layout` one call of `inner` (`attention_mask`, a placeholder, is not used)."""
+    def rows(states, index):  # (1, heads, T, D) -> (rows, heads, len, D)
+        return states[0].index_select(1, index.flatten()).unflatten(1, index.shape).transpose(0, 1)
+
+    if pair_layout.inner == "eager":
+        inner = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        inner = ALL_ATTENTION_FUNCTIONS[pair_layout.inner]
+    outputs = [inner(module, rows(query, group.query_index), rows(key, group.key_index),
+                     rows(value, group.key_index), group.mask, **kwargs)[0].flatten(0, 1)
+               for group in pair_layout.groups]
+    return torch.cat(outputs).index_select(0, pair_layout.slot).unsqueeze(0), None
+
+
+AttentionInterface.register(ATTENTION_NAME, pair_rows_attention)
+
+
+def token_layout(attention_mask, shared):
+    """(source row, source column) of every token of the one-row batch, and the token indices of each
+    attention row: pair i contributes its shared start, chosen rest and rejected rest, in that order, each
+    rest up to the pair's longer row's end (the loss reads no further). Returns (rows, cols, prefix
+    queries (B lists), rest queries (2B), rest keys (2B))."""
+    pairs, length = attention_mask.size(0) // 2, attention_mask.size(1)
+    ends = ((torch.arange(length, device=attention_mask.device) + 1) * (attention_mask != 0)).max(dim=1).values
+    source_rows, source_cols, prefixes, rests, rest_keys = [], [], [], [None] * (2 * pairs), [None] * (2 * pairs)
+    for pair, (start, end) in enumerate(zip(shared.tolist(), torch.maximum(ends[:pairs], ends[pairs:]).tolist())):
+        first = len(source_rows)
+        prefixes.append(list(range(first, first + start)))
+        for side, row in enumerate((pair, pairs + pair)):
+            rest_first = first + start + side * (end - start)
+            rests[row] = list(range(rest_first, rest_first + end - start))
+            rest_keys[row] = prefixes[-1] + rests[row]
+        source_rows += [pair] * end + [pairs + pair] * (end - start)
+        source_cols += list(range(end)) + list(range(start, end))
+    return source_rows, source_cols, prefixes, rests, rest_keys
+
+
+def padded(lists, device):
+    """Lists of token indices -> (rows, longest) tensor padded with 0, and (rows, longest) True where real."""
+    longest = max(len(items) for items in lists)
+    index = torch.zeros(len(lists), longest, dtype=torch.long, device=device)
+    real = torch.zeros(len(lists), longest, dtype=torch.bool, device=device)
+    for row, items in enumerate(lists):
+        index[row, :len(items)] = torch.tensor(items, dtype=torch.long, device=device)
+        real[row, :len(items)] = True
+    return index, real
+
+
+def attention_rows(queries, keys, source_cols, token_mask, dtype):
+    """AttentionRows for lists of query and key token indices (a query attends to the keys at or before its
+    column that the plain forward attends to; padding queries attend to their row's first key: their
+    output is never read, and no row is all masked), its real queries' tokens and their flattened places."""
+    device = source_cols.device
+    query_index, query_real = padded(queries, device)
+    key_index, key_real = padded(keys, device)
+    allowed = (key_real & (token_mask[key_index] != 0))[:, None, :] & query_real[:, :, None] \
+        & (source_cols[key_index][:, None, :] <= source_cols[query_index][:, :, None])
+    allowed[:, :, 0] |= ~query_real
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    flat_places = torch.arange(query_index.numel(), device=device).view_as(query_index)
+    return AttentionRows(query_index, key_index, mask[:, None]), query_index[query_real], flat_places[query_real]
 
 
 def shared_values(base, v_head, input_ids, attention_mask, shared):
     """(2B, L) rows, chosen then rejected, and their (B,) `shared_lengths` -> (2B, L) rewards through
-    `base` and `v_head`; a row's first `shared` positions hold 0 (the loss never reads them)."""
+    `base` and `v_head`; a row's first `shared` positions, and those past its pair's end, hold 0 (the loss
+    never reads them)."""
     rows, length = input_ids.shape
-    pairs, device = rows // 2, input_ids.device
-    width = max(int(shared.max()), 1)
-    positions = torch.arange(length, device=device)
-    prefix_mask = (positions[:width] < shared[:, None]).to(attention_mask.dtype)
-    cache = DynamicCache(config=base.config)
-    base(input_ids[:pairs, :width], attention_mask=prefix_mask, position_ids=positions[:width].expand(pairs, -1),
-         cache=cache, use_cache=True)
-    cache.reorder_cache(torch.arange(pairs, device=device).repeat(2))  # the same keys/values for both rows
-    start = shared.repeat(2)
-    ends = ((positions + 1) * (attention_mask != 0)).max(dim=1).values  # one past each row's last token
-    rest = int((ends - start).max())
-    index = start[:, None] + torch.arange(rest, device=device)
-    inside = index < length
-    index = index.clamp(max=length - 1)  # beyond the row: masked out, and its value is added as 0 below
-    rest_mask = attention_mask.gather(1, index) * inside
-    rest_positions = index
+    device = input_ids.device
+    source_rows, source_cols, prefixes, rests, rest_keys = token_layout(attention_mask, shared)
+    source_rows, source_cols = torch.tensor(source_rows, device=device), torch.tensor(source_cols, device=device)
+    token_ids, token_mask = input_ids[source_rows, source_cols], attention_mask[source_rows, source_cols]
+    positions = source_cols
     if base.config.model_type in PADDING_POSITION:  # the loss reads some padding: its values must match too
-        rest_positions = torch.where(rest_mask != 0, index, PADDING_POSITION[base.config.model_type])
-    hidden = base(input_ids.gather(1, index), attention_mask=torch.cat([prefix_mask.repeat(2, 1), rest_mask], 1),
-                  position_ids=rest_positions, cache=cache, use_cache=True)[0]
-    values = v_head(hidden).squeeze(-1) * inside
-    return values.new_zeros(rows, length).scatter_add(1, index, values)
+        positions = torch.where(token_mask != 0, source_cols, PADDING_POSITION[base.config.model_type])
+    dtype = base.get_input_embeddings().weight.dtype
+    groups, slot, offset = [], torch.empty(len(source_rows), dtype=torch.long, device=device), 0
+    for queries, keys in ((prefixes, prefixes), (rests, rest_keys)):
+        if any(queries):  # no pair may share a start
+            group, tokens, places = attention_rows(queries, keys, source_cols, token_mask, dtype)
+            slot[tokens] = offset + places
+            offset += group.query_index.numel()
+            groups.append(group)
+    previous = base.config._attn_implementation
+    layout = PairLayout(groups, slot, previous if previous in ("eager", "sdpa") else "sdpa")
+    placeholder = torch.zeros(1, 1, 1, 1, dtype=dtype, device=device)  # 4-D: the model passes it on unchanged
+    base.set_attn_implementation(ATTENTION_NAME)
+    try:
+        hidden = base(token_ids[None], attention_mask=placeholder, position_ids=positions[None],
+                      pair_layout=layout)[0]
+    finally:
+        base.set_attn_implementation(previous)
+    values = v_head(hidden[0]).squeeze(-1)
+    rest = source_cols >= shared.to(device).repeat(2)[source_rows]
+    flat = values.new_zeros(rows * length).index_put((source_rows[rest] * length + source_cols[rest],), values[rest])
+    return flat.view(rows, length)

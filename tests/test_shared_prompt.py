@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from model.reward_model import RewardModel, loss_spans, shared_lengths
-from model.shared_prompt import supports
+from model.shared_prompt import shared_values, supports
 
 PAD = 1
 SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
@@ -74,6 +74,25 @@ def test_shared_start_gives_the_plain_loss_scores_and_gradients(arch, rule, atte
     torch.testing.assert_close(s_rejected, rejected, atol=1e-5, rtol=1e-5)
     for s_grad, grad in zip(s_grads, grads):
         torch.testing.assert_close(s_grad, grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
+def test_any_shorter_shared_start_gives_the_plain_values(arch):
+    """A pair may be run with less than all it shares, none at all included: the values from the shared
+    start on, up to the pair's longer row's end, are the plain forward's; the shared start's are 0."""
+    model = reward_model(arch, "deepspeed_chat")
+    input_ids, attention_mask = pairs(seed=7)
+    half = input_ids.size(0) // 2
+    shared = shared_lengths(input_ids, attention_mask, PAD, 1, "deepspeed_chat")
+    for cut in (torch.zeros_like(shared), shared // 2, torch.where(torch.arange(half) % 2 == 0, shared, 0)):
+        plain = model._values(input_ids, attention_mask)
+        values = shared_values(model.rwtransformer, model.v_head, input_ids, attention_mask, cut)
+        columns = torch.arange(input_ids.size(1))
+        ends = (attention_mask * (columns + 1)).max(dim=1).values
+        pair_end = torch.maximum(ends[:half], ends[half:]).repeat(2)
+        read = (columns >= cut.repeat(2)[:, None]) & (columns < pair_end[:, None])
+        torch.testing.assert_close(values[read], plain[read], atol=1e-5, rtol=1e-5)
+        assert (values[~read] == 0).all()
 
 
 def test_shared_lengths_stop_before_every_position_the_loss_reads():

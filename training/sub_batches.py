@@ -10,8 +10,8 @@ tests/test_sub_batches.py) and the logged loss stay DeepSpeed-Chat's; dropout ma
 
 `plan` chooses the split that minimises padded tokens plus a charge for each extra forward + backward
 (`FORWARD_COST_X_WIDTH`), measured with benchmarks/sub_batch_cost.py (docs/performance.md). With shared
-prompts (`--share_prompt`, `share_mode`) each run may instead compute its pairs' shared starts once
-(model/shared_prompt.py), where `run_cost` says that is cheaper. Under ZeRO-0 the passes add their token-embedding
+prompts (`--share_prompt`, `share_mode`) each run may instead compute its pairs' shared starts once, all its
+tokens in one unpadded row (model/shared_prompt.py), where `run_cost` says that is cheaper. Under ZeRO-0 the passes add their token-embedding
 gradient rows straight into `.grad` (training/embedding_grad.py) instead of one table-sized gradient each.
 """
 import argparse
@@ -96,16 +96,18 @@ def run_cost(lengths, shared, cost):
     """(token-equivalents, share the prompt?) of one forward + backward over pairs of these padded lengths.
 
     k pairs padded to L cost 2k x L x (1 + L / ATTENTION_LENGTH) + cost. With `shared` (each pair's
-    `shared_lengths`), also k rows of the longest shared start P plus 2k rows of the longest rest S
-    attending to P + S tokens, charged a second `cost`; the cheaper of the two is taken.
+    `shared_lengths`), the shared-start forward (model/shared_prompt.py) computes each pair's P + 2 x (L_i - P)
+    tokens unpadded, and attention over k rows of the longest P and 2k rows of the longest rest S attending
+    to L tokens, + cost; the cheaper of the two is taken.
     """
     count, longest = len(lengths), max(lengths)
     plain = 2 * count * longest * (1 + longest / ATTENTION_LENGTH) + cost
     if shared is None:
         return plain, False
     start, rest = max(shared), max(length - n for length, n in zip(lengths, shared))
-    both = count * start * (1 + start / ATTENTION_LENGTH) + 2 * count * rest * (1 + (start + rest) / ATTENTION_LENGTH)
-    return min(plain, both + 2 * cost), both + 2 * cost < plain
+    tokens = sum(2 * length - n for length, n in zip(lengths, shared))
+    packed = tokens + count * (start * start + 2 * rest * longest) / ATTENTION_LENGTH + cost
+    return min(plain, packed), packed < plain
 
 
 def share_mode(setting, model, device_type, zero_stage, world_size):
@@ -132,7 +134,7 @@ def unsupported_reason(model):
     if not supports(model.config):
         return f"model type {model.config.model_type} is not supported (model/shared_prompt.py)"
     if model.rwtransformer.is_activation_checkpointing:
-        return "gradient checkpointing recomputes each forward without the shared keys and values"
+        return "gradient checkpointing recomputes each layer after the shared forward has ended"
     return None
 
 
