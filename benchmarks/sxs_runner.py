@@ -83,12 +83,16 @@ def patch_forward(cls, recorder):
         out = original(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pairs, lengths = describe_batch(input_ids, attention_mask)
         tokens = input_ids.numel()
-        if kwargs.get("share_prompt"):  # main.py's shared prompts: B rows of the shared start, 2B of the rest
+        if kwargs.get("share_prompt"):  # main.py's shared prompts, in the layout of the checkout being run
             from model.reward_model import shared_lengths
             shared = shared_lengths(input_ids, attention_mask, self.PAD_ID, self.num_padding_at_beginning,
                                     self.end_token_rule)
-            ends = attention_mask.sum(dim=1)  # right padding
-            tokens = len(shared) * int(shared.max()) + 2 * len(shared) * int((ends - shared.repeat(2)).max())
+            try:  # one unpadded row of every pair's shared start and rests (since commit 9076bd8)
+                from model.shared_prompt import token_layout
+                tokens = len(token_layout(attention_mask, shared)[0])
+            except ImportError:  # before: B padded rows of the shared start, 2B of the rest
+                ends = attention_mask.sum(dim=1)  # right padding
+                tokens = len(shared) * int(shared.max()) + 2 * len(shared) * int((ends - shared.repeat(2)).max())
         recorder.write("forward", train=training, pairs=pairs, lengths=lengths, padded_len=input_ids.size(1),
                        tokens=tokens, shared=bool(kwargs.get("share_prompt")),
                        loss=float(out["loss"].detach().float()), dtype=str(out["loss"].dtype),
