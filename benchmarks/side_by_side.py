@@ -21,12 +21,12 @@ Not measured: gradients and optimizer state directly (a different update shows i
 --mode speed: a random-weight opt-125m-shape model (benchmarks/bench.py) and
 HH-harmless-like pairs, --max_seq_len 512, 4 pairs per micro batch, bf16, ZeRO-0, dropout 0.
 DeepSpeed-Chat, main.py and main.py --group_by_length (--runs; project_unsplit adds main.py --sub_batches
-off, baseline the main.py of another checkout, --baseline) run in turn (A, B, C, A, B, C, ...) so that other load on the machine hits all alike. Measured per
-run: pairs/s over micro steps --time_from..--time_to (wall time between step ends), time from process
-start to the end of the first step (imports, tokenisation, model load, the eval before training), peak
-RSS of the process and the children it waited for (getrusage via wait4), padded tokens and forwards per
-micro step. Not measured: the final evaluation and saving
-(each run ends right after the last timed step), GPU behaviour, more than one rank.
+off, baseline the main.py of another checkout, --baseline) run in turn (A, B, C, A, B, C, ...) so that
+other load on the machine hits all alike. Measured per run: pairs/s over micro steps
+--time_from..--time_to (wall time between step ends), time from process start to the end of the first
+step (imports, tokenisation, model load, the eval before training), peak RSS of the process and the
+children it waited for (getrusage via wait4), padded tokens and forwards per micro step. Not measured:
+the final evaluation and saving (each run ends right after the last timed step), GPU behaviour, more than one rank.
 
 Longer than most modules: it is one command whose two modes share their setup (model, data, runs);
 running a script lives in sxs_runner.py and dschat_shims.py, reading the logs in sxs_logs.py.

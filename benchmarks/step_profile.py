@@ -64,7 +64,8 @@ def main(argv=None):
                         del engine.optimizer.step
                     times[name].append(step())
             engine.optimizer.step = buffered
-            print("optimizer step, median of 4: " + ", ".join(f"{name} {np.median(t):.3f} s" for name, t in times.items()))
+            medians = ", ".join(f"{name} {np.median(t):.3f} s" for name, t in times.items())
+            print(f"optimizer step, median of 4: {medians}")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             step()
         print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))

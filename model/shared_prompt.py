@@ -6,8 +6,8 @@ later still. So each pair goes through the base model as one unpadded run of tok
 its chosen rest then its rejected rest (up to the pair's longer row's end), all pairs of the batch in one
 row: every linear layer sees only the tokens the loss needs, none of them padding. Attention alone runs on
 padded rows (`pair_rows_attention`): the B shared starts, then the 2B rests, each attending to its pair's
-shared start and to itself, with the positions and padding mask the plain forward gives every token. The rewards where the loss reads them equal the plain forward's to float
-rounding (tests/test_shared_prompt.py). Dropout masks on the shared tokens are the same in both rows.
+shared start and to itself, with the positions and padding mask the plain forward gives every token. The
+rewards where the loss reads them equal the plain forward's to float rounding (tests/test_shared_prompt.py). Dropout masks on the shared tokens are the same in both rows.
 """
 from dataclasses import dataclass
 import sys

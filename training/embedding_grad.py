@@ -2,8 +2,8 @@
 
 Each backward through `nn.Embedding` builds a dense gradient as large as the whole table and autograd then adds
 it to `.grad`: for opt-125m's 50,272 x 768 table that is ~25 ms of zero-filling and adding per pass on this CPU
-(a 77 MB fill and add), however few tokens the pass holds, and a micro batch split into sub-batches, with shared
-prompts looked up apart from the rest, runs several. `direct_embedding_grad` instead adds each pass's gradient
+(a 77 MB fill and add), however few tokens the pass holds, and a micro batch split into sub-batches runs
+several. `direct_embedding_grad` instead adds each pass's gradient
 rows into `.grad` in place (`index_add_`, the padding index left out as `nn.Embedding` does): the same sum, to
 float rounding, with one zero-filled gradient per optimizer step.
 

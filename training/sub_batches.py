@@ -11,8 +11,9 @@ tests/test_sub_batches.py) and the logged loss stay DeepSpeed-Chat's; dropout ma
 `plan` chooses the split that minimises padded tokens plus a charge for each extra forward + backward
 (`FORWARD_COST_X_WIDTH`), measured with benchmarks/sub_batch_cost.py (docs/performance.md). With shared
 prompts (`--share_prompt`, `share_mode`) each run may instead compute its pairs' shared starts once, all its
-tokens in one unpadded row (model/shared_prompt.py), where `run_cost` says that is cheaper. Under ZeRO-0 the passes add their token-embedding
-gradient rows straight into `.grad` (training/embedding_grad.py) instead of one table-sized gradient each.
+tokens in one unpadded row (model/shared_prompt.py), where `run_cost` says that is cheaper. Under ZeRO-0
+several passes add their token-embedding gradient rows straight into `.grad` (training/embedding_grad.py)
+instead of one table-sized gradient each.
 """
 import argparse
 
@@ -192,7 +193,7 @@ def train_micro_batch(engine, batch, cost, multiple=None, cpu_speedups=True, sha
     shared = None if share == OFF else shared_pair_lengths(engine.module, batch)
     runs = split(lengths, cost, engine.device, shared)
     boundary = engine.is_gradient_accumulation_boundary()
-    direct = (len(runs) > 1 or share != OFF) and embedding_grad.applies(engine)  # several lookups
+    direct = len(runs) > 1 and embedding_grad.applies(engine)  # several lookups (a shared run is one)
     total = torch.zeros((), device=engine.device)
     for index, pairs in enumerate(runs):
         part = to_device(select(batch, pairs, max(lengths[p] for p in pairs)), engine.device)
