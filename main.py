@@ -23,23 +23,24 @@ from data.end_token import AUTO, RULES
 from data.formats import ReadOptions
 from data.pairs import build_info
 from data.sampler import train_sampler
-from model.create import (check_model_folder, create_reward_model, load_tokenizer, model_max_positions,
-                          pads_at_beginning, resolve_num_padding, use_distinct_pad)
+from model.create import (build_reward_model, build_tokenizer, check_model_folder, distinct_pad_token,
+                          load_tokenizer, model_max_positions, resolve_num_padding)
 from model.io import check_output_dir, save_hf_model
-from model.lora import apply_lora, merge_lora
-from model.reward_model import END_OF_CONVERSATION, LAST_TOKEN
+from model.lora import merge_lora
+from training.accelerations import ACCELERATIONS, choose as choose_accelerations, install as install_accelerations
+from training.accelerations import parse_setting as acceleration_setting
 from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, load_checkpoint, needs_universal,
                                  run_identity, to_universal)
-from training.bf16_step import use_buffered_step
-from training.cpu_speed import bound_kernel_caches
 from training.evaluation import eval_loader, evaluate
-from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train
+from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train, train_micro_batch
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
 from training.sub_batches import SHARE_SETTINGS, parse_setting as sub_batch_setting
+from utils import validate
 from utils.dist import get_world_size, init_distributed, print_rank0, set_single_process_defaults
 from utils.ds_config import load_ds_config, resolve_ds_config
-from utils import validate
 from utils.errors import UserError, exit_on_user_error
+from utils.settings import LossOptions, Settings
+from utils.spans import END_OF_CONVERSATION, LAST_TOKEN, pads_at_beginning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FRESH_START = {"epoch": 0, "batches_done": 0, "epoch_loss_sum": 0.0}
@@ -52,8 +53,8 @@ def main(argv=None):
 
 
 def run(args, typed):
-    """The recipe: config -> tokenizer -> data -> model -> engine -> (resume) -> train + eval -> save."""
-    bound_kernel_caches()  # before the first CPU matmul
+    """The recipe: config -> data and settings -> model -> engine -> (resume) -> train + eval -> save."""
+    accelerations = choose_accelerations(args, get_accelerator().device_name())  # before the first CPU matmul
     set_single_process_defaults()
     ds_config, notes = setup_config(args, typed)
     init_distributed()
@@ -62,23 +63,28 @@ def run(args, typed):
         print_rank0(f"config: {note}")
     print_rank0("DeepSpeed config: " + json.dumps(ds_config, sort_keys=True))
     torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.model_name_or_path, END_OF_CONVERSATION, args.add_eot_token)
-    train_loader, eval_batches, eval_real = setup_data(args, tokenizer, ds_config["train_micro_batch_size_per_gpu"])
-    identity = run_identity(args, ds_config, data_fingerprint(train_loader.dataset))
+    settings, train_set, eval_set = setup_data(args, ds_config)
+    tokenizer = build_tokenizer(settings)
+    train_loader, eval_batches, eval_real = setup_loaders(args, settings, tokenizer, train_set, eval_set,
+                                                          ds_config["train_micro_batch_size_per_gpu"])
+    identity = run_identity(args, settings, ds_config, data_fingerprint(train_set))
     checkpoint = choose_checkpoint(args, identity)  # before the model loads: a refused resume costs nothing
     if checkpoint and needs_universal(checkpoint, ds_config):  # saved by another number of ranks
         checkpoint = to_universal(checkpoint, ds_config)
-    model = setup_model(args, tokenizer)
-    engine = setup_engine(args, model, ds_config, len(train_loader))
+    model = setup_model(args, settings, tokenizer)
+    engine = setup_engine(args, model, ds_config, len(train_loader), accelerations.uses("fused_adamw"))
+    accelerations = install_accelerations(accelerations, args, engine)
+    print_rank0(accelerations.describe())
 
     def run_eval():
         return evaluate(engine, eval_batches, engine.device, eval_real)
     position = load_checkpoint(engine, checkpoint, ds_config) if checkpoint else FRESH_START
     if checkpoint is None:
         log.eval("before training", run_eval(), 0)
+    state = {"identity": identity, "settings": settings.to_dict(), "layout": layout(ds_config)}
     try:
-        metrics, train_loss = train(args, engine, train_loader, run_eval, log, position,
-                                    {"identity": identity, "layout": layout(ds_config)})
+        metrics, train_loss = train(args, engine, train_loader, run_eval, log, position, state,
+                                    accelerations.micro_step(train_micro_batch))
     except Stopped as stopped:
         print_rank0(str(stopped))
         sys.exit(128 + stopped.signum)
@@ -101,47 +107,66 @@ def setup_config(args, typed):
     return config, notes
 
 
-def setup_data(args, tokenizer, micro_batch):
-    """(train DataLoader, eval DataLoader, real eval rows on this rank): built before the model loads.
-
-    Resolves what the data decides for the model, in args: num_padding_at_beginning, end_token_rule
-    (with the last_token rule the tokenizer gets a PAD distinct from EOS), end_of_conversation_token.
-    """
+def setup_data(args, ds_config):
+    """(Settings, train pairs, eval pairs): the pairs are tokenised before the model loads, and what they
+    decide for the model (end-token rule, PAD, num_padding_at_beginning, end-of-conversation text) goes
+    into the settings with the flags and the DeepSpeed config."""
+    tokenizer = load_tokenizer(args.model_name_or_path, args.add_eot_token)  # PAD = EOS, as DeepSpeed-Chat's
     if args.chat_template:
         set_chat_template(tokenizer, args.chat_template)
-    args.num_padding_at_beginning = resolve_num_padding(args.num_padding_at_beginning, tokenizer)
+    num_padding, note = resolve_num_padding(args.num_padding_at_beginning, tokenizer)
+    if note:
+        print_rank0(note)
     train_set, eval_set = build_pair_datasets(
         args.data_path, args.data_split, args.seed, tokenizer, args.max_seq_len, args.data_output_path,
-        END_OF_CONVERSATION, args.num_padding_at_beginning, args.drop_identical_pairs, args.end_token_rule,
+        END_OF_CONVERSATION, num_padding, args.drop_identical_pairs, args.end_token_rule,
         ReadOptions(args.pairs_from_ratings, args.rating_field))
-    info = build_info(train_set)
-    args.end_token_rule, args.end_of_conversation_token = info["end_token_rule"], info["end_of_conversation_token"]
-    if args.end_token_rule == LAST_TOKEN and tokenizer.pad_token_id in (tokenizer.eos_token_id, tokenizer.bos_token_id):
-        print_rank0(f"model: {use_distinct_pad(tokenizer)}")
-        args.num_padding_at_beginning = pads_at_beginning(tokenizer)
     if args.use_margin and np.isnan(train_set.with_format("numpy")["margin"]).any():
         raise UserError("--use_margin needs a numeric 'margin' column in every training pair; some have none.")
+    info = build_info(train_set)
+    pad_token = None  # PAD = EOS
+    if info["end_token_rule"] == LAST_TOKEN and tokenizer.pad_token_id in (tokenizer.eos_token_id,
+                                                                          tokenizer.bos_token_id):
+        pad_token, note = distinct_pad_token(tokenizer)
+        print_rank0(f"model: {note}")
+        tokenizer = load_tokenizer(args.model_name_or_path, args.add_eot_token, tokenizer.chat_template, pad_token)
+        num_padding = pads_at_beginning(tokenizer)
+    settings = Settings(
+        model_name_or_path=args.model_name_or_path, max_seq_len=args.max_seq_len,
+        num_padding_at_beginning=num_padding, end_token_rule=info["end_token_rule"], end_token_reason=info["reason"],
+        pad_token=pad_token, pad_token_id=tokenizer.pad_token_id,
+        end_of_conversation_token=info["end_of_conversation_token"], add_eot_token=args.add_eot_token,
+        chat_template=tokenizer.chat_template if args.chat_template else None, dtype=training_dtype(ds_config),
+        dropout=args.dropout, loss=LossOptions(args.compute_fp32_loss, args.use_margin,
+                                               args.center_rewards_coefficient),
+        lora_dim=args.lora_dim, lora_module_name=args.lora_module_name, only_optimize_lora=args.only_optimize_lora)
+    return settings, train_set, eval_set
+
+
+def training_dtype(ds_config):
+    return "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
+
+
+def setup_loaders(args, settings, tokenizer, train_set, eval_set, micro_batch):
+    """(train DataLoader, eval DataLoader, real eval rows on this rank)."""
     sampler = train_sampler(train_set, micro_batch, args.group_by_length, args.seed)
-    collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=args.use_margin)
+    collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=settings.loss.use_margin)
     train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
     eval_batches, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id,
                                           args.pad_to_multiple_of, args.eval_iters)
     return train_loader, eval_batches, eval_real
 
 
-def setup_model(args, tokenizer):
-    """The reward model with the LoRA and gradient-checkpointing flags applied."""
-    model = create_reward_model(args.model_name_or_path, tokenizer, args.num_padding_at_beginning, args.dropout,
-                                args.compute_fp32_loss, args.end_of_conversation_token,
-                                args.center_rewards_coefficient, args.end_token_rule)
-    if args.lora_dim:
-        apply_lora(model, args.lora_dim, args.lora_module_name, args.only_optimize_lora)
+def setup_model(args, settings, tokenizer):
+    """The reward model (`build_reward_model`: pretrained base, new value head, LoRA) with gradient
+    checkpointing if asked."""
+    model = build_reward_model(settings, tokenizer)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
-def setup_engine(args, model, config, micro_batches_per_epoch):
+def setup_engine(args, model, config, micro_batches_per_epoch, fused_adamw=False):
     """DeepSpeed's engine around the model, DeepSpeed-Chat's optimizer groups and the LR schedule."""
     accumulation = config["gradient_accumulation_steps"]
     if micro_batches_per_epoch < accumulation:
@@ -149,15 +174,11 @@ def setup_engine(args, model, config, micro_batches_per_epoch):
                     "step: lower --per_device_train_batch_size or train_batch_size, or add data.")
     groups = param_groups(model, args.weight_decay, args.lora_learning_rate if args.lora_dim else None)
     optimizer = make_optimizer(groups, args.learning_rate, offloads_optimizer(config),
-                               get_accelerator().device_name())
+                               get_accelerator().device_name(), fused_adamw)
     scheduler = make_scheduler(optimizer, args.lr_scheduler_type, args.num_warmup_steps,
                                args.num_train_epochs * math.ceil(micro_batches_per_epoch / accumulation))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                       config=config, dist_init_required=True)
-    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
-        # Alone, DeepSpeed would still flatten every gradient, "all-reduce" it and copy it back each step.
-        engine.enable_backward_allreduce = False
-    use_buffered_step(engine)  # bf16 ZeRO-0 on CPU: DeepSpeed's step, bit for bit, through one fp32 buffer
     return engine
 
 
@@ -261,9 +282,13 @@ def build_parser():
     train.add_argument("--loss_plateau_warning", type=int, default=100,
                        help=f"Warn if the loss stays within {PLATEAU_TOLERANCE} of ln 2 for the first N optimizer "
                             "steps (0: off).")
+    train.add_argument("--cpu_accelerations", type=acceleration_setting, default="auto",
+                       help="CPU accelerations of the plain step (training/accelerations.py; the log names those "
+                            "on and why others are off): auto (all that apply, on CPU only), off (the plain "
+                            f"forward/backward/step), or a comma list of {', '.join(ACCELERATIONS)}.")
     train.add_argument("--disable_cpu_speedups", action="store_true",
-                       help="On CPU, train with torch's dropout and transformers' attention kernel instead of "
-                            "training/cpu_speed.py's faster dropout masks and eager attention for short batches.")
+                       help="On CPU, train with torch's dropout and transformers' attention kernel (turns off the "
+                            "fast_dropout and eager_attention accelerations).")
     train.add_argument("--log_rows", action="store_true",
                        help="Write the dataset rows every optimizer step trained on to OUTPUT_DIR/rows_rank{R}.jsonl "
                             "(each rank its share): an audit of what a run, or a resumed run, saw.")

@@ -4,7 +4,7 @@ DeepSpeed-Chat reads a row's score before its (n+1)-th PAD token, with PAD = EOS
 and OPT. Where EOS also occurs inside a text (a chat template ends every turn with it) that reads an
 earlier turn's end, so `auto` then picks the `last_token` rule: the last attended token of each row.
 """
-from model.reward_model import DEEPSPEED_CHAT, LAST_TOKEN
+from utils.spans import DEEPSPEED_CHAT, LAST_TOKEN
 
 AUTO = "auto"
 RULES = {DEEPSPEED_CHAT: "the score is read before the (n+1)-th PAD token, PAD = EOS (DeepSpeed-Chat's rule)",

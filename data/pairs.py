@@ -19,10 +19,9 @@ from data.readers import hash_files, one_line
 from data.sources import load_source
 from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
 from data.tokenize import pair_encoder
-from model.create import pads_at_beginning
-from model.reward_model import DEEPSPEED_CHAT, END_OF_CONVERSATION, loss_spans
 from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
+from utils.spans import DEEPSPEED_CHAT, END_OF_CONVERSATION, loss_spans, pads_at_beginning
 
 CACHE_VERSION = 5  # bump when a change in this package changes the tokenised pairs or the cache layout
 LARGE = 100_000  # rows from which tokenisation uses several processes

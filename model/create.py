@@ -1,11 +1,15 @@
-"""Build the tokenizer and the reward model from a pretrained checkpoint folder (or hub name)."""
+"""Build the tokenizer and the reward model: one recipe for every entry point (`build_reward_model`)."""
 import math
 import os
 
-from model.reward_model import DEEPSPEED_CHAT, END_OF_CONVERSATION, LAST_TOKEN, RewardModel
-from utils.dist import print_rank0
+import torch
+
+from model.io import HEAD_KEY
+from model.lora import apply_lora, is_lora_param, merge_lora
+from model.reward_model import RewardModel
 from utils.errors import UserError
 from utils.hub import hub_unreachable_reason
+from utils.spans import END_OF_CONVERSATION, LAST_TOKEN, pads_at_beginning
 
 # Config keys that hold dropout probabilities in the supported architectures.
 NEW_PAD_TOKEN = "<|pad|>"  # added when a tokenizer has no PAD token of its own besides EOS/BOS
@@ -38,76 +42,130 @@ def check_model_folder(name):
                         "tokenizer_config.json): save the tokenizer into the folder too.")
 
 
-def load_tokenizer(name, end_of_conversation_token, add_eot_token=False):
-    """DeepSpeed-Chat's convention: right padding, pad = eos (see RewardModel.end_indices)."""
+def load_tokenizer(source, add_eot_token=False, chat_template=None, pad_token=None):
+    """The tokenizer in `source` with DeepSpeed-Chat's conventions: right padding, PAD = EOS (`pad_token`
+    None; see utils/spans.py), or PAD = `pad_token` (added as a special token if new); `add_eot_token` makes
+    the end-of-conversation text one special token; `chat_template` (text) replaces the tokenizer's own."""
     from transformers import AutoTokenizer
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise _offline_hint(name, error) from error
-    tokenizer.pad_token = tokenizer.eos_token
+        raise _offline_hint(source, error) from error
     tokenizer.padding_side = "right"
     if add_eot_token:
-        tokenizer.add_special_tokens({"additional_special_tokens": [end_of_conversation_token]})
+        tokenizer.add_special_tokens({"additional_special_tokens": [END_OF_CONVERSATION]})
+    if pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    elif tokenizer.convert_tokens_to_ids(pad_token) in (None, tokenizer.unk_token_id):
+        tokenizer.add_special_tokens({"pad_token": pad_token})
+    else:
+        tokenizer.pad_token = pad_token
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     return tokenizer
 
 
-def pads_at_beginning(tokenizer):
-    """How many PAD-equal tokens the tokenizer puts before every text: 1 for OPT (its BOS `</s>` is also
-    its EOS, and DeepSpeed-Chat sets PAD = EOS), 0 for tokenizers without a BOS or with another one."""
-    ids = tokenizer("a")["input_ids"]
-    return next((i for i, token in enumerate(ids) if token != tokenizer.pad_token_id), len(ids))
+def build_tokenizer(settings, source=None):
+    """The tokenizer `settings` describe, from `source` (a saved model folder) or the base model's."""
+    tokenizer = load_tokenizer(source or settings.model_name_or_path, settings.add_eot_token,
+                               settings.chat_template, settings.pad_token)
+    if settings.pad_token_id is not None and tokenizer.pad_token_id != settings.pad_token_id:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(settings.pad_token_id)  # saved with its id only
+    return tokenizer
 
 
 def resolve_num_padding(value, tokenizer):
-    """--num_padding_at_beginning: 'auto' -> `pads_at_beginning`; a typed number that contradicts the
-    tokenizer is kept, with a warning naming the fix."""
+    """--num_padding_at_beginning: 'auto' -> `pads_at_beginning`, and a line for the log; a typed number that
+    contradicts the tokenizer is kept, with a warning naming the fix."""
     derived = pads_at_beginning(tokenizer)
     why = (f"it puts {derived} PAD-equal token(s) before every text (PAD {tokenizer.pad_token!r}, "
            f"BOS {tokenizer.bos_token!r})")
     if value == "auto":
-        print_rank0(f"model: --num_padding_at_beginning auto -> {derived}: {why}")
-        return derived
+        return derived, f"model: --num_padding_at_beginning auto -> {derived}: {why}"
     if value != derived:
-        print_rank0(f"warning: --num_padding_at_beginning {value} contradicts the tokenizer: {why}. Use "
-                    f"--num_padding_at_beginning {derived}, or leave it at auto.")
-    return value
+        return value, (f"warning: --num_padding_at_beginning {value} contradicts the tokenizer: {why}. Use "
+                       f"--num_padding_at_beginning {derived}, or leave it at auto.")
+    return value, None
 
 
-def use_distinct_pad(tokenizer):
-    """Give the tokenizer a PAD token that is neither EOS nor BOS, for the `last_token` rule (and exported
-    classifiers, which pool at the last non-PAD token): its own configured one, else a new special token
-    (the model's embeddings are resized to hold it). Returns a line for the log."""
+def distinct_pad_token(tokenizer):
+    """(token, line for the log): a PAD token that is neither EOS nor BOS, for the `last_token` rule (and
+    exported classifiers, which pool at the last non-PAD token): the tokenizer's own configured one, else
+    NEW_PAD_TOKEN (`load_tokenizer` adds it; the model's embeddings are resized to hold it)."""
     own = tokenizer.init_kwargs.get("pad_token")
     own = getattr(own, "content", own)  # an AddedToken or a string
-    taken = {tokenizer.eos_token, tokenizer.bos_token}
-    if isinstance(own, str) and own not in taken and tokenizer.convert_tokens_to_ids(own) is not None:
-        tokenizer.pad_token = own
-        return f"PAD is the tokenizer's own {own!r} (id {tokenizer.pad_token_id}), not EOS {tokenizer.eos_token!r}"
-    tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
-    return (f"the tokenizer has no PAD token besides EOS {tokenizer.eos_token!r}: added {NEW_PAD_TOKEN!r} "
-            f"(id {tokenizer.pad_token_id})")
+    if isinstance(own, str) and own not in (tokenizer.eos_token, tokenizer.bos_token) \
+            and tokenizer.convert_tokens_to_ids(own) is not None:
+        return own, f"PAD is the tokenizer's own {own!r}, not EOS {tokenizer.eos_token!r}"
+    return NEW_PAD_TOKEN, (f"the tokenizer has no PAD token besides EOS {tokenizer.eos_token!r}: added "
+                           f"{NEW_PAD_TOKEN!r}")
 
 
-def create_reward_model(name, tokenizer, num_padding_at_beginning, dropout=None,
-                        compute_fp32_loss=False, end_of_conversation_token=END_OF_CONVERSATION,
-                        center_rewards_coefficient=0.0, end_token_rule=DEEPSPEED_CHAT):
+def build_reward_model(settings, tokenizer, state=None, config_source=None, dtype=None):
+    """The one recipe for a RewardModel, used by training, resume, export, evaluation, scoring and serving.
+
+    The base model's config comes from `config_source` (a saved reward model's folder) or the base model
+    named in `settings`, with the settings' dropout; its PAD is the settings' (EOS under DeepSpeed-Chat's
+    rule), its embeddings are resized to len(tokenizer) rounded up to 8 (DeepSpeed-Chat's). Without `state`
+    the base model's pretrained weights are loaded and the value head is new; with `state` (a state dict:
+    a saved model's, or a checkpoint's, LoRA adapters included) the weights are exactly those, in `dtype`
+    (default: the value head's dtype in `state`; buffers stay as transformers makes them, as in
+    `AutoModelForSequenceClassification`), LoRA merged. With settings.lora_dim and no state, LoRA
+    adapters are added for training.
+    """
     from transformers import AutoConfig, AutoModel
+    source = config_source or settings.model_name_or_path
     try:
-        config = AutoConfig.from_pretrained(name)
-        if dropout is not None:
+        config = AutoConfig.from_pretrained(source)
+        if settings.dropout is not None:
             for key in DROPOUT_KEYS:
                 if hasattr(config, key):
-                    setattr(config, key, dropout)
-        base = AutoModel.from_pretrained(name, config=config)
+                    setattr(config, key, settings.dropout)
+        if state is None:
+            base = AutoModel.from_pretrained(settings.model_name_or_path, config=config)
+        else:
+            dtype = dtype or (state[HEAD_KEY].dtype if HEAD_KEY in state else torch.float32)
+            base = AutoModel.from_config(config, dtype=dtype)
     except (OSError, ValueError) as error:
-        raise _offline_hint(name, error) from error
+        raise _offline_hint(source, error) from error
     base.config.end_token_id = tokenizer.eos_token_id
-    # DeepSpeed-Chat: PAD = EOS; the last_token rule has a PAD of its own (see use_distinct_pad)
-    base.config.pad_token_id = tokenizer.pad_token_id if end_token_rule == LAST_TOKEN else base.config.eos_token_id
+    base.config.pad_token_id = settings.pad_token_id if settings.end_token_rule == LAST_TOKEN \
+        else base.config.eos_token_id
     base.resize_token_embeddings(int(8 * math.ceil(len(tokenizer) / 8.0)))
-    return RewardModel(base, tokenizer, num_padding_at_beginning, compute_fp32_loss,
-                       end_of_conversation_token, center_rewards_coefficient, end_token_rule)
+    model = RewardModel(base, settings)
+    adapters = state is None or any(is_lora_param(key) for key in state)
+    if settings.lora_dim and adapters:
+        apply_lora(model, settings.lora_dim, settings.lora_module_name, settings.only_optimize_lora)
+    if state is not None:
+        model.v_head.to(dtype)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UserError(f"the weights do not match the model of {source} (missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}): a reward model needs its base model's weights and its trained "
+                            "value head (v_head.weight); was the base model folder changed?")
+        if settings.lora_dim and adapters:
+            merge_lora(model)
+    return model
+
+
+def load_reward_model(model_dir, dtype=None, center_rewards=False):
+    """(RewardModel in eval mode) from a folder main.py saved (or export_hf.py wrote from a checkpoint).
+
+    `dtype` defaults to the dtype the weights were saved in (the training precision), so scores match the
+    ones main.py reported on the same device. `center_rewards` subtracts the eval-set reward mean saved at
+    the end of training from every value (step 3's usual normalisation); the loss is unchanged by it.
+    """
+    from model.io import read_reward_model_dir
+    settings, state, stats = read_reward_model_dir(model_dir)
+    tokenizer = build_tokenizer(settings, source=model_dir)
+    model = build_reward_model(settings, tokenizer, state, config_source=model_dir, dtype=dtype)
+    model.reward_stats = stats
+    if center_rewards:
+        if "reward_mean" not in stats:
+            raise UserError(f"{model_dir}/config.json has no reward_mean to centre with: re-train or "
+                            "evaluate with this project's main.py.")
+        model.reward_offset = stats["reward_mean"]
+    return model.eval()
 
 
 def model_max_positions(name):

@@ -4,8 +4,9 @@ import shutil
 
 import torch
 
+from model.create import build_tokenizer
 from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, read_reward_model_dir
-from model.reward_model import LAST_TOKEN, row_ends
+from utils.spans import LAST_TOKEN, row_ends
 from utils.errors import UserError
 from utils.io import publish, staging_folder
 
@@ -41,8 +42,8 @@ def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR
     """
     if transformer_key not in DSCHAT_TRANSFORMER_KEYS:
         raise UserError(f"transformer key '{transformer_key}': DeepSpeed-Chat uses one of {DSCHAT_TRANSFORMER_KEYS}.")
-    settings, state = read_reward_model_dir(model_dir)
-    if settings["end_token_rule"] == LAST_TOKEN:
+    settings, state, _ = read_reward_model_dir(model_dir)
+    if settings.end_token_rule == LAST_TOKEN:
         raise UserError(f"{model_dir} reads its score at the last attended token (end_token_rule last_token: a chat "
                         "template, or EOS inside the texts), but DeepSpeed-Chat's step 3 reads it before the first "
                         "PAD = EOS, which in these texts ends an earlier turn. Export it with --format hf and use "
@@ -54,19 +55,10 @@ def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR
     staging = staging_folder(output_dir)
     if os.path.realpath(output_dir) != os.path.realpath(model_dir):
         shutil.copyfile(os.path.join(model_dir, "config.json"), os.path.join(staging, "config.json"))
-        _reward_tokenizer(model_dir, settings).save_pretrained(staging)
+        build_tokenizer(settings, source=model_dir).save_pretrained(staging)
     torch.save(renamed, os.path.join(staging, DSCHAT_WEIGHTS_NAME))
     publish(output_dir)
     return os.path.join(output_dir, DSCHAT_WEIGHTS_NAME)
-
-
-def _reward_tokenizer(model_dir, settings):
-    """The saved tokenizer with DeepSpeed-Chat's conventions: pad = our pad id (eos), right padding."""
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(settings["pad_token_id"])
-    tokenizer.padding_side = "right"
-    return tokenizer
 
 
 def check_end_token_rule(tokenizer, settings, sample="Human: Hi! Assistant: Hello."):
@@ -78,11 +70,11 @@ def check_end_token_rule(tokenizer, settings, sample="Human: Hi! Assistant: Hell
     trailing pad-equal end-of-conversation token (GPT-2's `<|endoftext|>`) is fine: both rules then read
     the token before it. Under the last_token rule the pad is distinct from EOS, so they agree.
     """
-    pad_id, skip = settings["pad_token_id"], settings["num_padding_at_beginning"]
-    text = tokenizer(sample + settings["end_of_conversation_token"])["input_ids"]
+    pad_id, skip = settings.pad_token_id, settings.num_padding_at_beginning
+    text = tokenizer(sample + settings.end_of_conversation_token)["input_ids"]
     row = text + [pad_id] * 2
     ids, mask = torch.tensor([row]), torch.tensor([[1] * len(text) + [0, 0]])
-    ours = int(row_ends(ids, mask, pad_id, skip, settings["end_token_rule"])[0]) - 1
+    ours = int(row_ends(ids, mask, pad_id, skip, settings.end_token_rule)[0]) - 1
     theirs = max(i for i, token in enumerate(row) if token != pad_id)
     if ours != theirs:
         raise UserError(
@@ -107,16 +99,16 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    settings, state = read_reward_model_dir(model_dir)
+    settings, state, _ = read_reward_model_dir(model_dir)
     if os.path.realpath(output_dir) == os.path.realpath(model_dir):
         raise UserError(f"output folder {output_dir} is the model folder: exporting there would overwrite "
                         f"its {WEIGHTS_NAME}; pick another folder.")
-    tokenizer = _reward_tokenizer(model_dir, settings)
+    tokenizer = build_tokenizer(settings, source=model_dir)
     check_end_token_rule(tokenizer, settings)
 
     config = AutoConfig.from_pretrained(model_dir)
     config.num_labels = 1
-    config.pad_token_id = settings["pad_token_id"]
+    config.pad_token_id = settings.pad_token_id
     try:
         model = AutoModelForSequenceClassification.from_config(config)
     except ValueError as error:

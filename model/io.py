@@ -9,11 +9,11 @@ from safetensors import SafetensorError
 
 from utils.dist import barrier, is_main_process, print_rank0
 from utils.errors import UserError
+from utils.settings import Settings
 from utils.io import STAGING, is_disk_full, publish, recover, staging_folder, write_json
 
-REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json
-# Settings a model saved before they existed reads as: DeepSpeed-Chat's end-token rule.
-SETTING_DEFAULTS = {"end_token_rule": "deepspeed_chat"}
+REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json (utils/settings.py, plus eval stats)
+STATS_KEYS = ("reward_mean", "reward_std")  # eval-set reward statistics saved beside the settings for step 3
 WEIGHTS_NAME = "model.safetensors"
 OUR_TRANSFORMER_KEY = "rwtransformer"
 HEAD_KEY = "v_head.weight"
@@ -62,7 +62,7 @@ def save_hf_model(model, tokenizer, output_dir, zero_stage, extra_json=None):
         raise UserError(f"the trained weights hold NaN/inf ({', '.join(bad[:3]) or 'on rank 0'}): the model "
                         "was not saved. Resume from a checkpoint with a lower --learning_rate.")
     if is_main_process():
-        setattr(model.config, REWARD_CONFIG_KEY, model.reward_settings())
+        setattr(model.config, REWARD_CONFIG_KEY, dict(model.settings.to_dict(), **model.reward_stats))
         try:
             _write_model(staging_folder(output_dir), model.config, state, tokenizer, extra_json)
             publish(output_dir)
@@ -100,8 +100,8 @@ def _save_recovery_copy(config, state, tokenizer, extra_json):
 
 
 def read_reward_settings(model_dir):
-    """The `reward_model` entry of model_dir/config.json (missing newer keys at `SETTING_DEFAULTS`); UserError
-    if the folder is not a saved reward model."""
+    """(Settings, eval stats dict) from the `reward_model` entry of model_dir/config.json (a model saved
+    before a setting existed reads it at its default); UserError if the folder is not a saved reward model."""
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isdir(model_dir):
         raise UserError(f"{model_dir} is not a folder: pass the output_dir of a main.py run.")
@@ -109,11 +109,11 @@ def read_reward_settings(model_dir):
         raise UserError(f"{model_dir} is not a reward model saved by this project (no config.json): pass the "
                         "output_dir of a main.py run.")
     with open(config_path) as f:
-        settings = json.load(f).get(REWARD_CONFIG_KEY)
-    if settings is None:
+        entry = json.load(f).get(REWARD_CONFIG_KEY)
+    if entry is None:
         raise UserError(f"{model_dir} is not a reward model saved by this project (no '{REWARD_CONFIG_KEY}' entry "
                         "in config.json): pass the output_dir of a main.py run.")
-    return {**SETTING_DEFAULTS, **settings}
+    return Settings.from_dict(entry), {key: entry[key] for key in STATS_KEYS if key in entry}
 
 
 def read_weights(model_dir):
@@ -131,12 +131,12 @@ def read_weights(model_dir):
 
 
 def read_reward_model_dir(model_dir):
-    """(reward settings dict, state dict) of a folder written by `save_hf_model`; UserError if it is not one."""
-    settings = read_reward_settings(model_dir)
+    """(Settings, state dict, eval stats) of a folder written by `save_hf_model`; UserError if it is not one."""
+    settings, stats = read_reward_settings(model_dir)
     weights_path = os.path.join(model_dir, WEIGHTS_NAME)
     state = read_weights(model_dir)
     unknown = sorted(k for k in state if k != HEAD_KEY and not k.startswith(OUR_TRANSFORMER_KEY + "."))
     if unknown or HEAD_KEY not in state:
         raise UserError(f"{weights_path}: expected only '{OUR_TRANSFORMER_KEY}.*' and '{HEAD_KEY}' tensors; "
                         f"found {unknown[:5] or 'no ' + HEAD_KEY}. Re-save the model with main.py.")
-    return settings, state
+    return settings, state, stats

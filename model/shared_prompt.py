@@ -23,7 +23,7 @@ SUPPORTED = ("opt", "llama", "qwen2", "mistral", "gpt2")
 # The position a padding token gets where it is not its index (OPT counts attended tokens only). DeepSpeed-
 # Chat's loss span runs to the longer row's end, so it reads the shorter row's values on padding.
 PADDING_POSITION = {"opt": -1}
-ATTENTION_NAME = "pair_rows"  # registered with transformers' AttentionInterface below
+ATTENTION_NAME = "pair_rows"  # registered with transformers' AttentionInterface on first use
 
 
 def supports(config):
@@ -66,8 +66,6 @@ def pair_rows_attention(module, query, key, value, attention_mask, pair_layout=N
                for group in pair_layout.groups]
     return torch.cat(outputs).index_select(0, pair_layout.slot).unsqueeze(0), None
 
-
-AttentionInterface.register(ATTENTION_NAME, pair_rows_attention)
 
 
 def token_layout(attention_mask, shared):
@@ -136,6 +134,8 @@ def shared_values(base, v_head, input_ids, attention_mask, shared):
             slot[tokens] = offset + places
             offset += group.query_index.numel()
             groups.append(group)
+    if ATTENTION_NAME not in ALL_ATTENTION_FUNCTIONS:  # registered only by runs that share prompts
+        AttentionInterface.register(ATTENTION_NAME, pair_rows_attention)
     previous = base.config._attn_implementation
     layout = PairLayout(groups, slot, previous if previous in ("eager", "sdpa") else "sdpa")
     placeholder = torch.zeros(1, 1, 1, 1, dtype=dtype, device=device)  # 4-D: the model passes it on unchanged

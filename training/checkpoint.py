@@ -14,10 +14,14 @@ import torch
 from utils.dist import barrier, get_rank, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
 from utils.io import is_disk_full, sha256_file, write_json
+from utils.settings import Settings
 
 
 CHECKPOINT_DIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"  # written last, by rank 0, after every rank has finished writing
+
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _rng_state():
@@ -57,11 +61,10 @@ def checkpoint_steps(output_dir):
 
 
 # Flags whose change would make a resumed run train differently (checked on resume, named when they differ).
-IDENTITY_FLAGS = ("model_name_or_path", "data_path", "data_split", "max_seq_len", "seed", "drop_identical_pairs",
-                  "num_padding_at_beginning", "add_eot_token", "group_by_length", "learning_rate", "weight_decay",
-                  "lr_scheduler_type", "num_warmup_steps", "num_train_epochs", "lora_dim", "lora_module_name",
-                  "only_optimize_lora", "lora_learning_rate", "dropout", "compute_fp32_loss", "use_margin",
-                  "center_rewards_coefficient", "disable_cpu_speedups")
+# Training flags a resumed run must share with the saving one, besides the model's settings (utils/settings.py).
+IDENTITY_FLAGS = ("data_path", "data_split", "seed", "drop_identical_pairs", "group_by_length", "learning_rate",
+                  "weight_decay", "lr_scheduler_type", "num_warmup_steps", "num_train_epochs", "lora_learning_rate",
+                  "disable_cpu_speedups")
 
 
 def data_fingerprint(pairs):
@@ -70,18 +73,32 @@ def data_fingerprint(pairs):
     return os.path.basename(os.path.dirname(os.path.dirname(pairs.cache_files[0]["filename"])))
 
 
-def run_identity(args, ds_config, data_fingerprint):
-    """What a checkpoint must share with the run that resumes it. The number of ranks and the micro batch
-    may change if the global batch stays (the sample order is global), except with --group_by_length,
+def run_identity(args, settings, ds_config, data_fingerprint):
+    """What a checkpoint must share with the run that resumes it: the model's settings, the training flags
+    of `IDENTITY_FLAGS`, the data, the global batch and the ZeRO stage. The number of ranks and the micro
+    batch may change if the global batch stays (the sample order is global), except with --group_by_length,
     whose batches are cut per micro batch x ranks."""
     flags = {name: getattr(args, name) for name in IDENTITY_FLAGS}
-    flags["lora_module_name"] = flags["lora_module_name"] if args.lora_dim else None
+    flags["lora_learning_rate"] = flags["lora_learning_rate"] if settings.lora_dim else None
+    flags.update(_flat(settings.to_dict()))
+    if not settings.lora_dim:
+        flags["lora_module_name"] = None
     identity = {"data": data_fingerprint, "flags": flags, "train_batch_size": ds_config["train_batch_size"],
-                "dtype": "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32",
                 "zero_stage": ds_config["zero_optimization"]["stage"]}
     if args.group_by_length:
         identity["micro_batch_x_ranks"] = ds_config["train_micro_batch_size_per_gpu"] * get_world_size()
     return identity
+
+
+def _flat(values, prefix=""):
+    """{'loss': {'use_margin': x}} -> {'loss.use_margin': x}: one line per setting in `identity_changes`."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def layout(ds_config):
@@ -274,28 +291,20 @@ def _convert_position(position, saved, now):
 
 def reward_model_from_checkpoint(folder, output_dir):
     """Write the reward model a whole checkpoint holds as the folder main.py saves (merged LoRA, the
-    training dtype, no eval statistics), without training: DeepSpeed consolidates ZeRO shards to fp32."""
-    from model.create import create_reward_model, load_tokenizer
+    training dtype, no eval statistics), built from the settings the checkpoint saved, without training:
+    DeepSpeed consolidates ZeRO shards to fp32."""
+    from model.create import build_reward_model, build_tokenizer
     from model.io import save_hf_model
-    from model.lora import apply_lora, merge_lora
-    from model.reward_model import END_OF_CONVERSATION
     problem = verify_checkpoint(folder)
     if problem:
         raise UserError(f"{folder} is not a whole checkpoint: {problem}. Pass a complete checkpoint folder.")
-    identity = checkpoint_info(folder)["identity"]
-    flags = identity["flags"]
-    tokenizer = load_tokenizer(flags["model_name_or_path"], END_OF_CONVERSATION, flags["add_eot_token"])
-    model = create_reward_model(flags["model_name_or_path"], tokenizer, flags["num_padding_at_beginning"],
-                                compute_fp32_loss=flags["compute_fp32_loss"])
-    if flags["lora_dim"]:
-        apply_lora(model, flags["lora_dim"], flags["lora_module_name"], flags["only_optimize_lora"])
-    missing, unexpected = model.load_state_dict(_checkpoint_weights(folder), strict=False)
-    if missing or unexpected:
-        raise UserError(f"{folder} does not hold the weights of {flags['model_name_or_path']} (missing "
-                        f"{missing[:3]}, unexpected {unexpected[:3]}): was the base model folder changed?")
-    if flags["lora_dim"]:
-        merge_lora(model)
-    model.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[identity["dtype"]])
+    info = checkpoint_info(folder)
+    if "settings" not in info:
+        raise UserError(f"{folder} was saved by an older version of this project, before checkpoints recorded the "
+                        "model's settings: export the model folder main.py saved, or resume and save again.")
+    settings = Settings.from_dict(info["settings"])
+    tokenizer = build_tokenizer(settings)
+    model = build_reward_model(settings, tokenizer, _checkpoint_weights(folder), dtype=TORCH_DTYPES[settings.dtype])
     save_hf_model(model, tokenizer, output_dir, zero_stage=0,
                   extra_json={"exported_from.json": {"checkpoint": os.path.abspath(folder)}})
     return output_dir

@@ -1,18 +1,15 @@
-"""CPU training rules: two speed rules the training loop enters around each forward
-(`cpu_training_speedups`), and a memory bound main.py sets at start (`bound_kernel_caches`).
+"""CPU training rules (training/accelerations.py chooses them): two speed rules entered around each
+training forward (`cpu_training_speedups`), and a memory bound set at start (`bound_kernel_caches`).
 
 The speed rules change no result beyond float rounding (tests/test_fidelity.py):
 1. Attention: eager for rows up to CPU_EAGER_MAX_LEN tokens or batches up to CPU_EAGER_MAX_TOKENS, SDPA
-   otherwise. PyTorch's CPU flash-attention backward is 2-4x slower than eager on short rows and faster
-   on long ones and on large batches.
-2. Dropout, below: torch's keep rate and scale, with the random bits drawn faster.
-
-On CPU `torch.nn.functional.dropout` draws its Bernoulli mask one element at a time from the
-Mersenne Twister generator: at the card's dropout 0.1 that was 14% of an opt-350m training step
-(torch profiler, 152-token batch). Here each call takes one 64-bit seed from torch's generator (so
-runs stay reproducible from --seed, and checkpoints that save torch's RNG state resume exactly),
-then numpy's SFC64 generator gives 64 random bits per two elements. Forward + backward on a
-2432 x 1024 bf16 activation: 11 ms instead of 26 ms.
+   otherwise.
+2. Dropout, below: torch's keep rate and scale, with the random bits drawn faster. On CPU
+   `torch.nn.functional.dropout` draws its Bernoulli mask one element at a time from the Mersenne Twister
+   generator, a large share of a training step at the card's dropout 0.1 (docs/performance.md). Here each
+   call takes one 64-bit seed from torch's generator (so runs stay reproducible from --seed, and
+   checkpoints that save torch's RNG state resume exactly), then numpy's SFC64 generator gives 64 random
+   bits per two elements.
 """
 import contextlib
 import os
@@ -22,18 +19,13 @@ import torch
 import torch.nn.functional as F
 
 _torch_dropout = F.dropout
-# Measured crossover of eager and SDPA attention (forward + backward, bf16) on this project's 2-core CPU
-# machine with the opt-125m and opt-350m shapes of benchmarks/bench.py (commit 1994c2f).
+# PyTorch's CPU flash-attention backward is slower than eager on short rows and small batches, faster on
+# long rows and large batches: eager up to these (crossovers measured in docs/performance.md).
 CPU_EAGER_MAX_LEN = 192
-# ... and for batches of up to this many tokens whatever their length (opt-125m shape, bf16, forward +
-# backward, process CPU time: eager 3-7% faster at 8 x 198 ... 8 x 384, 2 x 512 and 4 x 512 rows x tokens;
-# SDPA 8-27% faster at 8 x 448, 8 x 512, 16 x 256 and above; docs/performance.md).
 CPU_EAGER_MAX_TOKENS = 3072
-# oneDNN (torch's bf16 CPU matmuls) and ideep keep the kernels they build for every input shape in LRU caches
-# of 1,024 entries each. Batches padded only to their longest row, and sub-batches, bring new shapes nearly
-# every step: ~9.5 MB more RSS per new length for the opt-125m shape, never given back, up to ~1 GB.
-# DeepSpeed-Chat pads every row to max_seq_len, one shape. 64 entries keep the kernels of a few shapes:
-# no slower here (forward + backward over 12 lengths), and RSS stays flat (docs/performance.md).
+# oneDNN and ideep keep the kernels of every input shape (1,024 per cache, ~9.5 MB each for the opt-125m
+# shape); dynamic padding brings a new shape nearly every step, so RSS would creep up. 64 keep a few shapes'
+# kernels at no measured cost (docs/performance.md).
 KERNEL_CACHE_CAPACITY = 64
 
 
@@ -71,8 +63,9 @@ def cpu_dropout():
 
 
 @contextlib.contextmanager
-def cpu_training_speedups(model, input_ids, enabled=True):
-    """Run one training forward of `model` (a RewardModel) on `input_ids` (N, L) with the CPU rules.
+def cpu_training_speedups(model, input_ids, dropout=True, attention=True):
+    """Run one training forward of `model` (a RewardModel) on `input_ids` (N, L) with the CPU rules asked for:
+    `dropout` (`fast_dropout`) and `attention` (eager for short rows or small batches).
 
     Only with gradients on a CPU batch. The attention kernel is set for this batch and put back on exit
     (the backward pass needs only the graph), so evaluation, scoring and a step-3 critic reusing the model
@@ -80,18 +73,14 @@ def cpu_training_speedups(model, input_ids, enabled=True):
     the backward pass runs outside this block and must draw the same masks with the same kernel.
     """
     base = model.rwtransformer
-    active = (enabled and torch.is_grad_enabled() and input_ids.device.type == "cpu"
-              and not base.is_activation_checkpointing)
-    if not active:
-        yield
-        return
+    active = torch.is_grad_enabled() and input_ids.device.type == "cpu" and not base.is_activation_checkpointing
     previous = base.config._attn_implementation
-    switch = previous == "sdpa" and base._can_set_attn_implementation()
+    switch = active and attention and previous == "sdpa" and base._can_set_attn_implementation()
     if switch:
         eager = input_ids.size(1) <= CPU_EAGER_MAX_LEN or input_ids.numel() <= CPU_EAGER_MAX_TOKENS
         base.set_attn_implementation("eager" if eager else "sdpa")
     try:
-        with cpu_dropout():
+        with cpu_dropout() if active and dropout else contextlib.nullcontext():
             yield
     finally:
         if switch:

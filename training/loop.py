@@ -8,11 +8,11 @@ import time
 import torch
 from tqdm import tqdm
 
-from model.reward_model import LN2, loss_spans
 from training.checkpoint import save_checkpoint
-from training.sub_batches import forward_cost, share_mode, train_micro_batch
+from training.evaluation import to_device
 from utils.dist import all_reduce, get_rank, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
+from utils.spans import LN2, loss_spans
 
 PLATEAU_TOLERANCE = 0.02
 
@@ -99,8 +99,18 @@ class PlateauWarning:
                         "--num_padding_at_beginning (OPT: 1, most others: 0), the learning rate and the data.")
 
 
-def train(args, engine, train_loader, run_eval, log, position, checkpoint_state):
-    """The training loop from `position` (epoch, micro-batches done in it, their loss sum).
+def train_micro_batch(engine, batch):
+    """The step on one micro batch: forward, backward (DeepSpeed divides by the accumulation steps), step
+    (DeepSpeed steps the optimizer at accumulation boundaries only). Returns the loss (fp32, detached)."""
+    loss = engine(**to_device(batch, engine.device))["loss"]
+    engine.backward(loss)
+    engine.step()
+    return loss.detach().float()
+
+
+def train(args, engine, train_loader, run_eval, log, position, checkpoint_state, micro_step=train_micro_batch):
+    """The training loop from `position` (epoch, micro-batches done in it, their loss sum). `micro_step`:
+    `train_micro_batch`, or the CPU accelerations' version of it (training/accelerations.py).
 
     Returns (final eval metrics, mean training loss of the last epoch).
     """
@@ -109,10 +119,6 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
     accumulation = engine.gradient_accumulation_steps()
     pairs_per_step = train_loader.batch_size * get_world_size() * accumulation
     batches_per_epoch = len(train_loader)
-    cost = forward_cost(args.sub_batches, engine.module.config, engine.device.type)
-    share, why = share_mode(args.share_prompt, engine.module, engine.device.type, engine.zero_optimization_stage(),
-                            get_world_size())
-    print_rank0(f"train: shared prompts computed once: {share} ({why})")
     for epoch in range(position["epoch"], args.num_train_epochs):
         engine.train()  # from_pretrained leaves the base in eval mode (no dropout)
         skip = position["batches_done"] if epoch == position["epoch"] else 0
@@ -126,7 +132,7 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state)
         for batch_index, batch in enumerate(bar, start=skip):
             step_batches.append((batch_index, batch["input_ids"]))
             boundary = engine.is_gradient_accumulation_boundary()
-            loss = train_micro_batch(engine, batch, cost, args.pad_to_multiple_of, not args.disable_cpu_speedups, share)
+            loss = micro_step(engine, batch)
             epoch_loss += loss
             step_loss += loss
             if not boundary:

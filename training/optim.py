@@ -37,17 +37,17 @@ def offloads_optimizer(ds_config):
     return offload.get("device", "none") in ("cpu", "nvme")
 
 
-def make_optimizer(groups, learning_rate, offload, device_type):
+def make_optimizer(groups, learning_rate, offload, device_type, fused=False):
     """DeepSpeedCPUAdam when `offload` (see `offloads_optimizer`), FusedAdam on CUDA, torch's AdamW
-    otherwise (all AdamW-style). On CPU torch's fused AdamW kernel, the same update as its default
-    one-tensor-at-a-time loop, which took 10% of an opt-125m micro step here (docs/performance.md)."""
+    otherwise (all AdamW-style); `fused`: torch's fused AdamW kernel (the fused_adamw CPU acceleration),
+    the same update as its default loop over tensors."""
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         return DeepSpeedCPUAdam(groups, lr=learning_rate, betas=ADAM_BETAS)
     if device_type == "cuda":
         from deepspeed.ops.adam import FusedAdam
         return FusedAdam(groups, lr=learning_rate, betas=ADAM_BETAS)
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=ADAM_BETAS, fused=device_type == "cpu" or None)
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=ADAM_BETAS, fused=fused or None)
 
 
 def make_scheduler(optimizer, name, num_warmup_steps, num_training_steps):

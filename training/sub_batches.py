@@ -21,25 +21,18 @@ import torch
 from torch import nn
 
 from model.create import DROPOUT_KEYS
-from model.reward_model import shared_lengths
 from model.shared_prompt import supports
-from training import embedding_grad
-from training.cpu_speed import cpu_training_speedups
-from training.evaluation import to_device
 from utils.dist import all_reduce, get_world_size
 from utils.errors import UserError
+from utils.spans import shared_lengths
 
-# One more forward + backward through main.py's engine (bf16, ZeRO-0: the engine's per-backward gradient
-# work included) costs as much as this many padded tokens, divided by the model's hidden size. Measured with
-# benchmarks/sub_batch_cost.py on this 2-core CPU (1 thread, CPU time): 46 tokens for the opt-125m shape
-# (x 768 = 35,300), 30 for opt-350m (30,700), 146 for a 4-layer 256-wide OPT (37,400), 635 for the tiny
-# test OPT (40,600): over a 16x range of widths, tokens x width stays within 15% of 36,000.
-# Not measured on GPUs, where small matmuls waste far more: `auto` does not split there.
-FORWARD_COST_X_WIDTH = {"cpu": 36_000}
-# A row of L tokens costs L x (1 + L / ATTENTION_LENGTH) tokens' worth: attention grows with L (same fits:
-# 1,250 for the opt-125m shape, 1,890 for opt-350m).
+# One more forward + backward costs about as much as this many padded tokens divided by the model's hidden
+# size, on CPU (fitted over a 16x range of widths; docs/performance.md, "The sub-batch rule", has the command).
+FORWARD_COST_X_WIDTH = 36_000
+# A row of L tokens costs L x (1 + L / ATTENTION_LENGTH) tokens' worth: attention grows with L (same fit).
 ATTENTION_LENGTH = 1250
 OFF, ALWAYS, CHEAPER = "off", "always", "cheaper"  # share_mode's answers
+ROW_KEYS = ("input_ids", "attention_mask")  # (2B, L) in a collated batch; every other field is per pair (B, ...)
 SHARE_SETTINGS = ("auto", "on", "off")  # --share_prompt
 
 
@@ -52,11 +45,11 @@ def parse_setting(text):
     raise argparse.ArgumentTypeError(f"{text!r}: use auto, off or an integer >= 0 (padded tokens per forward)")
 
 
-def forward_cost(setting, config, device_type):
+def forward_cost(setting, config):
     """The charge per forward + backward in padded tokens for `plan` (`config`: the model's), or None: one pass."""
-    if setting == "off" or (setting == "auto" and device_type not in FORWARD_COST_X_WIDTH):
+    if setting == "off":
         return None
-    return FORWARD_COST_X_WIDTH[device_type] / config.hidden_size if setting == "auto" else setting
+    return FORWARD_COST_X_WIDTH / config.hidden_size if setting == "auto" else setting
 
 
 def plan(lengths, cost, parts=None, shared=None):
@@ -111,7 +104,7 @@ def run_cost(lengths, shared, cost):
     return min(plain, packed), packed < plain
 
 
-def share_mode(setting, model, device_type, zero_stage, world_size):
+def share_mode(setting, model, zero_stage, world_size):
     """--share_prompt resolved for this run: (OFF, ALWAYS or CHEAPER (per sub-batch, where `run_cost` says
     so), why). `on` shares in every sub-batch, so every rank runs the same passes (ZeRO-3 needs that)."""
     if setting == "off":
@@ -123,8 +116,6 @@ def share_mode(setting, model, device_type, zero_stage, world_size):
         return ALWAYS, "--share_prompt on"
     if not problem and has_dropout(model):
         problem = "dropout is on (the shared tokens would share their dropout masks)"
-    if not problem and device_type not in FORWARD_COST_X_WIDTH:
-        problem = "the split cost is measured on CPU only"
     if not problem and zero_stage == 3 and world_size > 1:
         problem = "ZeRO-3 ranks must all run the same passes (--share_prompt on shares in every sub-batch)"
     return (OFF, f"auto: {problem}") if problem else (CHEAPER, "auto: where it costs fewer tokens")
@@ -160,13 +151,12 @@ def pair_lengths(batch, multiple=None):
 
 
 def select(batch, pairs, length):
-    """The sub-batch of `pairs` (indices), its rows cut to `length` columns (all padding beyond)."""
+    """The sub-batch of `pairs` (indices): its rows (`ROW_KEYS`, chosen then rejected) cut to `length` columns
+    (all padding beyond), and every other field of the batch, a per-pair tensor, at those pairs."""
     half = batch["input_ids"].size(0) // 2
     rows = torch.tensor(pairs + [half + p for p in pairs])
-    part = {key: batch[key][rows, :length] for key in ("input_ids", "attention_mask")}
-    if "margin" in batch:
-        part["margin"] = batch["margin"][pairs]
-    return part
+    return {key: value[rows, :length] if key in ROW_KEYS else value[torch.tensor(pairs)]
+            for key, value in batch.items()}
 
 
 def split(lengths, cost, device, shared=None):
@@ -179,36 +169,3 @@ def split(lengths, cost, device, shared=None):
         parts = int(all_reduce(torch.tensor([float(len(runs))], device=device), op="max").item())
         runs = runs if parts == len(runs) else plan(lengths, cost, parts, shared)
     return runs
-
-
-def train_micro_batch(engine, batch, cost, multiple=None, cpu_speedups=True, share=OFF):
-    """Forward + backward of one collated micro batch (on the CPU) in sub-batches, then `engine.step()`.
-
-    `cost`: forward_cost's charge, None for one pass; `share`: `share_mode`'s. Returns the micro batch's loss
-    (fp32, detached). Every backward but the last is marked as no gradient-accumulation boundary, so
-    DeepSpeed reduces gradients (ZeRO-0/1) and steps the optimizer at most once, as for one pass; its own
-    micro-step count takes over again after the step.
-    """
-    lengths = pair_lengths(batch, multiple)
-    shared = None if share == OFF else shared_pair_lengths(engine.module, batch)
-    runs = split(lengths, cost, engine.device, shared)
-    boundary = engine.is_gradient_accumulation_boundary()
-    direct = len(runs) > 1 and embedding_grad.applies(engine)  # several lookups (a shared run is one)
-    total = torch.zeros((), device=engine.device)
-    for index, pairs in enumerate(runs):
-        part = to_device(select(batch, pairs, max(lengths[p] for p in pairs)), engine.device)
-        if len(runs) > 1:
-            engine.set_gradient_accumulation_boundary(boundary and index == len(runs) - 1)
-        if share != OFF:
-            part["share_prompt"] = share == ALWAYS or run_cost([lengths[p] for p in pairs],
-                                                               [shared[p] for p in pairs], cost or 0)[1]
-        with (cpu_training_speedups(engine.module, part["input_ids"], cpu_speedups),
-              embedding_grad.direct_embedding_grad(engine.module, direct)):
-            loss = engine(**part)["loss"]
-        share_of_loss = len(pairs) / len(lengths)
-        engine.backward(loss * share_of_loss if len(runs) > 1 else loss)  # engine.backward divides by accumulation
-        total += loss.detach().float() * share_of_loss
-    engine.step()
-    if len(runs) > 1:
-        engine.set_gradient_accumulation_boundary(None)  # None: DeepSpeed's micro-step count decides again
-    return total

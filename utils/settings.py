@@ -1,0 +1,60 @@
+"""The resolved settings of a reward model: one frozen object, made once by main.py's setup from the flags,
+the DeepSpeed config, the tokenizer and the data's decisions, then saved with every checkpoint and model.
+
+Everything that builds a model, a tokenizer or a loss reads it (model/build.py), so training, resume,
+export, evaluation, scoring and serving read every text the same way. Nothing mutates it: a changed
+decision is a new object (`dataclasses.replace`).
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from utils.spans import DEEPSPEED_CHAT, END_OF_CONVERSATION
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The pairwise objective's options (model/reward_model.py `pairwise_loss`); all off is DeepSpeed-Chat's
+    loss. A new loss term adds its option here, one flag in main.py and one function beside the loss."""
+    compute_fp32_loss: bool = False  # upcast the rewards of the loss span to fp32
+    use_margin: bool = False  # -logsigmoid(r_c - r_j - margin) with each pair's `margin` field
+    center_rewards_coefficient: float = 0.0  # + c * mean((s_c + s_j)^2) over the end scores
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a reward model is and how a text becomes its tokens and score."""
+    model_name_or_path: str  # the base causal LM the run started from
+    max_seq_len: int = 512  # tokens per text (truncated)
+    num_padding_at_beginning: int = 1  # PAD-equal tokens before every text (OPT's BOS `</s>` = PAD)
+    end_token_rule: str = DEEPSPEED_CHAT  # where a row's score is read (utils/spans.py)
+    end_token_reason: str = ""  # why that rule (the data decided it, or the flag)
+    pad_token: Optional[str] = None  # None: PAD = EOS (DeepSpeed-Chat); else a token distinct from EOS
+    pad_token_id: Optional[int] = None
+    end_of_conversation_token: str = END_OF_CONVERSATION  # appended to each text; "" under a chat template
+    add_eot_token: bool = False  # the end-of-conversation text is one special token
+    chat_template: Optional[str] = None  # the Jinja template from --chat_template (None: the tokenizer's own)
+    dtype: str = "fp32"  # training precision: fp32, bf16 or fp16
+    dropout: Optional[float] = None  # None: the base model's own dropout probabilities
+    loss: LossOptions = field(default_factory=LossOptions)
+    lora_dim: int = 0
+    lora_module_name: str = "decoder.layers."
+    only_optimize_lora: bool = False
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """Settings from `to_dict`'s output; keys this version does not know are ignored and missing ones
+        (a model saved before they existed) take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in values.items() if key in known}
+        if isinstance(values.get("loss"), dict):
+            loss_keys = {f.name for f in dataclasses.fields(LossOptions)}
+            values["loss"] = LossOptions(**{k: v for k, v in values["loss"].items() if k in loss_keys})
+        values.setdefault("model_name_or_path", "")
+        return cls(**values)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
