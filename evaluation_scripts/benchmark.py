@@ -76,9 +76,8 @@ def load_items(args):
 def load_model(args):
     """(model on its device in eval mode, tokenizer with pad = the model's PAD_ID, device, dtype name)."""
     import torch
-    from transformers import AutoTokenizer
 
-    from model.reward_model import RewardModel
+    from model.create import build_tokenizer, load_reward_model
     from utils.errors import UserError
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
@@ -88,9 +87,8 @@ def load_model(args):
     dtype = named.get(args.dtype)
     if dtype is None and device == "cuda" and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16
-    model = RewardModel.from_pretrained(args.model_dir, dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    tokenizer.pad_token_id = model.PAD_ID
+    model = load_reward_model(args.model_dir, dtype=dtype).to(device)
+    tokenizer = build_tokenizer(model.settings, source=args.model_dir)
     tokenizer.model_max_length = sys.maxsize  # texts are cut at --max_seq_len here, so no length warning
     return model, tokenizer, device, str(model.v_head.weight.dtype).replace("torch.", "")
 
@@ -142,14 +140,13 @@ def encode(items, tokenizer, prompt_format, eot, max_seq_len):
 
 
 def score_sequences(model, sequences, batch_size):
-    """Reward at each sequence's end token (model.reward_model.end_indices, as training reads it): (N,) floats.
+    """Reward at each sequence's end token (the model's end-token rule, as training reads it): (N,) floats.
 
     Longest first, so the batches hold rows of similar length (little padding) and an out-of-memory
     error shows in the first batch; no gradients."""
     import torch
     from tqdm import tqdm
 
-    from model.reward_model import end_indices
     device = model.v_head.weight.device
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     scores = np.empty(len(sequences))
@@ -164,7 +161,7 @@ def score_sequences(model, sequences, batch_size):
                 mask[row, :len(sequences[i])] = 1
             ids, mask = ids.to(device), mask.to(device)
             values = model.forward_value(ids, mask, return_value_only=True).float()
-            end = end_indices(ids, model.PAD_ID, model.num_padding_at_beginning)
+            end = model.end_positions(ids, mask)
             scores[batch] = values.gather(1, (end - 1)[:, None]).squeeze(1).cpu().numpy()
     return scores
 

@@ -161,15 +161,13 @@ def _row_text(row, path, where, render):
 
 
 def run(args):
-    from transformers import AutoTokenizer
-
-    from model.reward_model import RewardModel
     import torch
-    model = RewardModel.from_pretrained(args.model_dir, center_rewards=args.center_rewards)
+
+    from model.create import build_tokenizer, load_reward_model
+    model = load_reward_model(args.model_dir, center_rewards=args.center_rewards)
     if torch.cuda.is_available():
         model.cuda()
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    tokenizer.pad_token_id = model.PAD_ID
+    tokenizer = build_tokenizer(model.settings, source=args.model_dir)
     settings = data_settings(args)
     score_examples(model, tokenizer, settings["max_seq_len"])
     if args.data_path:

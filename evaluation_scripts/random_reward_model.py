@@ -9,44 +9,51 @@ more tokens than with OPT's real 50k vocabulary: compare speeds in tokens/s. Its
 """
 import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def save_random_reward_model(base_dir, output_dir, shape="tiny", seed=0):
-    """Wrap the causal LM folder `base_dir` ("tiny") or an OPT of `shape` with random weights (using
-    base_dir's tokenizer) in a RewardModel with a random value head, saved as main.py saves one."""
+def random_reward_model(base_dir, shape="tiny", seed=0):
+    """(RewardModel, tokenizer): the tiny causal LM in `base_dir` ("tiny"), or an OPT of `shape` whose config
+    `model.tiny.write_opt_shape` writes to `base_dir`, with random weights (torch seeded with `seed`), built
+    by `build_reward_model` as main.py builds one (DeepSpeed-Chat's end-token rule, OPT's BOS skipped)."""
     import torch
 
-    from model.create import create_reward_model, load_tokenizer
-    from model.io import save_hf_model
-    from model.reward_model import END_OF_CONVERSATION
-    tokenizer = load_tokenizer(base_dir, END_OF_CONVERSATION)
+    from model.create import build_reward_model, build_tokenizer
+    from model.tiny import write_opt_shape
+    from utils.settings import Settings
+    if shape != "tiny":
+        write_opt_shape(base_dir, shape)
+    settings = Settings(model_name_or_path=base_dir, num_padding_at_beginning=1)
+    tokenizer = build_tokenizer(settings)
+    settings = settings.replace(pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    if shape == "tiny":
-        model = create_reward_model(base_dir, tokenizer, num_padding_at_beginning=1)
-    else:
-        from benchmarks.bench import build_model
-        model = build_model(shape, tokenizer, "auto", seed)
+    model = build_reward_model(settings, tokenizer, "pretrained" if shape == "tiny" else "random")
     torch.nn.init.normal_(model.v_head.weight, std=model.v_head.weight.size(1) ** -0.5)
+    return model.eval(), tokenizer
+
+
+def save_random_reward_model(base_dir, output_dir, shape="tiny", seed=0):
+    """`random_reward_model` saved as main.py saves a trained one; returns `output_dir`."""
+    from model.io import save_hf_model
+    model, tokenizer = random_reward_model(base_dir, shape, seed)
     os.makedirs(output_dir, exist_ok=True)
-    save_hf_model(model.eval(), tokenizer, output_dir, zero_stage=0)
+    save_hf_model(model, tokenizer, output_dir, zero_stage=0)
     return output_dir
 
 
 def main(argv=None):
-    from model.tiny import build_tiny_opt
+    from model.tiny import OPT_SHAPES, build_tiny_opt
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("output_dir", help="Folder to write the reward model to.")
-    parser.add_argument("--shape", choices=("tiny", "125m", "350m"), default="tiny",
-                        help="tiny: model/tiny.py's OPT; 125m / 350m: opt-125m / opt-350m shapes (benchmarks/bench.py).")
+    parser.add_argument("--shape", choices=("tiny", *OPT_SHAPES), default="tiny",
+                        help="tiny: model/tiny.py's OPT; 125m / 350m: opt-125m / opt-350m shapes (model/tiny.py).")
     parser.add_argument("--max_positions", type=int, default=2048, help="Position limit of the tiny shape.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as base:
-        build_tiny_opt(base, max_positions=args.max_positions, seed=args.seed)
+        if args.shape == "tiny":
+            build_tiny_opt(base, max_positions=args.max_positions, seed=args.seed)
         save_random_reward_model(base, args.output_dir, args.shape, args.seed)
     print(f"wrote a random {args.shape} reward model to {args.output_dir}")
 

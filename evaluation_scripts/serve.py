@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.chat import ChatRenderer, RowError  # noqa: E402
 from evaluation_scripts.batching import Batcher  # noqa: E402
-from model.reward_model import LAST_TOKEN  # noqa: E402
+from utils.spans import LAST_TOKEN  # noqa: E402
 
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -90,17 +90,14 @@ def load_scorer(args):
     from types import SimpleNamespace
 
     import torch
-    from transformers import AutoTokenizer
 
     from evaluation_scripts.evaluate import DATA_FLAGS, data_settings
-    from model.create import model_max_positions
-    from model.reward_model import RewardModel
+    from model.create import build_tokenizer, load_reward_model, model_max_positions
     from utils.errors import UserError
     dtype = DTYPES[args.dtype] and getattr(torch, DTYPES[args.dtype])
-    model = RewardModel.from_pretrained(args.model_dir, dtype=dtype, center_rewards=args.center)
+    model = load_reward_model(args.model_dir, dtype=dtype, center_rewards=args.center)
     model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    tokenizer.pad_token_id = model.PAD_ID
+    tokenizer = build_tokenizer(model.settings, source=args.model_dir)
     flags = SimpleNamespace(**dict.fromkeys(DATA_FLAGS), model_dir=args.model_dir)
     flags.max_seq_len = args.max_seq_len
     max_seq_len = data_settings(flags)["max_seq_len"]

@@ -101,30 +101,32 @@ def distinct_pad_token(tokenizer):
                            f"{NEW_PAD_TOKEN!r}")
 
 
-def build_reward_model(settings, tokenizer, state=None, config_source=None, dtype=None):
-    """The one recipe for a RewardModel, used by training, resume, export, evaluation, scoring and serving.
+def build_reward_model(settings, tokenizer, weights="pretrained", config_source=None, dtype=None):
+    """The one recipe for a RewardModel, used by training, resume, export, evaluation, scoring, serving and
+    the benchmarks.
 
     The base model's config comes from `config_source` (a saved reward model's folder) or the base model
     named in `settings`, with the settings' dropout; its PAD is the settings' (EOS under DeepSpeed-Chat's
-    rule), its embeddings are resized to len(tokenizer) rounded up to 8 (DeepSpeed-Chat's). Without `state`
-    the base model's pretrained weights are loaded and the value head is new; with `state` (a state dict:
-    a saved model's, or a checkpoint's, LoRA adapters included) the weights are exactly those, in `dtype`
-    (default: the value head's dtype in `state`; buffers stay as transformers makes them, as in
-    `AutoModelForSequenceClassification`), LoRA merged. With settings.lora_dim and no state, LoRA
-    adapters are added for training.
+    rule), its embeddings are resized to len(tokenizer) rounded up to 8 (DeepSpeed-Chat's). `weights`:
+    "pretrained" loads the base model's weights and adds a new value head (and LoRA adapters with
+    settings.lora_dim), as training starts; "random" initialises everything from torch's RNG (benchmarks);
+    a state dict (a saved model's, or a checkpoint's, LoRA adapters included) gives exactly those weights,
+    in `dtype` (default: the value head's dtype in the state; buffers stay as transformers makes them, as
+    in `AutoModelForSequenceClassification`), LoRA merged.
     """
     from transformers import AutoConfig, AutoModel
     source = config_source or settings.model_name_or_path
+    state = weights if isinstance(weights, dict) else None
     try:
         config = AutoConfig.from_pretrained(source)
         if settings.dropout is not None:
             for key in DROPOUT_KEYS:
                 if hasattr(config, key):
                     setattr(config, key, settings.dropout)
-        if state is None:
+        if weights == "pretrained":
             base = AutoModel.from_pretrained(settings.model_name_or_path, config=config)
         else:
-            dtype = dtype or (state[HEAD_KEY].dtype if HEAD_KEY in state else torch.float32)
+            dtype = dtype or (state[HEAD_KEY].dtype if state and HEAD_KEY in state else torch.float32)
             base = AutoModel.from_config(config, dtype=dtype)
     except (OSError, ValueError) as error:
         raise _offline_hint(source, error) from error
@@ -145,6 +147,8 @@ def build_reward_model(settings, tokenizer, state=None, config_source=None, dtyp
                             "value head (v_head.weight); was the base model folder changed?")
         if settings.lora_dim and adapters:
             merge_lora(model)
+    elif weights == "random":
+        model.to(dtype)
     return model
 
 

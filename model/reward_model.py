@@ -72,7 +72,7 @@ def end_scores_after(values, input_ids, pad_id, prompt_length):
 class RewardModel(nn.Module):
     """A base transformer (`rwtransformer`) plus `v_head`, with DeepSpeed-Chat's interface; `settings`
     (utils/settings.py) say where scores are read and which loss terms apply. Build one with
-    model/build.py's `build_reward_model`.
+    model/create.py's `build_reward_model`.
 
     `forward` takes 2B rows (all chosen, then all rejected) and returns `loss`,
     `chosen_mean_scores` and `rejected_mean_scores`: despite the names (kept for DeepSpeed-Chat's
@@ -148,7 +148,7 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir, dtype=None, center_rewards=False):
-        """A reward model folder saved by main.py (or exported from a checkpoint): see model/build.py
+        """A reward model folder saved by main.py (or exported from a checkpoint): see model/create.py
         `load_reward_model`."""
-        from model.build import load_reward_model
+        from model.create import load_reward_model
         return load_reward_model(model_dir, dtype=dtype, center_rewards=center_rewards)

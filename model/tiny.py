@@ -42,6 +42,32 @@ def train_bpe_tokenizer(corpus, special_tokens, vocab_size=512, bos=None):
     return tokenizer
 
 
+# facebook/opt-125m's and opt-350m's shapes (opt-350m, the card's model: post-LN, 512-wide projections), with
+# their 50,272 embedding rows, for benchmarks with random weights (evaluation_scripts/random_reward_model.py).
+OPT_SHAPES = {
+    "125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
+                 word_embed_proj_dim=768, do_layer_norm_before=True),
+    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
+                 word_embed_proj_dim=512, do_layer_norm_before=False),
+}
+OPT_VOCAB_SIZE = 50272
+
+
+def write_opt_shape(path, shape):
+    """Write the config of an OPT of `shape` (`OPT_SHAPES`) and the tiny BPE tokenizer to `path`, no weights:
+    `build_reward_model(..., weights="random", config_source=path)` builds it. Returns `path`."""
+    from transformers import OPTConfig
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=train_bpe_tokenizer(DEFAULT_CORPUS, OPT_SPECIAL_TOKENS, 512, bos="</s>"),
+        bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", model_max_length=2048)
+    config = OPTConfig(vocab_size=OPT_VOCAB_SIZE, max_position_embeddings=2048, dropout=0.1, attention_dropout=0.0,
+                       activation_function="relu", pad_token_id=1, bos_token_id=2, eos_token_id=2, **OPT_SHAPES[shape])
+    os.makedirs(path, exist_ok=True)
+    config.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def build_tiny_opt(path, corpus=None, vocab_size=512, hidden_size=64, word_embed_proj_dim=32,
                    num_layers=2, num_heads=4, ffn_dim=128, max_positions=512, seed=0):
     """Write a tiny OPT (random weights) and its tokenizer to `path`; returns `path`."""

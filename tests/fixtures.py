@@ -107,3 +107,21 @@ def finish(cmd):
     log = process.stdout.read()
     assert process.wait(timeout=600) == 0, log[-3000:]
     return log
+
+
+def reward_model(base, tokenizer, num_padding_at_beginning=1, **settings):
+    """`build_reward_model` on the base model folder `base` with `tokenizer`'s PAD; keywords are Settings
+    fields (LossOptions' go into `loss`)."""
+    from model.create import build_reward_model
+    from utils.settings import LossOptions, Settings
+    loss = LossOptions(**{key: settings.pop(key) for key in list(settings) if key in LossOptions.__dataclass_fields__})
+    return build_reward_model(Settings(model_name_or_path=base, num_padding_at_beginning=num_padding_at_beginning,
+                                       pad_token_id=tokenizer.pad_token_id, loss=loss, **settings), tokenizer)
+
+
+def row_settings(pad_id, num_padding_at_beginning=1, **settings):
+    """Settings for a RewardModel built around an in-memory base model (no folder)."""
+    from utils.settings import LossOptions, Settings
+    loss = LossOptions(**{key: settings.pop(key) for key in list(settings) if key in LossOptions.__dataclass_fields__})
+    return Settings(model_name_or_path="", num_padding_at_beginning=num_padding_at_beginning, pad_token_id=pad_id,
+                    loss=loss, **settings)

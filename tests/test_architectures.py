@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from model.create import create_reward_model, load_tokenizer
+from model.create import load_tokenizer
 from model.tiny import build_tiny_gpt2
 from tests.reference import reference_pairwise_loss
-from tests.fixtures import check_saved_model, eval_accuracies, run_main, step_losses
+from tests.fixtures import check_saved_model, reward_model, eval_accuracies, run_main, step_losses
 
 
 def tiny_config(name, vocab_size):
@@ -38,8 +38,8 @@ def test_reward_model_builds_trains_and_matches_the_loop(arch, gpt2_folder, tmp_
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer))).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-    tokenizer = load_tokenizer(folder, "<|endoftext|>")
-    model = create_reward_model(folder, tokenizer, num_padding_at_beginning=0)
+    tokenizer = load_tokenizer(folder)
+    model = reward_model(folder, tokenizer, num_padding_at_beginning=0)
     assert model.v_head.in_features == model.config.hidden_size
     texts = [" Human: hi Assistant: thanks, great!", " Human: hi Assistant: great and kind, thanks a lot!",
              " Human: hi Assistant: awful.", " Human: hi Assistant: no"]

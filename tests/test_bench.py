@@ -6,8 +6,8 @@ Run: .venv/bin/python -m pytest tests/test_bench.py -q
 import torch
 
 from benchmarks import deepspeed_chat
+from tests.fixtures import reward_model
 from data import PairCollator, build_pair_datasets
-from model.create import create_reward_model
 
 EOT = "<|endoftext|>"
 
@@ -26,6 +26,6 @@ def test_baseline_and_project_batches_give_the_same_loss(tiny_opt, opt_tokenizer
     assert torch.equal(theirs["input_ids"][:, :length], ours["input_ids"])
     assert torch.equal(theirs["attention_mask"][:, :length], ours["attention_mask"])
     assert theirs["attention_mask"][:, length:].sum() == 0
-    model = create_reward_model(tiny_opt, opt_tokenizer, num_padding_at_beginning=1).eval()
+    model = reward_model(tiny_opt, opt_tokenizer, num_padding_at_beginning=1).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(**ours)["loss"], deepspeed_chat.loss(model, theirs), atol=1e-5, rtol=0)

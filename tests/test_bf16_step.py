@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from tests.fixtures import reward_model
 from tests.test_sub_batches import micro_batches
 from training.bf16_step import use_buffered_step
 from training.optim import ADAM_BETAS, param_groups
@@ -17,11 +18,10 @@ from training.optim import ADAM_BETAS, param_groups
 def bf16_engine(tiny_opt, tokenizer, clipping, buffered):
     import deepspeed
 
-    from model.create import create_reward_model
     from utils.dist import set_single_process_defaults
     set_single_process_defaults()
     torch.manual_seed(0)
-    model = create_reward_model(tiny_opt, tokenizer, 1, dropout=0.0)
+    model = reward_model(tiny_opt, tokenizer, 1, dropout=0.0)
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2, betas=ADAM_BETAS, fused=True)
     config = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
               "zero_optimization": {"stage": 0}, "gradient_clipping": clipping, "steps_per_print": 10 ** 9}
@@ -88,8 +88,7 @@ def test_a_non_finite_gradient_skips_the_step_as_deepspeed_does(tiny_opt, opt_to
 def test_other_engines_keep_deepspeeds_step(tiny_opt, opt_tokenizer):
     import deepspeed
 
-    from model.create import create_reward_model
-    model = create_reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.0)
+    model = reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     config = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 0}, "steps_per_print": 10 ** 9}
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)  # fp32: no wrapper

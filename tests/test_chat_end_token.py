@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from data import build_pair_datasets
 from data.chat import ChatRenderer
 from data.pairs import build_info
-from model.create import create_reward_model, load_tokenizer, pads_at_beginning, resolve_num_padding, use_distinct_pad
+from model.create import distinct_pad_token, load_tokenizer, resolve_num_padding
 from model.io import read_reward_settings
 from model.reward_model import LAST_TOKEN, end_indices, loss_spans, pairwise_loss
 from model.tiny import build_tiny_chat, build_tiny_gpt2
-from tests.fixtures import learnable_pairs, write_jsonl
+from tests.fixtures import learnable_pairs, reward_model, write_jsonl
+from utils.spans import pads_at_beginning
 
 EOT = "<|endoftext|>"
 TURNS = [{"role": "user", "content": "Hi, can you help me?"}, {"role": "assistant", "content": "Sure."},
@@ -35,7 +36,7 @@ def conversation_rows(count):
 
 
 def test_pad_eos_would_read_the_first_turn_the_project_reads_the_last_answer(llama, tmp_path):
-    tokenizer = load_tokenizer(llama, EOT)  # DeepSpeed-Chat's convention: PAD = EOS = <|eot_id|>
+    tokenizer = load_tokenizer(llama)  # DeepSpeed-Chat's convention: PAD = EOS = <|eot_id|>
     write_jsonl(tmp_path / "train.jsonl", conversation_rows(8))
     write_jsonl(tmp_path / "test.jsonl", conversation_rows(4))
     train, _ = build_pair_datasets([str(tmp_path)], "0,1,0", 1234, tokenizer, 256, str(tmp_path / "cache"), EOT, 0,
@@ -50,9 +51,9 @@ def test_pad_eos_would_read_the_first_turn_the_project_reads_the_last_answer(lla
     assert int(end_indices(torch.tensor([ids]), eot_id, 0)[0]) == first_turn_end
     assert tokenizer.decode(ids[:first_turn_end]).endswith("Hi, can you help me?")
 
-    use_distinct_pad(tokenizer)
+    tokenizer = load_tokenizer(llama, pad_token=distinct_pad_token(tokenizer)[0])
     torch.manual_seed(0)
-    model = create_reward_model(llama, tokenizer, 0, end_token_rule=LAST_TOKEN).eval()
+    model = reward_model(llama, tokenizer, 0, end_token_rule=LAST_TOKEN).eval()
     batch = {"input_ids": torch.tensor([ids + [tokenizer.pad_token_id] * 3, ids[:-4] + [tokenizer.pad_token_id] * 7]),
              "attention_mask": torch.tensor([[1] * len(ids) + [0] * 3, [1] * (len(ids) - 4) + [0] * 7])}
     with torch.no_grad():
@@ -104,8 +105,7 @@ def test_last_token_loss_matches_a_per_pair_loop():
     rejected[3], rejected_mask[3] = chosen[3], chosen_mask[3]
     chosen[1, 4] = 0  # the PAD id inside a text does not end it under last_token
     r_chosen, r_rejected = torch.randn(4, 8), torch.randn(4, 8)
-    got = pairwise_loss(chosen, rejected, r_chosen, r_rejected, 0, 0, chosen_mask=chosen_mask,
-                        rejected_mask=rejected_mask, end_token_rule=LAST_TOKEN)
+    got = pairwise_loss(r_chosen, r_rejected, loss_spans(chosen, rejected, 0, 0, chosen_mask, rejected_mask, LAST_TOKEN))
     expected = reference_last_token_loss(chosen, rejected, chosen_mask, rejected_mask, r_chosen, r_rejected)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
@@ -134,29 +134,29 @@ def test_auto_picks_last_token_when_eos_is_inside_a_text(opt_tokenizer, tmp_path
 
 
 def test_gpt2_trailing_end_of_conversation_eos_is_not_inside(tmp_path):
-    tokenizer = load_tokenizer(build_tiny_gpt2(str(tmp_path / "gpt2")), EOT)  # EOS = PAD = <|endoftext|> = EOT
+    tokenizer = load_tokenizer(build_tiny_gpt2(str(tmp_path / "gpt2")))  # EOS = PAD = <|endoftext|> = EOT
     _, info = build(tokenizer, tmp_path, learnable_pairs(20, seed=1), n=0)
     assert info["end_token_rule"] == "deepspeed_chat"
 
 
-def test_num_padding_at_beginning_auto_and_a_contradicting_value(opt_tokenizer, llama, tmp_path, capsys):
-    gpt2 = load_tokenizer(build_tiny_gpt2(str(tmp_path / "gpt2")), EOT)
-    assert [pads_at_beginning(t) for t in (opt_tokenizer, gpt2, load_tokenizer(llama, EOT))] == [1, 0, 0]
-    assert resolve_num_padding("auto", opt_tokenizer) == 1
-    assert resolve_num_padding(0, opt_tokenizer) == 0
-    out = capsys.readouterr().out
-    assert "--num_padding_at_beginning auto -> 1" in out
-    assert ("warning: --num_padding_at_beginning 0 contradicts the tokenizer: it puts 1 PAD-equal token(s) before "
-            "every text (PAD '</s>', BOS '</s>'). Use --num_padding_at_beginning 1, or leave it at auto.") in out
+def test_num_padding_at_beginning_auto_and_a_contradicting_value(opt_tokenizer, llama, tmp_path):
+    gpt2 = load_tokenizer(build_tiny_gpt2(str(tmp_path / "gpt2")))
+    assert [pads_at_beginning(t) for t in (opt_tokenizer, gpt2, load_tokenizer(llama))] == [1, 0, 0]
+    (auto, note), (typed, warning) = resolve_num_padding("auto", opt_tokenizer), resolve_num_padding(0, opt_tokenizer)
+    assert auto == 1 and typed == 0
+    assert "--num_padding_at_beginning auto -> 1" in note
+    assert warning == ("warning: --num_padding_at_beginning 0 contradicts the tokenizer: it puts 1 PAD-equal token(s) "
+                       "before every text (PAD '</s>', BOS '</s>'). Use --num_padding_at_beginning 1, or leave it at auto.")
 
 
 @pytest.mark.parametrize("style, pad, added", [("llama", "<|pad|>", True), ("qwen2", "<|endoftext|>", False),
                                                ("mistral", "<|pad|>", True)])
 def test_a_pad_distinct_from_eos(style, pad, added, tmp_path):
-    tokenizer = load_tokenizer(build_tiny_chat(str(tmp_path / style), style), EOT)
+    tokenizer = load_tokenizer(build_tiny_chat(str(tmp_path / style), style))
     size = len(tokenizer)
     assert tokenizer.pad_token == tokenizer.eos_token
-    note = use_distinct_pad(tokenizer)
+    token, note = distinct_pad_token(tokenizer)
+    tokenizer = load_tokenizer(build_tiny_chat(str(tmp_path / style), style), pad_token=token)
     assert tokenizer.pad_token == pad and tokenizer.pad_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id)
     assert len(tokenizer) == size + added and ("added" in note) == added
     text = ChatRenderer(tokenizer)(TURNS + [{"role": "assistant", "content": "Sure, here."}])
@@ -166,5 +166,6 @@ def test_a_pad_distinct_from_eos(style, pad, added, tmp_path):
 def test_models_saved_before_the_rule_existed_read_as_deepspeed_chat(tmp_path):
     settings = {"num_padding_at_beginning": 1, "end_of_conversation_token": EOT, "pad_token_id": 2}
     (tmp_path / "config.json").write_text(json.dumps({"reward_model": settings}))
-    assert read_reward_settings(str(tmp_path)) == dict(settings, end_token_rule="deepspeed_chat")
+    read, stats = read_reward_settings(str(tmp_path))
+    assert (read.end_token_rule, read.num_padding_at_beginning, read.pad_token_id, stats) == ("deepspeed_chat", 1, 2, {})
     assert os.listdir(tmp_path) == ["config.json"]

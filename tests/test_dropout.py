@@ -58,12 +58,10 @@ def test_training_context_uses_it_only_for_cpu_training_without_checkpointing(mo
     from transformers import OPTConfig, OPTModel
 
     from model.reward_model import RewardModel
-
-    class Tokenizer:
-        pad_token_id = 1
+    from tests.fixtures import row_settings
     config = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
                        word_embed_proj_dim=16, max_position_embeddings=32, dropout=0.1)
-    model = RewardModel(OPTModel(config), Tokenizer(), num_padding_at_beginning=1)
+    model = RewardModel(OPTModel(config), row_settings(1))
     calls = []
 
     def spy(name, dropout):
@@ -82,7 +80,7 @@ def test_training_context_uses_it_only_for_cpu_training_without_checkpointing(mo
         model.train(train)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        with torch.set_grad_enabled(grad), cpu_training_speedups(model, ids, enabled=context):
+        with torch.set_grad_enabled(grad), cpu_training_speedups(model, ids, dropout=context, attention=context):
             model(input_ids=ids, attention_mask=torch.ones_like(ids))["loss"]
         model.gradient_checkpointing_disable()
         return set(calls)

@@ -12,7 +12,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from evaluation_scripts.export_hf import main as export_main
-from model.create import create_reward_model, load_tokenizer
+from model.create import load_tokenizer
+from tests.fixtures import reward_model
 from model.reward_model import RewardModel
 from model.tiny import build_tiny_gpt2, build_tiny_opt
 from model.io import save_hf_model
@@ -33,10 +34,10 @@ def save_reward_model(root, arch, num_padding_at_beginning=None, dtype=torch.flo
     """A tiny reward model with a random non-zero head, saved as main.py saves it; returns its folder."""
     build, default_n, _ = ARCHS[arch]
     base = build(os.path.join(root, f"{arch}_base"))
-    tokenizer = load_tokenizer(base, EOT)
+    tokenizer = load_tokenizer(base)
     torch.manual_seed(0)
-    model = create_reward_model(base, tokenizer, default_n if num_padding_at_beginning is None
-                                else num_padding_at_beginning).eval()
+    model = reward_model(base, tokenizer, default_n if num_padding_at_beginning is None
+                         else num_padding_at_beginning).eval()
     torch.nn.init.normal_(model.v_head.weight)
     folder = os.path.join(root, f"{arch}_reward")
     save_hf_model(model.to(dtype), tokenizer, folder, zero_stage=0)

@@ -5,7 +5,6 @@ Run: python -m pytest tests/test_fidelity.py -q
 """
 import json
 import math
-from types import SimpleNamespace
 
 import datasets
 import pytest
@@ -14,11 +13,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data import PairCollator
 from data.sampler import train_sampler
-from model.reward_model import RewardModel, pairwise_loss
-from tests.fixtures import run_main, write_jsonl
+from model.reward_model import RewardModel, loss_spans, pairwise_loss
+from tests.fixtures import reward_model, row_settings, run_main, write_jsonl
 from tests.reference import reference_grouped_parameters, reference_pairwise_loss
 from training.evaluation import eval_loader
 from training.optim import param_groups
+from utils.settings import LossOptions
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -36,7 +36,8 @@ def test_fp32_loss_upcasts_each_reward_before_subtracting():
                         [2, 5, 9, 9, 9, 9, 9, 2], [2, 5, 8, 2, 2, 2, 2, 2]])
     rewards = (torch.randn(ids.shape) * 3 + 40).to(torch.bfloat16)  # large rewards: bf16 rounding shows
     expected, *_ = reference_pairwise_loss(ids, rewards, 2, 1, compute_fp32_loss=True)
-    loss, *_ = pairwise_loss(ids[:2], ids[2:], rewards[:2], rewards[2:], 2, 1, compute_fp32_loss=True)
+    loss, *_ = pairwise_loss(rewards[:2], rewards[2:], loss_spans(ids[:2], ids[2:], 2, 1),
+                             LossOptions(compute_fp32_loss=True))
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
 
@@ -72,7 +73,7 @@ def tiny_base(arch):
                                         ("llama", True)])  # GPT-2's Conv1D layers take no LoRA
 def test_weight_decay_groups_are_deepspeed_chats(arch, lora):
     from model.lora import apply_lora
-    model = RewardModel(tiny_base(arch), SimpleNamespace(pad_token_id=1))
+    model = RewardModel(tiny_base(arch), row_settings(1))
     if lora:
         apply_lora(model, 4, "layers.")
     names = {id(p): n for n, p in model.named_parameters()}
@@ -89,9 +90,8 @@ def test_weight_decay_groups_are_deepspeed_chats(arch, lora):
 def test_dynamic_padding_and_cpu_training_rules_give_the_max_len_padded_loss(tiny_opt, opt_tokenizer):
     """Training mode with dropout 0: the CPU attention switch and dropout path are active, and a batch
     padded to its longest row gives the loss of the same batch padded to max_seq_len (DeepSpeed-Chat)."""
-    from model.create import create_reward_model
     torch.manual_seed(0)
-    model = create_reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.0).train()
+    model = reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.0).train()
     rows = [{"chosen_input_ids": opt_tokenizer(c)["input_ids"], "rejected_input_ids": opt_tokenizer(r)["input_ids"]}
             for c, r in [(" Human: hi Assistant: great thanks", " Human: hi Assistant: awful"),
                          (" Human: a b c d e f Assistant: kind", " Human: a b c d e f Assistant: rude and lazy"),

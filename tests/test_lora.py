@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from model.create import create_reward_model, load_tokenizer
+from model.create import load_tokenizer
+from tests.fixtures import reward_model as tiny_reward_model
 from model.lora import apply_lora, is_lora_param, merge_lora
 from model.reward_model import RewardModel
 from model.io import save_hf_model
@@ -20,7 +21,7 @@ TEXTS = [" Human: hi Assistant: great, thanks, kind and helpful!", " Human: hi A
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_opt):
-    return load_tokenizer(tiny_opt, EOT)
+    return load_tokenizer(tiny_opt)
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def batch(tokenizer):
 
 def reward_model(tiny_opt, tokenizer):
     torch.manual_seed(0)
-    return create_reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1, dropout=0.0)
+    return tiny_reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1, dropout=0.0)
 
 
 def scores(model, batch):

@@ -11,32 +11,33 @@ import sys
 import pytest
 import torch
 
-from model.reward_model import RewardModel, pairwise_loss
+from model.reward_model import RewardModel, loss_spans, pairwise_loss
 from tests.fixtures import ROOT, child_env, learnable_pairs, run_main, write_jsonl
+from utils.settings import LossOptions
 
 PAD = 2
 
 
-def one_pair(chosen_reward, rejected_reward):
+def one_pair_loss(chosen_reward, rejected_reward, options=LossOptions(), **fields):
     # n=0, chosen [5, 6, PAD], rejected [5, 7, PAD]: the span is position 1 only, end scores at 1
     ids = torch.tensor([[5, 6, PAD], [5, 7, PAD]])
     rewards = torch.tensor([[0.0, chosen_reward, 9.0], [0.0, rejected_reward, -9.0]])
-    return ids[:1], ids[1:], rewards[:1], rewards[1:]
+    loss, _, _ = pairwise_loss(rewards[:1], rewards[1:], loss_spans(ids[:1], ids[1:], PAD, 0), options, fields)
+    return loss.item()
 
 
 def test_margin_loss_worked_by_hand():
-    loss, _, _ = pairwise_loss(*one_pair(2.0, 1.0), PAD, 0, margin=torch.tensor([0.5]))
-    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.5)))  # -logsigmoid(2 - 1 - 0.5)
+    loss = one_pair_loss(2.0, 1.0, LossOptions(use_margin=True), margin=torch.tensor([0.5]))
+    assert loss == pytest.approx(math.log1p(math.exp(-0.5)))  # -logsigmoid(2 - 1 - 0.5)
 
 
 def test_centring_term_worked_by_hand():
-    loss, _, _ = pairwise_loss(*one_pair(2.0, 1.0), PAD, 0, center_coefficient=0.1)
-    assert loss.item() == pytest.approx(math.log1p(math.exp(-1.0)) + 0.1 * (2.0 + 1.0) ** 2)
+    loss = one_pair_loss(2.0, 1.0, LossOptions(center_rewards_coefficient=0.1))
+    assert loss == pytest.approx(math.log1p(math.exp(-1.0)) + 0.1 * (2.0 + 1.0) ** 2)
 
 
 def test_defaults_are_deepspeed_chats_loss():
-    plain, _, _ = pairwise_loss(*one_pair(2.0, 1.0), PAD, 0)
-    assert plain.item() == pytest.approx(math.log1p(math.exp(-1.0)))
+    assert one_pair_loss(2.0, 1.0, margin=torch.tensor([0.5])) == pytest.approx(math.log1p(math.exp(-1.0)))
 
 
 @pytest.fixture(scope="module")

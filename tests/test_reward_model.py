@@ -2,9 +2,11 @@
 import pytest
 import torch
 
-from model.reward_model import RewardModel, end_indices, pairwise_loss
+from model.reward_model import RewardModel, end_indices, loss_spans, pairwise_loss
 from training.cpu_speed import CPU_EAGER_MAX_LEN, CPU_EAGER_MAX_TOKENS, cpu_training_speedups
+from tests.fixtures import row_settings
 from tests.reference import reference_end_scores, reference_pairwise_loss
+from utils.settings import LossOptions
 
 PAD = 2  # OPT: pad = eos = bos = </s>
 
@@ -41,7 +43,8 @@ def test_batched_loss_matches_per_pair_loop(case, bos, fp32):
     n = 1 if bos else 0
     expected = reference_pairwise_loss(input_ids, rewards, PAD, n, fp32)
     pairs = input_ids.size(0) // 2
-    got = pairwise_loss(input_ids[:pairs], input_ids[pairs:], rewards[:pairs], rewards[pairs:], PAD, n, fp32)
+    spans = loss_spans(input_ids[:pairs], input_ids[pairs:], PAD, n)
+    got = pairwise_loss(rewards[:pairs], rewards[pairs:], spans, LossOptions(compute_fp32_loss=fp32))
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, atol=1e-6, rtol=0)
 
@@ -56,7 +59,7 @@ def test_loss_worked_by_hand():
     # one pair, n=0: chosen [5, 6, PAD], rejected [5, 7, PAD]; span = [1, 2) -> one position
     ids = torch.tensor([[5, 6, PAD], [5, 7, PAD]])
     rewards = torch.tensor([[0.0, 2.0, 9.0], [0.0, 1.0, -9.0]])
-    loss, chosen, rejected = pairwise_loss(ids[:1], ids[1:], rewards[:1], rewards[1:], PAD, 0)
+    loss, chosen, rejected = pairwise_loss(rewards[:1], rewards[1:], loss_spans(ids[:1], ids[1:], PAD, 0))
     assert loss.item() == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(1.0)).item())
     assert chosen.tolist() == [2.0] and rejected.tolist() == [1.0]
 
@@ -65,7 +68,7 @@ def test_loss_worked_by_hand():
 def tiny_reward_model(tiny_opt, opt_tokenizer):
     from transformers import AutoModel
     torch.manual_seed(0)
-    return RewardModel(AutoModel.from_pretrained(tiny_opt), opt_tokenizer, num_padding_at_beginning=1).eval()
+    return RewardModel(AutoModel.from_pretrained(tiny_opt), row_settings(opt_tokenizer.pad_token_id)).eval()
 
 
 @pytest.mark.parametrize("case", EDGE_CASES)
@@ -118,7 +121,7 @@ def test_cpu_attention_switch_keeps_values_and_gradients(tiny_reward_model, rows
         for enabled in (True, False):
             model.zero_grad()
             with torch.random.fork_rng():  # the same dropout masks in both runs
-                with cpu_training_speedups(model, input_ids, enabled):
+                with cpu_training_speedups(model, input_ids, dropout=enabled, attention=enabled):
                     used = kernel()
                     values = model.forward_value(input_ids, attention_mask, return_value_only=True)
                 values.sum().backward()

@@ -3,16 +3,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from model.create import create_reward_model, load_tokenizer
+from model.create import load_tokenizer
+from tests.fixtures import reward_model
 from model.reward_model import RewardModel
 from model.io import save_hf_model
 from utils.errors import UserError
 
 
 def test_reload_gives_identical_scores(tiny_opt, tmp_path):
-    tokenizer = load_tokenizer(tiny_opt, "<|endoftext|>")
+    tokenizer = load_tokenizer(tiny_opt)
     torch.manual_seed(0)
-    model = create_reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1).eval()
+    model = reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1).eval()
     torch.nn.init.normal_(model.v_head.weight)  # a trained-looking head, not the init
     save_hf_model(model, tokenizer, str(tmp_path), zero_stage=0)
 

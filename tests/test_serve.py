@@ -27,11 +27,12 @@ REWARD_MEAN, REWARD_STD = 0.25, 2.0
 @pytest.fixture(scope="module")
 def reward_dir(tiny_opt, tmp_path_factory):
     """A reward model folder (tiny OPT, random trained-looking head, saved reward mean/std): no training."""
-    from model.create import create_reward_model, load_tokenizer
+    from model.create import load_tokenizer
+    from tests.fixtures import reward_model
     from model.io import save_hf_model
-    tokenizer = load_tokenizer(tiny_opt, "<|endoftext|>")
+    tokenizer = load_tokenizer(tiny_opt)
     torch.manual_seed(0)
-    model = create_reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1).eval()
+    model = reward_model(tiny_opt, tokenizer, num_padding_at_beginning=1).eval()
     torch.nn.init.normal_(model.v_head.weight)
     model.reward_stats = {"reward_mean": REWARD_MEAN, "reward_std": REWARD_STD}
     folder = str(tmp_path_factory.mktemp("reward_model"))

@@ -1,12 +1,12 @@
 """--share_prompt: each pair's shared start computed once gives the plain forward's loss, scores and
 gradients (fp32), for every supported architecture, and `shared_lengths` never covers a position the loss
 reads."""
-from types import SimpleNamespace
 
 import pytest
 import torch
 import transformers
 
+from tests.fixtures import row_settings
 from model.reward_model import RewardModel, loss_spans, shared_lengths
 from model.shared_prompt import shared_values, supports
 
@@ -30,8 +30,7 @@ def reward_model(arch, rule, attention="eager"):
         if hasattr(config, key):
             setattr(config, key, 0.0)
     base = transformers.AutoModel.from_config(config, attn_implementation=attention)
-    model = RewardModel(base, SimpleNamespace(pad_token_id=PAD), num_padding_at_beginning=1 if arch == "opt" else 0,
-                        end_token_rule=rule)
+    model = RewardModel(base, row_settings(PAD, 1 if arch == "opt" else 0, end_token_rule=rule))
     torch.nn.init.normal_(model.v_head.weight, std=0.5)
     return model.train()
 

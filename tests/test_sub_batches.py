@@ -15,8 +15,11 @@ import pytest
 import torch
 
 from data import PairCollator
-from training.sub_batches import (ALWAYS, CHEAPER, OFF, forward_cost, pair_lengths, parse_setting, plan, share_mode,
-                                  split, train_micro_batch)
+from tests.fixtures import reward_model
+from training.accelerations import CpuAccelerations
+from training.loop import train_micro_batch
+from training.sub_batches import (ALWAYS, CHEAPER, OFF, forward_cost, pair_lengths, parse_setting, plan, select,
+                                  share_mode, split)
 from utils.errors import UserError
 
 PAIRS, ACCUMULATION = 4, 2
@@ -59,10 +62,9 @@ def test_setting_and_auto_rule():
         parse_setting("-1")
     from transformers import OPTConfig
     opt_125m, tiny = OPTConfig(hidden_size=768), OPTConfig(hidden_size=64)
-    assert forward_cost("off", opt_125m, "cpu") is None and forward_cost(0, opt_125m, "cpu") == 0
-    assert forward_cost("auto", opt_125m, "cuda") is None  # not measured on GPUs
-    assert 30 < forward_cost("auto", opt_125m, "cpu") < 60  # measured: 46 padded tokens
-    assert forward_cost("auto", tiny, "cpu") > 500  # measured: 635
+    assert forward_cost("off", opt_125m) is None and forward_cost(0, opt_125m) == 0
+    assert 30 < forward_cost("auto", opt_125m) < 60  # measured: 46 padded tokens
+    assert forward_cost("auto", tiny) > 500  # measured: 635
     assert split([300, 40], None, "cpu") == [[0, 1]]
 
 
@@ -98,12 +100,11 @@ class RecordingSGD(torch.optim.SGD):
 def make_engine(tiny_opt, tokenizer, stage, checkpointing, lora):
     import deepspeed
 
-    from model.create import create_reward_model
     from model.lora import apply_lora
     from utils.dist import set_single_process_defaults
     set_single_process_defaults()
     torch.manual_seed(0)  # the value head's initial weights
-    model = create_reward_model(tiny_opt, tokenizer, 1, dropout=0.0)
+    model = reward_model(tiny_opt, tokenizer, 1, dropout=0.0)
     if lora:
         apply_lora(model, 4, "decoder.layers.", only_optimize_lora=True)
     if checkpointing:
@@ -118,9 +119,12 @@ def make_engine(tiny_opt, tokenizer, stage, checkpointing, lora):
 
 
 def train_run(tiny_opt, tokenizer, stage, checkpointing, lora, cost, share=OFF):
-    """(gradients of each optimizer step, micro batch losses) of 4 micro batches, 2 optimizer steps."""
+    """(gradients of each optimizer step, micro batch losses) of 4 micro batches, 2 optimizer steps: the plain
+    step (cost None, no sharing) or the accelerated one with sub-batches at `cost` and shared prompts."""
     engine, optimizer = make_engine(tiny_opt, tokenizer, stage, checkpointing, lora)
-    losses = [float(train_micro_batch(engine, batch, cost, share=share)) for batch in micro_batches(tokenizer)]
+    accelerated = CpuAccelerations(("sub_batches", "share_prompt"), cost=cost, share=share)
+    step = train_micro_batch if cost is None and share == OFF else accelerated.train_micro_batch
+    losses = [float(step(engine, batch)) for batch in micro_batches(tokenizer)]
     assert engine.global_steps == 2  # the boundary comes back to DeepSpeed's count after split steps
     return optimizer.seen, losses
 
@@ -161,18 +165,32 @@ def test_shared_prompts_give_the_plain_gradients_and_loss(case, share, tiny_opt,
 
 
 def test_share_mode_rules(tiny_opt, opt_tokenizer):
-    from model.create import create_reward_model
-    model = create_reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.0)
-    assert share_mode("auto", model, "cpu", 0, 1)[0] == CHEAPER
-    assert share_mode("auto", model, "cuda", 0, 1)[0] == OFF  # the cost is measured on CPU only
-    assert share_mode("auto", model, "cpu", 3, 2)[0] == OFF and share_mode("on", model, "cpu", 3, 2)[0] == ALWAYS
-    assert share_mode("off", model, "cpu", 0, 1)[0] == OFF
-    mode, why = share_mode("auto", create_reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.1), "cpu", 0, 1)
+    model = reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.0)
+    assert share_mode("auto", model, 0, 1)[0] == CHEAPER
+    assert share_mode("auto", model, 3, 2)[0] == OFF and share_mode("on", model, 3, 2)[0] == ALWAYS
+    assert share_mode("off", model, 0, 1)[0] == OFF
+    mode, why = share_mode("auto", reward_model(tiny_opt, opt_tokenizer, 1, dropout=0.1), 0, 1)
     assert mode == OFF and "dropout" in why
     model.gradient_checkpointing_enable()
-    assert share_mode("auto", model, "cpu", 0, 1)[0] == OFF
+    assert share_mode("auto", model, 0, 1)[0] == OFF
     with pytest.raises(UserError, match="--share_prompt on: gradient checkpointing"):
-        share_mode("on", model, "cpu", 0, 1)
+        share_mode("on", model, 0, 1)
+
+
+def test_every_per_pair_field_survives_a_split(opt_tokenizer):
+    """A field the collator does not know (a new loss term's) is cut with its pairs, not dropped."""
+    batch = micro_batches(opt_tokenizer)[0]
+    batch["margin"] = torch.tensor([0.5, 1.5, 2.5, 3.5])
+    batch["pair_id"] = torch.arange(PAIRS)
+    lengths = pair_lengths(batch)
+    runs = plan(lengths, cost=0)
+    assert len(runs) >= 3
+    for pairs in runs:
+        part = select(batch, pairs, max(lengths[p] for p in pairs))
+        assert part.keys() == batch.keys()
+        assert part["pair_id"].tolist() == pairs and part["margin"].tolist() == [0.5 + p for p in pairs]
+        rows = pairs + [PAIRS + p for p in pairs]
+        assert torch.equal(part["input_ids"], batch["input_ids"][rows, :part["input_ids"].size(1)])
 
 
 # ---- main.py on two ranks: the ranks agree on the number of sub-batches ---------------------------------

@@ -1,7 +1,7 @@
 """The resolved settings of a reward model: one frozen object, made once by main.py's setup from the flags,
 the DeepSpeed config, the tokenizer and the data's decisions, then saved with every checkpoint and model.
 
-Everything that builds a model, a tokenizer or a loss reads it (model/build.py), so training, resume,
+Everything that builds a model, a tokenizer or a loss reads it (model/create.py), so training, resume,
 export, evaluation, scoring and serving read every text the same way. Nothing mutates it: a changed
 decision is a new object (`dataclasses.replace`).
 """
