@@ -9,10 +9,8 @@ more tokens than with OPT's real 50k vocabulary: compare speeds in tokens/s. Its
 """
 import argparse
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def save_random_reward_model(base_dir, output_dir, shape="tiny", seed=0):
     """Wrap the causal LM folder `base_dir` ("tiny") or an OPT of `shape` with random weights (using
