@@ -3,7 +3,7 @@
     python benchmarks/experiments/planner_ab.py [--scales 1 2 3] [--rounds 2] [--order grouped|dschat]
 
 Takes the micro batches that `benchmarks/side_by_side.py --mode speed` times (steps --time_from to --time_to of
-main.py's order of the same pairs: `--group_by_length`'s or DeepSpeed-Chat's; benchmarks/experiments/plan_cost.py builds
+main.py's order of the same pairs: `--group_by_length`'s or DeepSpeed-Chat's; plan_cost.py builds
 them) and runs each through main.py's engine (opt-125m shape, bf16, ZeRO-0, shared prompts where cheaper):
 `training/sub_batches.train_micro_batch`, optimizer step included, once per charge scale, the scales taking
 turns batch by batch (order reversed every other batch). A scale multiplies `forward_cost`'s charge per

@@ -2,7 +2,7 @@
 
     python benchmarks/experiments/step_profile.py --model_shape 125m --rows 8 --length 198 [--dtype bf16] [--top 25]
 
-Builds main.py's engine around a random-weight OPT (benchmarks/experiments/sub_batch_cost.py's `build_engine`: the card's
+Builds main.py's engine around a random-weight OPT (sub_batch_cost.py's `build_engine`: the card's
 ds_config.json, ZeRO-0, its optimizer and groups), runs forward + backward + `engine.step()` on random
 rows x length batches with main.py's CPU rules: two warm-up steps, one timed step (wall clock), where main.py
 replaced DeepSpeed's bf16 optimizer step (training/bf16_step.py) that step and DeepSpeed's own in turn, and one
