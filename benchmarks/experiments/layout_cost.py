@@ -3,7 +3,7 @@
     python benchmarks/experiments/layout_cost.py --starts 86 120 40 --rests 95 40 120 [--pairs 4] [--repeats 4]
 
 For each (shared start P, rest S) it builds B random pairs whose rows share their first P tokens and differ in
-the S after, and times forward + backward through main.py's engine (benchmarks/experiments/sub_batch_cost.py's
+the S after, and times forward + backward through main.py's engine (sub_batch_cost.py's
 `build_engine`: opt-125m shape, bf16, ZeRO-0, main.py's CPU rules), the layouts taking turns:
 - shared: main.py's `--share_prompt` forward (model/shared_prompt.py): every pair's P + 2S tokens in one
   unpadded row, attention on B padded rows of P and 2B of S attending to P + S;
