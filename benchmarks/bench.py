@@ -42,21 +42,16 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks import hh_like  # noqa: E402
-from training.cpu_speed import cpu_training_speedups  # noqa: E402
-from benchmarks.measure import clock, in_fresh_process, matmul_gflops, max_rss_mb  # noqa: E402
-from benchmarks.report import print_table, summarise  # noqa: E402
+from benchmarks import hh_like
+from training.cpu_speed import cpu_training_speedups
+from benchmarks.measure import clock, in_fresh_process, matmul_gflops, max_rss_mb
+from benchmarks.report import print_table, summarise
 
 VOCAB_SIZE = 50272  # opt-125m / opt-350m embedding rows
 SHAPES = {  # facebook/opt-125m and facebook/opt-350m (the card's model: post-LN, 512-wide projections)

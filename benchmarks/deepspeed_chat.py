@@ -1,17 +1,51 @@
-"""The DeepSpeed-Chat step-2 data path and loss, as its code does them, for the benchmark's baseline.
+"""DeepSpeed-Chat's behaviour, written the way it writes it, for benchmarks and tests: its step-2 data path and loss.
 
 Mirrors dschat/utils/data/data_utils.py (create_dataset_split for train_phase 2, PromptDataset,
 DataCollatorReward, create_prompt_dataset's torch.save + torch.load) and the per-pair loss loop of
-dschat/utils/model/reward_model.py (kept once, in tests/reference.py).
+dschat/utils/model/reward_model.py (`reference_pairwise_loss`: the benchmark's baseline, and the reference
+tests/test_reward_model.py and tests/test_fidelity.py hold model/reward_model.py to).
 """
 import os
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from data.split import split_indices
 from model.reward_model import END_OF_CONVERSATION
-from tests.reference import reference_pairwise_loss
+
+
+def reference_pairwise_loss(input_ids, rewards, pad_id, num_padding_at_beginning, compute_fp32_loss=False):
+    """DeepSpeed-Chat's `RewardModel.forward` loss, pair by pair: (loss, chosen end scores, rejected end scores)."""
+    bs = input_ids.shape[0] // 2
+    seq_len = input_ids.shape[1]
+    chosen_ids, rejected_ids = input_ids[:bs], input_ids[bs:]
+    chosen_rewards, rejected_rewards = rewards[:bs], rewards[bs:]
+    loss = 0.0
+    chosen_scores, rejected_scores = [], []
+    n = num_padding_at_beginning
+    for i in range(bs):
+        c_inds = (chosen_ids[i] == pad_id).nonzero()
+        c_ind = c_inds[n].item() if len(c_inds) > n else seq_len
+        check_divergence = (chosen_ids[i] != rejected_ids[i]).nonzero()
+        if len(check_divergence) == 0:
+            end_ind = rejected_rewards[i].size(-1)
+            divergence_ind = end_ind - 1
+            r_ind = c_ind
+        else:
+            r_inds = (rejected_ids[i] == pad_id).nonzero()
+            r_ind = r_inds[n].item() if len(r_inds) > n else seq_len
+            end_ind = max(c_ind, r_ind)
+            divergence_ind = check_divergence[0]
+        assert divergence_ind > 0
+        c_truncated = chosen_rewards[i][divergence_ind:end_ind]
+        r_truncated = rejected_rewards[i][divergence_ind:end_ind]
+        chosen_scores.append(chosen_rewards[i][c_ind - 1])
+        rejected_scores.append(rejected_rewards[i][r_ind - 1])
+        if compute_fp32_loss:
+            c_truncated, r_truncated = c_truncated.float(), r_truncated.float()
+        loss += -F.logsigmoid(c_truncated - r_truncated).mean()
+    return loss / bs, torch.stack(chosen_scores), torch.stack(rejected_scores)
 
 
 class PromptDataset(Dataset):

@@ -21,11 +21,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from benchmarks import hh_like  # noqa: E402
-from benchmarks.bench import SHAPES, build_model  # noqa: E402
+from benchmarks import hh_like
+from benchmarks.bench import SHAPES, build_model
 
 
 def parse_args(argv=None):

@@ -42,11 +42,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from benchmarks import hh_like, sxs_logs  # noqa: E402
-from utils.dist import free_port  # noqa: E402
+from benchmarks import hh_like, sxs_logs
+from utils.dist import free_port
 
 RUNNER = os.path.join(HERE, "sxs_runner.py")
 DSCHAT_SCRIPT = os.path.join("training", "step2_reward_model_finetuning", "main.py")

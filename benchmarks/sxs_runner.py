@@ -25,8 +25,9 @@ import runpy
 import sys
 import time
 
+from benchmarks import dschat_shims
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 class Recorder:
@@ -146,11 +147,10 @@ def reward_model_class(side):
 
 def main(argv):
     side, script, script_args = argv[0], os.path.abspath(argv[1]), argv[2:]
-    sys.path.insert(0, os.path.dirname(script))  # as `python SCRIPT` would
+    # runpy keeps this process's sys.path: give SCRIPT the one `python SCRIPT` would (its folder, not benchmarks/).
+    sys.path[:] = [os.path.dirname(script)] + [p for p in sys.path if p != HERE]
     if side == "dschat":
-        sys.path.insert(1, os.environ["SXS_DSCHAT"])
-        from benchmarks import dschat_shims
-        sys.path[:] = [p for p in sys.path if p not in (ROOT, HERE)]  # not this project's packages
+        sys.path.insert(1, os.environ["SXS_DSCHAT"])  # DeepSpeed-Chat's `dschat` package is not installed
         dschat_shims.apply(os.environ.get("SXS_DTYPE"))
     recorder = Recorder(os.environ["SXS_LOG"], int(os.environ.get("SXS_STOP_AFTER", "0")))
     recorder.write("start", side=side, script=script, argv=script_args)
@@ -164,5 +164,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, ROOT)  # `benchmarks` (and, for side `project`, the project's packages)
     main(sys.argv[1:])

@@ -15,13 +15,11 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from evaluation_scripts.benchmark_figures import (  # noqa: E402
+from evaluation_scripts.benchmark_figures import (
     summarise_rmbench, summarise_rewardbench, summarise_rewardbench2, summarise_judgebench, summarise_pairs, bias_and_calibration)
-from evaluation_scripts.benchmark_data import (  # noqa: E402
+from evaluation_scripts.benchmark_data import (
     load_judgebench, load_pairs, load_rewardbench, load_rewardbench2, load_rmbench, local_copy, read_file)
 
 PROMPT_FORMATS = ("auto", "human_assistant", "chat_template", "raw")

@@ -13,9 +13,7 @@ trained with (MODEL_DIR/training_args.json), so the split scored is the one main
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # DeepSpeed-Chat's rw_eval examples: for each prompt a good and a bad answer.
 EXAMPLES = [

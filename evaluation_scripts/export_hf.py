@@ -11,9 +11,7 @@ and the tokenizer: pass OUT_DIR as step 3's --critic_model_name_or_path (OUT_DIR
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DTYPES = {"saved": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 

@@ -19,11 +19,9 @@ import signal
 import sys
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from data.chat import ChatRenderer, RowError  # noqa: E402
-from evaluation_scripts.batching import Batcher  # noqa: E402
-from utils.spans import LAST_TOKEN  # noqa: E402
+from data.chat import ChatRenderer, RowError
+from evaluation_scripts.batching import Batcher
+from utils.spans import LAST_TOKEN
 
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 

@@ -1,38 +1,11 @@
-"""DeepSpeed-Chat's per-pair loop, kept only as the correctness reference for model/reward_model.py."""
+"""DeepSpeed-Chat's behaviour, the correctness reference for model/reward_model.py and training/optim.py.
+
+Its per-pair loss loop lives in benchmarks/deepspeed_chat.py (the benchmarks' baseline runs it too) and is
+re-exported here.
+"""
 import torch
-import torch.nn.functional as F
 
-
-def reference_pairwise_loss(input_ids, rewards, pad_id, num_padding_at_beginning, compute_fp32_loss=False):
-    bs = input_ids.shape[0] // 2
-    seq_len = input_ids.shape[1]
-    chosen_ids, rejected_ids = input_ids[:bs], input_ids[bs:]
-    chosen_rewards, rejected_rewards = rewards[:bs], rewards[bs:]
-    loss = 0.0
-    chosen_scores, rejected_scores = [], []
-    n = num_padding_at_beginning
-    for i in range(bs):
-        c_inds = (chosen_ids[i] == pad_id).nonzero()
-        c_ind = c_inds[n].item() if len(c_inds) > n else seq_len
-        check_divergence = (chosen_ids[i] != rejected_ids[i]).nonzero()
-        if len(check_divergence) == 0:
-            end_ind = rejected_rewards[i].size(-1)
-            divergence_ind = end_ind - 1
-            r_ind = c_ind
-        else:
-            r_inds = (rejected_ids[i] == pad_id).nonzero()
-            r_ind = r_inds[n].item() if len(r_inds) > n else seq_len
-            end_ind = max(c_ind, r_ind)
-            divergence_ind = check_divergence[0]
-        assert divergence_ind > 0
-        c_truncated = chosen_rewards[i][divergence_ind:end_ind]
-        r_truncated = rejected_rewards[i][divergence_ind:end_ind]
-        chosen_scores.append(chosen_rewards[i][c_ind - 1])
-        rejected_scores.append(rejected_rewards[i][r_ind - 1])
-        if compute_fp32_loss:
-            c_truncated, r_truncated = c_truncated.float(), r_truncated.float()
-        loss += -F.logsigmoid(c_truncated - r_truncated).mean()
-    return loss / bs, torch.stack(chosen_scores), torch.stack(rejected_scores)
+from benchmarks.deepspeed_chat import reference_pairwise_loss  # noqa: F401 (tests import it from here)
 
 
 def reference_end_scores(input_ids, values, pad_id, prompt_length):

@@ -1,8 +1,8 @@
 """Where one training step of main.py's engine spends its time: torch profiler, one batch shape.
 
-    python benchmarks/step_profile.py --model_shape 125m --rows 8 --length 198 [--dtype bf16] [--top 25]
+    python benchmarks/experiments/step_profile.py --model_shape 125m --rows 8 --length 198 [--dtype bf16] [--top 25]
 
-Builds main.py's engine around a random-weight OPT (benchmarks/sub_batch_cost.py's `build_engine`: the card's
+Builds main.py's engine around a random-weight OPT (sub_batch_cost.py's `build_engine`: the card's
 ds_config.json, ZeRO-0, its optimizer and groups), runs forward + backward + `engine.step()` on random
 rows x length batches with main.py's CPU rules: two warm-up steps, one timed step (wall clock), where main.py
 replaced DeepSpeed's bf16 optimizer step (training/bf16_step.py) that step and DeepSpeed's own in turn, and one
@@ -10,20 +10,14 @@ profiled step. Prints the times and the profiler's table by self CPU time. Not m
 sub-batches, shared prompts (one plain pass per step).
 """
 import argparse
-import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.sub_batch_cost import build_engine  # noqa: E402
-from training.cpu_speed import cpu_training_speedups  # noqa: E402
+from benchmarks.experiments.sub_batch_cost import build_engine
+from training.cpu_speed import cpu_training_speedups
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
 """What one more forward + backward costs, in padded tokens: the measurement behind training/sub_batches.py.
 
-    python benchmarks/sub_batch_cost.py --model_shape 125m [--threads 2] [--clock wall]
+    python benchmarks/experiments/sub_batch_cost.py --model_shape 125m [--threads 2] [--clock wall]
 
 Builds main.py's DeepSpeed engine (the card's ds_config.json, ZeRO-0, --dtype bf16, its optimizer groups)
 around a random-weight OPT of the given shape (benchmarks/bench.py), then times engine forward + backward
@@ -18,16 +18,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 SMALL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024, word_embed_proj_dim=256,
              do_layer_norm_before=True)

@@ -1,9 +1,9 @@
 """The sub-batch planner's forward charge, tried on the speed benchmark's timed micro batches: A/B in one process.
 
-    python benchmarks/planner_ab.py [--scales 1 2 3] [--rounds 2] [--order grouped|dschat]
+    python benchmarks/experiments/planner_ab.py [--scales 1 2 3] [--rounds 2] [--order grouped|dschat]
 
 Takes the micro batches that `benchmarks/side_by_side.py --mode speed` times (steps --time_from to --time_to of
-main.py's order of the same pairs: `--group_by_length`'s or DeepSpeed-Chat's; benchmarks/plan_cost.py builds
+main.py's order of the same pairs: `--group_by_length`'s or DeepSpeed-Chat's; plan_cost.py builds
 them) and runs each through main.py's engine (opt-125m shape, bf16, ZeRO-0, shared prompts where cheaper):
 `training/sub_batches.train_micro_batch`, optimizer step included, once per charge scale, the scales taking
 turns batch by batch (order reversed every other batch). A scale multiplies `forward_cost`'s charge per
@@ -11,17 +11,11 @@ forward + backward (1 = main.py's). Prints the seconds per micro step of each sc
 Not measured: data loading, logging, several ranks.
 """
 import argparse
-import os
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.plan_cost import micro_batches, pair_table  # noqa: E402
-from benchmarks.sub_batch_cost import build_engine  # noqa: E402
+from benchmarks.experiments.plan_cost import micro_batches, pair_table
+from benchmarks.experiments.sub_batch_cost import build_engine
 
 
 def main(argv=None):

@@ -1,9 +1,9 @@
 """What a micro batch with shared prompts costs in three layouts of the same tokens: no training run.
 
-    python benchmarks/layout_cost.py --starts 86 120 40 --rests 95 40 120 [--pairs 4] [--repeats 4]
+    python benchmarks/experiments/layout_cost.py --starts 86 120 40 --rests 95 40 120 [--pairs 4] [--repeats 4]
 
 For each (shared start P, rest S) it builds B random pairs whose rows share their first P tokens and differ in
-the S after, and times forward + backward through main.py's engine (benchmarks/sub_batch_cost.py's
+the S after, and times forward + backward through main.py's engine (sub_batch_cost.py's
 `build_engine`: opt-125m shape, bf16, ZeRO-0, main.py's CPU rules), the layouts taking turns:
 - shared: main.py's `--share_prompt` forward (model/shared_prompt.py): every pair's P + 2S tokens in one
   unpadded row, attention on B padded rows of P and 2B of S attending to P + S;
@@ -14,20 +14,14 @@ Prints the median seconds (first run of each dropped) and each layout against `s
 optimizer step (the same for all), data loading, sub-batch planning.
 """
 import argparse
-import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.sub_batch_cost import build_engine  # noqa: E402
-from training.cpu_speed import cpu_training_speedups  # noqa: E402
+from benchmarks.experiments.sub_batch_cost import build_engine
+from training.cpu_speed import cpu_training_speedups
 
 
 def pair_rows(pairs, start, rest, generator):

@@ -1,6 +1,6 @@
 """What the speed benchmark's micro batches cost, by sample order: no model is run.
 
-    python benchmarks/plan_cost.py [--time_from 4 --time_to 20] [--key total shared_rest]
+    python benchmarks/experiments/plan_cost.py [--time_from 4 --time_to 20] [--key total shared_rest]
 
 Builds the data of `benchmarks/side_by_side.py --mode speed` (same pairs, tokenizer, split and seed), orders
 it as main.py does (DeepSpeed-Chat's sampler; `--group_by_length`'s sampler keyed by each pair's total length,
@@ -12,17 +12,12 @@ prompts where cheaper, forward charges included) and its base-model passes. Keys
 """
 import argparse
 import os
-import sys
 import tempfile
 from types import SimpleNamespace
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks import hh_like, side_by_side  # noqa: E402
+from benchmarks import hh_like, side_by_side
 
 
 def pair_table(folder):
