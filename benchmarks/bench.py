@@ -49,24 +49,18 @@ import numpy as np
 import torch
 
 from benchmarks import hh_like
+from model.tiny import OPT_SHAPES
 from training.cpu_speed import cpu_training_speedups
 from benchmarks.measure import clock, in_fresh_process, matmul_gflops, max_rss_mb
 from benchmarks.report import print_table, summarise
 
-VOCAB_SIZE = 50272  # opt-125m / opt-350m embedding rows
-SHAPES = {  # facebook/opt-125m and facebook/opt-350m (the card's model: post-LN, 512-wide projections)
-    "125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072,
-                 word_embed_proj_dim=768, do_layer_norm_before=True),
-    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
-                 word_embed_proj_dim=512, do_layer_norm_before=False),
-}
 EOT = "<|endoftext|>"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model_shape", choices=sorted(SHAPES), default="125m",
+    parser.add_argument("--model_shape", choices=sorted(OPT_SHAPES), default="125m",
                         help="OPT shape with random weights: 125m (opt-125m) or 350m (the card's opt-350m).")
     parser.add_argument("--steps", type=int, default=8, help="Timed training steps per path.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed warm-up steps per path, run first.")
@@ -110,16 +104,22 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------- model and training step
 
 def build_model(shape, tokenizer, attn_implementation, seed):
-    """An OPT of the given shape with random weights (no download) inside the project's RewardModel."""
-    from transformers import AutoModel, OPTConfig
+    """An OPT of `shape` (model/tiny.py OPT_SHAPES) with random weights (no download) around `tokenizer`, built
+    by the project's recipe (`build_reward_model`, embeddings resized to the tokenizer as main.py does);
+    `attn_implementation` eager, or transformers' default."""
+    import tempfile
 
-    from model.reward_model import RewardModel
-    torch.manual_seed(seed)
-    config = OPTConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=2048, dropout=0.1, attention_dropout=0.0,
-                       activation_function="relu", pad_token_id=1, bos_token_id=2, eos_token_id=2,
-                       **SHAPES[shape])
-    base = AutoModel.from_config(config, attn_implementation="eager" if attn_implementation == "eager" else "sdpa")
-    return RewardModel(base, tokenizer, num_padding_at_beginning=1)
+    from model.create import build_reward_model
+    from model.tiny import write_opt_shape
+    from utils.settings import Settings
+    with tempfile.TemporaryDirectory() as folder:
+        write_opt_shape(folder, shape, tokenizer)
+        settings = Settings(model_name_or_path=folder, num_padding_at_beginning=1, pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        model = build_reward_model(settings, tokenizer, "random")
+    if attn_implementation == "eager":
+        model.rwtransformer.set_attn_implementation("eager")
+    return model
 
 
 def non_embedding_params(model):
@@ -163,7 +163,7 @@ class Trainer:
         """One micro batch; gradients accumulate until optimizer_step."""
         from torch.profiler import record_function
         with record_function("forward"), torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "autocast"), \
-                cpu_training_speedups(self.model, batch["input_ids"], self.cpu_speedups):  # main.py's CPU rules
+                cpu_training_speedups(self.model, batch["input_ids"], self.cpu_speedups, self.cpu_speedups):  # main.py's CPU rules
             loss = loss_fn(self.model, batch)
         with record_function("backward"):
             loss.backward()

@@ -23,7 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks import hh_like
-from benchmarks.bench import SHAPES, build_model
+from benchmarks.bench import build_model
+from model.tiny import OPT_SHAPES
 
 
 def parse_args(argv=None):
@@ -32,7 +33,7 @@ def parse_args(argv=None):
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--url", default=None, help="A running server to measure (nothing is started).")
     target.add_argument("--model_dir", default=None, help="A reward model folder to serve (default: build one).")
-    parser.add_argument("--model_shape", choices=sorted(SHAPES), default="125m",
+    parser.add_argument("--model_shape", choices=sorted(OPT_SHAPES), default="125m",
                         help="OPT shape of the random-weight model built when neither --url nor --model_dir is given.")
     parser.add_argument("--texts", type=int, default=256, help="Texts per phase (at most).")
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds per phase (at most).")

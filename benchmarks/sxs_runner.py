@@ -122,19 +122,30 @@ def patch_engine_step(recorder):
 
 
 def patch_micro_batch(recorder):
-    """main.py computes a micro batch in length-aware sub-batches (training/sub_batches.py), one forward
-    each: log the micro batch's pairs in the order the loader gave them, before it is split."""
+    """main.py may compute a micro batch in length-aware sub-batches, one forward each: log the micro batch's
+    pairs in the order the loader gave them, before any split. Wraps the micro-step functions of the
+    checkout being run: training/loop.py's plain step and training/accelerations.py's (since both exist),
+    or training/sub_batches.py's (before)."""
+    import importlib
     import importlib.util
-    if importlib.util.find_spec("training.sub_batches") is None:  # a --project checkout from before sub-batches
-        return
-    import training.sub_batches as sub_batches
-    original = sub_batches.train_micro_batch
 
-    def train_micro_batch(engine, batch, *args, **kwargs):
-        pairs, lengths = describe_batch(batch["input_ids"], batch["attention_mask"])
-        recorder.write("micro_batch", pairs=pairs, lengths=lengths, padded_len=batch["input_ids"].size(1))
-        return original(engine, batch, *args, **kwargs)
-    sub_batches.train_micro_batch = train_micro_batch  # before main.py imports training.loop
+    def logged(original):
+        def micro_batch(*args, **kwargs):
+            batch = next(arg for arg in args if isinstance(arg, dict))
+            pairs, lengths = describe_batch(batch["input_ids"], batch["attention_mask"])
+            recorder.write("micro_batch", pairs=pairs, lengths=lengths, padded_len=batch["input_ids"].size(1))
+            return original(*args, **kwargs)
+        micro_batch.logged = True
+        return micro_batch
+    for module_name, owner_name in (("training.sub_batches", None), ("training.loop", None),
+                                    ("training.accelerations", "CpuAccelerations")):
+        if importlib.util.find_spec(module_name) is None:  # a --project checkout without it
+            continue
+        module = importlib.import_module(module_name)  # before main.py imports it
+        owner = getattr(module, owner_name) if owner_name else module
+        original = getattr(owner, "train_micro_batch", None)
+        if original is not None and not getattr(original, "logged", False):
+            setattr(owner, "train_micro_batch", logged(original))
 
 
 def reward_model_class(side):

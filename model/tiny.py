@@ -53,11 +53,11 @@ OPT_SHAPES = {
 OPT_VOCAB_SIZE = 50272
 
 
-def write_opt_shape(path, shape):
-    """Write the config of an OPT of `shape` (`OPT_SHAPES`) and the tiny BPE tokenizer to `path`, no weights:
-    `build_reward_model(..., weights="random", config_source=path)` builds it. Returns `path`."""
+def write_opt_shape(path, shape, tokenizer=None):
+    """Write the config of an OPT of `shape` (`OPT_SHAPES`) and `tokenizer` (default: a tiny BPE one) to `path`,
+    no weights: `build_reward_model(..., weights="random")` builds it. Returns `path`."""
     from transformers import OPTConfig
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = tokenizer or PreTrainedTokenizerFast(
         tokenizer_object=train_bpe_tokenizer(DEFAULT_CORPUS, OPT_SPECIAL_TOKENS, 512, bos="</s>"),
         bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", model_max_length=2048)
     config = OPTConfig(vocab_size=OPT_VOCAB_SIZE, max_position_embeddings=2048, dropout=0.1, attention_dropout=0.0,

@@ -27,21 +27,23 @@ def main(argv=None):
     parser.add_argument("--time_to", type=int, default=20, help="Last timed micro step.")
     args = parser.parse_args(argv)
     from data import PairCollator
-    from training.sub_batches import CHEAPER, forward_cost, train_micro_batch
+    from training.accelerations import ACCELERATIONS, CpuAccelerations
+    from training.sub_batches import CHEAPER, forward_cost
     with tempfile.TemporaryDirectory() as folder:
         train_set, table, pad_id = pair_table(folder)
         order = micro_batches(train_set, table, table[:, 0] if args.order == "grouped" else None, 4)
         collate = PairCollator(pad_id)
         batches = [collate([train_set[i] for i in pairs]) for pairs in order[args.time_from - 1:args.time_to]]
         engine = build_engine("125m", "bf16", folder)
-        charge = forward_cost("auto", engine.module.config, "cpu")
+        charge = forward_cost("auto", engine.module.config)
         seconds = {scale: 0.0 for scale in args.scales}
         for round_ in range(args.rounds):
             for index, batch in enumerate(batches):
                 turn = args.scales if (index + round_) % 2 == 0 else args.scales[::-1]
                 for scale in turn:
                     begin = time.perf_counter()
-                    train_micro_batch(engine, batch, charge * scale, share=CHEAPER)
+                    CpuAccelerations(tuple(ACCELERATIONS), cost=charge * scale, share=CHEAPER).train_micro_batch(
+                        engine, batch)
                     seconds[scale] += time.perf_counter() - begin
             steps = len(batches) * (round_ + 1)
             print(f"round {round_ + 1}: seconds per micro step: " +

@@ -48,26 +48,25 @@ def parse_args(argv=None):
 
 
 def build_engine(shape, dtype, folder):
-    """main.py's engine (config resolution, optimizer groups, scheduler) around a random-weight OPT."""
-    from types import SimpleNamespace
-
+    """main.py's engine (config resolution, optimizer groups, scheduler, CPU accelerations) around a
+    random-weight OPT (model/tiny.py's shapes, or "small" here)."""
+    from evaluation_scripts.random_reward_model import random_reward_model
     from main import parse_args as main_args, setup_engine
-    from model.tiny import build_tiny_opt
+    from model.tiny import OPT_SHAPES, build_tiny_opt
+    from training import accelerations
     from utils.dist import set_single_process_defaults
     from utils.ds_config import load_ds_config, resolve_ds_config
     set_single_process_defaults()
     args, typed = main_args(["--output_dir", folder, "--dtype", dtype, "--gradient_accumulation_steps", "1",
                              "--per_device_train_batch_size", "1"])
+    chosen = accelerations.choose(args, "cpu")
     config, _ = resolve_ds_config(load_ds_config(args.deepspeed_config), args, typed, 1, "cpu", True)
-    if shape == "tiny":
-        from model.create import create_reward_model, load_tokenizer
-        path = build_tiny_opt(os.path.join(folder, "tiny"))
-        model = create_reward_model(path, load_tokenizer(path, "<|endoftext|>", False), 1, None)
-    else:
-        from benchmarks import bench
-        bench.SHAPES.setdefault("small", SMALL)
-        model = bench.build_model(shape, SimpleNamespace(pad_token_id=1), "auto", 0)
-    return setup_engine(args, model, config, 1000)
+    OPT_SHAPES.setdefault("small", SMALL)
+    base = build_tiny_opt(os.path.join(folder, "tiny")) if shape == "tiny" else os.path.join(folder, shape)
+    model, _ = random_reward_model(base, shape, seed=0)
+    engine = setup_engine(args, model.train(), config, 1000, chosen.uses("fused_adamw"))
+    accelerations.install(chosen, args, engine)
+    return engine
 
 
 def time_shape(engine, rows, length, repeats, now):
