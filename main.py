@@ -63,7 +63,8 @@ def run(args, typed):
         print_rank0(f"config: {note}")
     print_rank0("DeepSpeed config: " + json.dumps(ds_config, sort_keys=True))
     torch.manual_seed(args.seed)
-    settings, train_set, eval_set = setup_data(args, ds_config)
+    data_tokenizer, num_padding, train_set, eval_set = setup_data(args)
+    settings = resolve_settings(args, ds_config, data_tokenizer, num_padding, build_info(train_set))
     tokenizer = build_tokenizer(settings)
     train_loader, eval_batches, eval_real = setup_loaders(args, settings, tokenizer, train_set, eval_set,
                                                           ds_config["train_micro_batch_size_per_gpu"])
@@ -107,10 +108,9 @@ def setup_config(args, typed):
     return config, notes
 
 
-def setup_data(args, ds_config):
-    """(Settings, train pairs, eval pairs): the pairs are tokenised before the model loads, and what they
-    decide for the model (end-token rule, PAD, num_padding_at_beginning, end-of-conversation text) goes
-    into the settings with the flags and the DeepSpeed config."""
+def setup_data(args):
+    """(tokenizer, num_padding_at_beginning, train pairs, eval pairs): the pairs are tokenised before the model
+    loads, with DeepSpeed-Chat's tokenizer conventions (PAD = EOS)."""
     tokenizer = load_tokenizer(args.model_name_or_path, args.add_eot_token)  # PAD = EOS, as DeepSpeed-Chat's
     if args.chat_template:
         set_chat_template(tokenizer, args.chat_template)
@@ -123,7 +123,13 @@ def setup_data(args, ds_config):
         ReadOptions(args.pairs_from_ratings, args.rating_field))
     if args.use_margin and np.isnan(train_set.with_format("numpy")["margin"]).any():
         raise UserError("--use_margin needs a numeric 'margin' column in every training pair; some have none.")
-    info = build_info(train_set)
+    return tokenizer, num_padding, train_set, eval_set
+
+
+def resolve_settings(args, ds_config, tokenizer, num_padding, info):
+    """The run's Settings: the flags, the DeepSpeed config's dtype, and what the data decided (`info`: the
+    end-token rule and why, the end-of-conversation text); under the last_token rule PAD becomes a token
+    distinct from EOS, which may change num_padding_at_beginning."""
     pad_token = None  # PAD = EOS
     if info["end_token_rule"] == LAST_TOKEN and tokenizer.pad_token_id in (tokenizer.eos_token_id,
                                                                           tokenizer.bos_token_id):
@@ -140,7 +146,9 @@ def setup_data(args, ds_config):
         dropout=args.dropout, loss=LossOptions(args.compute_fp32_loss, args.use_margin,
                                                args.center_rewards_coefficient),
         lora_dim=args.lora_dim, lora_module_name=args.lora_module_name, only_optimize_lora=args.only_optimize_lora)
-    return settings, train_set, eval_set
+    shown = dict(settings.to_dict(), chat_template=args.chat_template and f"from {args.chat_template}")
+    print_rank0(f"settings: {json.dumps(shown, sort_keys=True)}")
+    return settings
 
 
 def training_dtype(ds_config):

@@ -34,7 +34,7 @@ def pairwise_loss(chosen_rewards, rejected_rewards, spans, options=LossOptions()
         difference = chosen_rewards.float() - rejected_rewards.float()
     else:
         difference = chosen_rewards - rejected_rewards
-    if options.use_margin:
+    if options.use_margin and "margin" in fields:  # training batches carry it (evaluation reads only the scores)
         difference = difference - fields["margin"].to(difference.dtype)[:, None]
     per_token = torch.where(in_span, -F.logsigmoid(difference), 0.0)
     pair_loss = per_token.sum(dim=1) / in_span.sum(dim=1)

@@ -222,9 +222,13 @@ def test_two_ranks_train_like_one_process(stage, tiny_opt, data, tmp_path, stage
     check_learns_and_reloads(run, data)
     # DeepSpeed's CPU all-reduce files (66 MB of RAM each) are gone with the run (utils/dist.init_distributed)
     assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{run['port']}_*")
-    single = stage_runs(stage)["results"]
+    single = stage_runs(stage)
+    # The same update each step: the logged losses agree to their printed precision (and Adam's steps). The
+    # final scores drift further apart (2e-3 relative measured for ZeRO-2): each rank cuts its own half of a
+    # micro batch into sub-batches and shared-prompt rows, so fp32 sums run in another order, carried by Adam.
+    torch.testing.assert_close(torch.tensor(run["losses"]), torch.tensor(single["losses"]), rtol=0, atol=2e-4)
     for key in ("accuracy", "chosen_mean", "rejected_mean"):
-        assert run["results"][key] == pytest.approx(single[key], rel=1e-3, abs=1e-4), key
+        assert run["results"][key] == pytest.approx(single["results"][key], rel=5e-3, abs=1e-4), key
 
 
 @pytest.mark.slow
