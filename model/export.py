@@ -1,9 +1,12 @@
 """Export a saved reward model for other tools: Hugging Face sequence classification, DeepSpeed-Chat step 3."""
+import json
 import os
+import re
 import shutil
 
 import torch
 
+from data.chat import PROBE, ChatRenderer
 from model.create import build_tokenizer
 from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, read_reward_model_dir
 from utils.spans import LAST_TOKEN, row_ends
@@ -19,6 +22,12 @@ DSCHAT_TRANSFORMER_KEYS = ("rwtransformer", "rwtranrsformer")
 
 
 MODEL_FILES = ("config.json", WEIGHTS_NAME, DSCHAT_WEIGHTS_NAME)
+# The exported chat template: the model's own renders into `rendered_chat`; a BOS it writes is dropped and the special
+# tokens the tokenizer adds around a text are written instead (the {{ '' }} keep Jinja's trim_blocks and
+# lstrip_blocks from eating the template's first or last whitespace).
+EXPORTED_TEMPLATE = ("{{ PREFIX }}{% set rendered_chat %}{{ '' }}TEMPLATE{{ '' }}{% endset %}"
+                     "{{ rendered_chat[BOS_LENGTH:] if rendered_chat.startswith(BOS) else rendered_chat }}{{ SUFFIX }}")
+CHECK_CONVERSATIONS = (PROBE, PROBE * 2)
 
 
 def check_export_target(output_dir, model_dir, overwrite):
@@ -85,6 +94,43 @@ def check_end_token_rule(tokenizer, settings, sample="Human: Hi! Assistant: Hell
     return row
 
 
+def added_special_tokens(tokenizer):
+    """(text before, text after): the special tokens the tokenizer adds around a text (OPT: ('</s>', ''))."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    start = next(i for i in range(len(full)) if full[i:i + len(plain)] == plain)
+    before, after = full[:start], full[start + len(plain):]
+    return "".join(tokenizer.convert_ids_to_tokens(before)), "".join(tokenizer.convert_ids_to_tokens(after))
+
+
+def scoring_chat_template(tokenizer):
+    """The chat template to export, such that `apply_chat_template(messages, tokenize=True)` gives the ids
+    training gives `messages`.
+
+    `apply_chat_template` adds no special tokens: its ids are the rendered text's. Training (data/chat.py's
+    ChatRenderer) drops a BOS the template writes and lets the tokenizer add its own special tokens: OPT's
+    `</s>` BOS, which a template without BOS never writes. The exported template therefore writes those
+    tokens itself (`EXPORTED_TEMPLATE`); checked on `CHECK_CONVERSATIONS`.
+    """
+    template = tokenizer.chat_template
+    before, after = added_special_tokens(tokenizer)
+    if not template or not (before or after):
+        return template
+    bos = ChatRenderer(tokenizer).bos or ""
+    values = {"PREFIX": json.dumps(before), "SUFFIX": json.dumps(after), "BOS_LENGTH": str(len(bos)),
+              "BOS": json.dumps(bos), "TEMPLATE": template}
+    exported = re.sub(r"\b(PREFIX|SUFFIX|BOS_LENGTH|BOS|TEMPLATE)\b", lambda m: values[m.group(1)], EXPORTED_TEMPLATE)
+    for messages in CHECK_CONVERSATIONS:
+        ours = tokenizer(ChatRenderer(tokenizer)(messages))["input_ids"]
+        theirs = tokenizer.apply_chat_template(messages, chat_template=exported, return_dict=True)["input_ids"]
+        if theirs != ours:
+            raise UserError(f"the exported chat template would give {theirs} for {messages}, but training gives "
+                            f"{ours}: Hugging Face's apply_chat_template cannot reproduce this tokenizer's special "
+                            "tokens around the rendered text, so the export is refused (please report it with the "
+                            "chat template).")
+    return exported
+
+
 def export_sequence_classification(model_dir, output_dir, dtype=None):
     """Write `model_dir`'s reward model as a Hugging Face `AutoModelForSequenceClassification` folder.
 
@@ -93,7 +139,7 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
     gains `num_labels=1`, `architectures` and `pad_token_id` = our pad (= eos under DeepSpeed-Chat's rule,
     a token distinct from eos under the last_token rule), so Hugging Face pools at the last non-pad
     token, which is our end token (see `check_end_token_rule`). The reward settings stay
-    in config.json. `dtype` defaults to the saved one: config.json records it, and transformers loads
+    in config.json; the chat template is `scoring_chat_template`'s. `dtype` defaults to the saved one: config.json records it, and transformers loads
     in that dtype by default, so scores equal those of `RewardModel.from_pretrained`. Returns the
     classifier class name.
     """
@@ -128,6 +174,7 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
     os.makedirs(output_dir, exist_ok=True)
     staging = staging_folder(output_dir)
     model.to(dtype or state[HEAD_KEY].dtype).save_pretrained(staging)
+    tokenizer.chat_template = scoring_chat_template(tokenizer)
     tokenizer.save_pretrained(staging)
     publish(output_dir)
     return type(model).__name__
