@@ -19,24 +19,28 @@ DROPOUT_KEYS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dr
 
 
 def _offline_hint(name, error):
-    return UserError(
-        f"could not load '{name}' ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
-        "It is not a local folder and the Hugging Face hub is unreachable from here: pass "
-        "--model_name_or_path LOCAL_FOLDER (a folder with config.json, weights and tokenizer files).")
+    """The UserError for a model or tokenizer that `name` (a folder or hub name) could not give."""
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    if os.path.isdir(name):
+        return UserError(f"could not load '{name}' ({reason}): the folder's config.json or tokenizer files are "
+                         "missing or damaged; save the model and its tokenizer there again.")
+    return UserError(f"could not load '{name}' ({reason}). It is not a local folder and the Hugging Face hub is "
+                     "unreachable from here: use a local folder holding the model (config.json, weights and "
+                     "tokenizer files) instead.")
 
 
 def check_model_folder(name):
-    """Fail early, before any loading, if a local folder lacks a config or tokenizer (or, for a hub
-    name, if the hub cannot be reached)."""
+    """main.py's --model_name_or_path: fail early, before any loading, if a local folder lacks a config or
+    tokenizer (or, for a hub name, if the hub cannot be reached)."""
     if not os.path.isdir(name):
         error = hub_unreachable_reason()
         if error is not None:
-            raise _offline_hint(name, error)
+            raise UserError(f"--model_name_or_path: {_offline_hint(name, error)}")
         return
     files = set(os.listdir(name))
     if "config.json" not in files:
-        raise UserError(f"--model_name_or_path {name} has no config.json: point it at a Hugging Face "
-                        "model folder (config.json, weights, tokenizer files).")
+        raise UserError(f"--model_name_or_path {name} has no config.json: point it at a Hugging Face model folder "
+                        "(config.json, weights, tokenizer files).")
     if not files & {"tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"}:
         raise UserError(f"--model_name_or_path {name} has no tokenizer files (tokenizer.json or "
                         "tokenizer_config.json): save the tokenizer into the folder too.")

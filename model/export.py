@@ -8,10 +8,10 @@ import torch
 
 from data.chat import PROBE, ChatRenderer
 from model.create import build_tokenizer
-from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, read_reward_model_dir
+from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, WRITE_ERRORS, read_reward_model_dir
 from utils.spans import LAST_TOKEN, row_ends
 from utils.errors import UserError
-from utils.io import publish, staging_folder
+from utils.io import STAGING, is_disk_full, output_folder_problem, publish, staging_folder
 
 
 DSCHAT_WEIGHTS_NAME = "pytorch_model.bin"
@@ -31,7 +31,10 @@ CHECK_CONVERSATIONS = (PROBE, PROBE * 2)
 
 
 def check_export_target(output_dir, model_dir, overwrite):
-    """Refuse to export over a model another folder already holds, unless told to."""
+    """Refuse a folder that cannot be written, or that holds another model (unless told to replace it)."""
+    problem = output_folder_problem(output_dir)
+    if problem:
+        raise UserError(f"output folder {output_dir}: {problem}.")
     if os.path.realpath(output_dir) == os.path.realpath(model_dir) or overwrite:
         return
     held = [name for name in MODEL_FILES if os.path.exists(os.path.join(output_dir, name))]
@@ -60,13 +63,13 @@ def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR
     renamed = {(key if key == HEAD_KEY else transformer_key + key[len(OUR_TRANSFORMER_KEY):]): tensor.contiguous()
                for key, tensor in state.items()}
     output_dir = output_dir or model_dir
-    os.makedirs(output_dir, exist_ok=True)
-    staging = staging_folder(output_dir)
-    if os.path.realpath(output_dir) != os.path.realpath(model_dir):
-        shutil.copyfile(os.path.join(model_dir, "config.json"), os.path.join(staging, "config.json"))
-        build_tokenizer(settings, source=model_dir).save_pretrained(staging)
-    torch.save(renamed, os.path.join(staging, DSCHAT_WEIGHTS_NAME))
-    publish(output_dir)
+
+    def write(staging):
+        if os.path.realpath(output_dir) != os.path.realpath(model_dir):
+            shutil.copyfile(os.path.join(model_dir, "config.json"), os.path.join(staging, "config.json"))
+            build_tokenizer(settings, source=model_dir).save_pretrained(staging)
+        torch.save(renamed, os.path.join(staging, DSCHAT_WEIGHTS_NAME))
+    write_folder(output_dir, write)
     return os.path.join(output_dir, DSCHAT_WEIGHTS_NAME)
 
 
@@ -171,10 +174,26 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
         raise UserError(f"{type(model).__name__} does not hold this reward model's weights one to one "
                         f"(first differences: {differ[:5]}): export is not supported for it.")
     model.load_state_dict(renamed, strict=True)
-    os.makedirs(output_dir, exist_ok=True)
-    staging = staging_folder(output_dir)
-    model.to(dtype or state[HEAD_KEY].dtype).save_pretrained(staging)
     tokenizer.chat_template = scoring_chat_template(tokenizer)
-    tokenizer.save_pretrained(staging)
-    publish(output_dir)
+
+    def write(staging):
+        model.to(dtype or state[HEAD_KEY].dtype).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    write_folder(output_dir, write)
     return type(model).__name__
+
+
+def write_folder(output_dir, write):
+    """Call `write(folder)` on output_dir's staging folder, then publish it whole; if writing fails (a full
+    disk, no permission) output_dir is left as it was and the error says why."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        staging = staging_folder(output_dir)
+        write(staging)
+    except WRITE_ERRORS as error:
+        shutil.rmtree(os.path.join(output_dir, STAGING), ignore_errors=True)
+        if not (isinstance(error, OSError) or is_disk_full(error)):
+            raise
+        raise UserError(f"writing the export to {output_dir} failed ({error}); {output_dir} is as it was: free "
+                        "space or pick a folder you can write to, and export again.") from error
+    publish(output_dir)

@@ -136,6 +136,10 @@ def read_reward_model_dir(model_dir):
     weights_path = os.path.join(model_dir, WEIGHTS_NAME)
     state = read_weights(model_dir)
     unknown = sorted(k for k in state if k != HEAD_KEY and not k.startswith(OUR_TRANSFORMER_KEY + "."))
+    if "score.weight" in state:
+        raise UserError(f"{model_dir} holds a Hugging Face classifier (score.weight), as export_hf.py writes it, not "
+                        "the reward model main.py saves: pass main.py's --output_dir, or load this folder with "
+                        "AutoModelForSequenceClassification.")
     if unknown or HEAD_KEY not in state:
         raise UserError(f"{weights_path}: expected only '{OUR_TRANSFORMER_KEY}.*' and '{HEAD_KEY}' tensors; "
                         f"found {unknown[:5] or 'no ' + HEAD_KEY}. Re-save the model with main.py.")

@@ -82,7 +82,7 @@ CASES = {
                                 "tokenizer"),
     "margin_without_column": (lambda t, m: ["--data_path", data_folder(t), "--use_margin"], "'margin' column"),
     "offline_hub_model": (lambda t, m: ["--data_path", data_folder(t), "--model_name_or_path",
-                                        "facebook/opt-350m"], "--model_name_or_path LOCAL_FOLDER"),
+                                        "facebook/opt-350m"], "use a local folder holding the model"),
     # flags: one validation pass before anything loads
     "negative_lr": (lambda t, m: ["--learning_rate=-1e-5"], "--learning_rate must be a finite number >= 0"),
     "nan_lr": (lambda t, m: ["--learning_rate", "nan"], "--learning_rate must be a finite number >= 0, not nan"),
@@ -92,7 +92,7 @@ CASES = {
     "negative_warmup": (lambda t, m: ["--num_warmup_steps", "-1"], "--num_warmup_steps must be an integer >= 0"),
     "negative_total_limit": (lambda t, m: ["--save_total_limit", "-1"], "--save_total_limit must be"),
     "zero_epochs": (lambda t, m: ["--num_train_epochs", "0"], "--num_train_epochs must be an integer >= 1"),
-    "output_dir_is_a_file": (lambda t, m: ["--output_dir", config_file(t, "x")], "is a file: pass a folder"),
+    "output_dir_is_a_file": (lambda t, m: ["--output_dir", config_file(t, "x")], "it is a file: pass a folder"),
     "two_problems_at_once": (lambda t, m: ["--dropout", "2", "--eval_iters", "-1"],
                              "2 problems: (1) --eval_iters must be an integer >= 0"),
     # DeepSpeed config values of the wrong type or shape, misspelt keys

@@ -2,6 +2,7 @@
 
 Run: python -m pytest tests/test_export_hf.py -q
 """
+import errno
 import json
 import math
 import os
@@ -163,18 +164,73 @@ def test_deepspeed_chat_weights_in_place(reward_dir):
     assert "v_head.weight" in state and all(k == "v_head.weight" or k.startswith("rwtransformer.") for k in state)
 
 
-def test_errors_are_plain_messages(reward_dir, tmp_path, capsys):
-    arch, model_dir = reward_dir
-    plain_lm = os.path.join(os.path.dirname(model_dir), f"{arch}_base")
-    cases = [(plain_lm, "not a reward model"), (str(tmp_path / "missing"), "is not a folder")]
-    for source, message in cases:
-        with pytest.raises(SystemExit) as exit_info:
-            export_main([source, str(tmp_path / "out")])
-        assert exit_info.value.code == 1
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and message in err and "Traceback" not in err
+def fake_checkpoints(root, complete_steps, incomplete_steps):
+    """An output folder with checkpoint folders (a COMPLETE marker in the complete ones) and no model."""
+    for step in complete_steps + incomplete_steps:
+        folder = os.path.join(root, "checkpoints", f"step-{step}")
+        os.makedirs(folder)
+        open(os.path.join(folder, "mp_rank_00_model_states.pt"), "w").close()
+        if step in complete_steps:
+            open(os.path.join(folder, "COMPLETE"), "w").close()
+    return root
+
+
+EXPORT_ERRORS = {  # case -> (function(tmp_path, model_dir) -> (MODEL_DIR, OUT_DIR), what the message says)
+    "plain_lm": (lambda t, m: (os.path.join(os.path.dirname(m), os.path.basename(m).replace("reward", "base")),
+                               t / "out"), "not a reward model"),
+    "missing_model": (lambda t, m: (t / "missing", t / "out"), "model folder {t}/missing: no such folder"),
+    "model_is_a_file": (lambda t, m: (t / "file", t / "out"), "it is a file; pass main.py's --output_dir"),
+    "output_is_a_file": (lambda t, m: (m, t / "file"), "output folder {t}/file: it is a file: pass a folder"),
+    "output_under_a_file": (lambda t, m: (m, t / "file" / "out"), "{t}/file is a file, not a folder"),
+    "checkpoint_without_marker": (
+        lambda t, m: (os.path.join(fake_checkpoints(t / "run", [2], [3]), "checkpoints", "step-3"), t / "out"),
+        "step-3 is an incomplete checkpoint: it has no COMPLETE marker, which a checkpoint gets once all its files "
+        "are written, so the run stopped while saving it (or it was copied without the marker). Export a complete "
+        "checkpoint (the newest is {t}/run/checkpoints/step-2)"),
+    "only_checkpoints": (lambda t, m: (fake_checkpoints(t / "run", [2, 4], []), t / "out"),
+                         "holds checkpoints but no saved model yet (the run has not finished): export its newest "
+                         "complete checkpoint, {t}/run/checkpoints/step-4"),
+    "a_classifier_export": (lambda t, m: (export_main([m, str(t / "hf")]) or t / "hf", t / "out"),
+                            "holds a Hugging Face classifier (score.weight), as export_hf.py writes it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_ERRORS))
+def test_errors_are_plain_messages(reward_dir, tmp_path, capsys, case):
+    """Each wrong MODEL_DIR or OUT_DIR: one `error:` line naming the folder, the cause and what to pass."""
+    _, model_dir = reward_dir
+    (tmp_path / "file").write_text("x")
+    make, message = EXPORT_ERRORS[case]
+    source, out = make(tmp_path, model_dir)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(source), str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message.format(t=tmp_path) in err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_export_over_itself_is_refused(reward_dir):
+    _, model_dir = reward_dir
     with pytest.raises(UserError, match="would overwrite"):
         export_main([model_dir, model_dir, "--debug"])
+
+
+def test_a_failed_write_leaves_the_folder_as_it_was(reward_dir, tmp_path, monkeypatch, capsys):
+    """A full disk while writing: a plain error, and OUT_DIR keeps the export it held (no staging left)."""
+    _, model_dir = reward_dir
+    out = str(tmp_path / "hf")
+    export_main([model_dir, out])
+    before = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", disk_full)
+    with pytest.raises(SystemExit):
+        export_main([model_dir, out, "--overwrite"])
+    assert "No space left on device" in capsys.readouterr().err
+    assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
 
 
 def test_wrong_num_padding_at_beginning_is_refused(tmp_path):

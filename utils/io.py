@@ -53,6 +53,19 @@ def is_disk_full(error):
         or "unexpected pos" in str(error) or "file write failed" in str(error)
 
 
+def output_folder_problem(path):
+    """Why `path` cannot be written to as a folder (it, or the folder it would be made in, is a file or not
+    writable), or None."""
+    existing = path
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing.rstrip(os.sep)) or "."
+    if not os.path.isdir(existing):
+        return "it is a file: pass a folder" if existing == path else f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable: pick a folder you can write to"
+    return None
+
+
 def staging_folder(target):
     """A fresh, empty `target/.saving` to write into (after finishing any interrupted publish)."""
     recover(target)

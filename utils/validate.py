@@ -5,9 +5,9 @@ config key, what is wrong and what to use instead.
 """
 import difflib
 import math
-import os
 
 from utils.errors import UserError
+from utils.io import output_folder_problem
 
 POSITIVE_INT, NON_NEGATIVE_INT, POSITIVE, NON_NEGATIVE, PROBABILITY = (
     "an integer >= 1", "an integer >= 0", "a finite number > 0", "a finite number >= 0", "a number in [0, 1)")
@@ -65,14 +65,8 @@ def flag_problems(args):
 
 
 def _output_dir_problems(output_dir):
-    existing = output_dir
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing.rstrip(os.sep)) or "."
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        return [f"--output_dir {output_dir} is a file: pass a folder."]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"--output_dir {output_dir}: {existing} is not writable: pick a folder you can write to."]
-    return []
+    problem = output_folder_problem(output_dir)
+    return [f"--output_dir {output_dir}: {problem}."] if problem else []
 
 
 def config_problems(config):
