@@ -7,7 +7,8 @@
     python evaluation_scripts/benchmark.py MODEL --benchmark pairs --data test.jsonl    # the project's own format
 
 Writes MODEL/benchmarks/NAME.json (every figure), NAME_scores.jsonl (every score), NAME.png (bar chart)
-and NAME_reliability.png, and prints markdown tables. What each figure means: docs/benchmarks.md.
+and NAME_reliability.png as one set (a rerun replaces all four, --no_plots removes the old PNGs), and prints
+markdown tables. What each figure means: docs/benchmarks.md.
 """
 import argparse
 import json
@@ -51,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--ece_bins", type=int, default=10, help="Equal-width bins of the calibration error.")
     parser.add_argument("--output_name", default=None,
                         help="Name of the result files in MODEL/benchmarks/ (default: the benchmark's name).")
-    parser.add_argument("--no_plots", action="store_true", help="Skip the PNG bar chart and reliability diagram.")
+    parser.add_argument("--no_plots", action="store_true", help="Skip the PNG bar chart and reliability diagram (a previous run's are removed).")
     parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
     return parser.parse_args(argv)
 
@@ -186,20 +187,28 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else str(value)  # numpy scalars
 
 
-def write_atomic(path, text):
-    from utils.io import atomic_file
-    with atomic_file(path) as f:
-        f.write(text)
+def output_files(name):
+    """Every file a run named `name` writes to MODEL/benchmarks/: a rerun replaces all of them."""
+    return {"report": f"{name}.json", "scores": f"{name}_scores.jsonl", "chart": f"{name}.png",
+            "reliability": f"{name}_reliability.png"}
 
 
-def write_outputs(out_dir, name, report, items, scores):
+def write_outputs(out_dir, name, report, items, scores, plots):
+    """Write the run's files (`plots`: (chart, calibration), or None) into a staging folder and publish them as
+    one set, so no file of a previous run of that name outlives it; returns their paths."""
+    from utils.io import STAGING, publish, staging_folder
+    files, staging_name = output_files(name), f"{STAGING}-{name}"
     os.makedirs(out_dir, exist_ok=True)
-    written = [os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}_scores.jsonl")]
-    write_atomic(written[0], json.dumps(report, indent=2, default=_plain) + "\n")
-    lines = [json.dumps({"group": item.group, **item.extra, "chosen_scores": scores[item.chosen_at].tolist(),
-                         "rejected_scores": scores[item.rejected_at].tolist()}, default=_plain) for item in items]
-    write_atomic(written[1], "\n".join(lines) + "\n")
-    return written
+    staging = staging_folder(out_dir, staging_name)
+    with open(os.path.join(staging, files["report"]), "w") as f:
+        f.write(json.dumps(report, indent=2, default=_plain) + "\n")
+    with open(os.path.join(staging, files["scores"]), "w") as f:
+        for item in items:
+            f.write(json.dumps({"group": item.group, **item.extra, "chosen_scores": scores[item.chosen_at].tolist(),
+                                "rejected_scores": scores[item.rejected_at].tolist()}, default=_plain) + "\n")
+    written = [files["report"], files["scores"]] + (write_plots(staging, files, *plots) if plots else [])
+    publish(out_dir, staging_name, replaces=files.values())
+    return [os.path.join(out_dir, written_name) for written_name in written]
 
 
 def bar_chart(chart, path, plt):
@@ -232,16 +241,16 @@ def reliability_diagram(calibration, path, plt):
     plt.close(figure)
 
 
-def write_plots(out_dir, name, chart, calibration):
+def write_plots(folder, files, chart, calibration):
+    """The bar chart and reliability diagram in `folder`; returns their names ([] without matplotlib)."""
     from evaluation_scripts.plots import matplotlib_pyplot
     plt = matplotlib_pyplot()
     if plt is None:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
-    paths = [os.path.join(out_dir, f"{name}.png"), os.path.join(out_dir, f"{name}_reliability.png")]
-    bar_chart(chart, paths[0], plt)
-    reliability_diagram(calibration, paths[1], plt)
-    return paths
+    bar_chart(chart, os.path.join(folder, files["chart"]), plt)
+    reliability_diagram(calibration, os.path.join(folder, files["reliability"]), plt)
+    return [files["chart"], files["reliability"]]
 
 
 # ---------------------------------------------------------------- entry point
@@ -252,6 +261,8 @@ def check_args(args):
                 (("batch_size", 1), ("ece_bins", 1), ("limit", 0)) if getattr(args, k) < low]
     if args.max_seq_len is not None and args.max_seq_len < 2:
         problems.append(f"--max_seq_len {args.max_seq_len} must be >= 2")
+    if args.output_name and (os.path.basename(args.output_name) != args.output_name or args.output_name in (".", "..")):
+        problems.append(f"--output_name {args.output_name!r} must be a plain file name (no folder)")
     if problems:
         raise UserError("; ".join(problems) + ".")
 
@@ -294,10 +305,8 @@ def run(args):
           f"on {device} ({dtype}, batch {args.batch_size}); {cut} texts cut at {max_seq_len} tokens")
     out_dir = os.path.join(args.model_dir, "benchmarks")
     name = args.output_name or args.benchmark
-    written = write_outputs(out_dir, name, report, items, scores)
-    if not args.no_plots:
-        written += write_plots(out_dir, name, chart, common["calibration"])
-    for path in written:
+    plots = None if args.no_plots else (chart, common["calibration"])
+    for path in write_outputs(out_dir, name, report, items, scores, plots):
         print(f"wrote {path}")
     return report
 

@@ -66,7 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--center_rewards", action="store_true",
                         help="Subtract the eval reward mean saved at training time from every score.")
     parser.add_argument("--no_plots", action="store_true",
-                        help="Skip eval_rewards.png / training_curves.png (written next to --output).")
+                        help="Skip eval_rewards.png / training_curves.png (written next to --output; a previous "
+                             "evaluation's are removed).")
     parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
     return parser.parse_args(argv)
 
@@ -95,7 +96,6 @@ def score_examples(model, tokenizer, max_seq_len):
 def evaluate_data(model, tokenizer, args, settings):
     from data import build_pair_datasets
     from data.formats import ReadOptions
-    from utils.io import write_json
     from training.evaluation import eval_loader, evaluate
     _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
                                       settings["max_seq_len"], settings["data_output_path"],
@@ -106,14 +106,25 @@ def evaluate_data(model, tokenizer, args, settings):
                                    settings.get("pad_to_multiple_of"))
     scores = []
     metrics = evaluate(model, loader, model.v_head.weight.device, num_real, scores_out=scores)
-    output = args.output or os.path.join(args.model_dir, "eval_results.json")
-    write_json(output, metrics)
     print(json.dumps(metrics, indent=2))
-    print(f"wrote {output}")
-    if not args.no_plots:
-        from evaluation_scripts.plots import write_plots
-        for path in write_plots(args.model_dir, scores, os.path.dirname(os.path.abspath(output))):
-            print(f"wrote {path}")
+    output = args.output or os.path.join(args.model_dir, "eval_results.json")
+    for path in write_results(output, metrics, None if args.no_plots else scores, args.model_dir):
+        print(f"wrote {path}")
+
+
+def write_results(output, metrics, scores, model_dir):
+    """The metrics JSON `output` and, given `scores`, its plots, published as one set in output's folder: a
+    rerun leaves no file of the one before (not its plots after --no_plots). Returns the paths written."""
+    from evaluation_scripts.plots import PLOT_FILES, write_plots
+    from utils.io import STAGING, publish, staging_folder, write_json
+    folder, name = os.path.split(os.path.abspath(output))
+    staging_name = f"{STAGING}-{name}"
+    os.makedirs(folder, exist_ok=True)
+    staging = staging_folder(folder, staging_name)
+    write_json(os.path.join(staging, name), metrics)
+    written = [name] + (write_plots(model_dir, scores, staging) if scores is not None else [])
+    publish(folder, staging_name, replaces=[name, *PLOT_FILES])
+    return [os.path.join(folder, written_name) for written_name in written]
 
 
 def score_file(model, tokenizer, args, settings):

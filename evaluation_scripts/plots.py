@@ -55,16 +55,19 @@ def training_curves(log_path, path, plt):
     return True
 
 
+PLOT_FILES = ("eval_rewards.png", "training_curves.png")
+
+
 def write_plots(model_dir, scores, output_dir):
-    """Write eval_rewards.png (and training_curves.png when the training log exists); returns paths."""
+    """Write eval_rewards.png (and training_curves.png when the training log exists) to output_dir; returns
+    the names written."""
     plt = matplotlib_pyplot()
     if plt is None:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
         return []
-    written = [os.path.join(output_dir, "eval_rewards.png")]
-    reward_histogram(scores, written[0], plt)
+    histogram, curves = PLOT_FILES
+    reward_histogram(scores, os.path.join(output_dir, histogram), plt)
     log_path = os.path.join(model_dir, "train_log.jsonl")
-    curves = os.path.join(output_dir, "training_curves.png")
-    if os.path.exists(log_path) and training_curves(log_path, curves, plt):
-        written.append(curves)
-    return written
+    if os.path.exists(log_path) and training_curves(log_path, os.path.join(output_dir, curves), plt):
+        return [histogram, curves]
+    return [histogram]

@@ -82,6 +82,20 @@ def test_score_writes_one_reward_per_row(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_rerun_replaces_the_results_and_plots_of_the_previous_one(trained, pair_folder, tmp_path):
+    """evaluate.py --no_plots after a run with plots: no PNG of the earlier run is left beside the new JSON."""
+    from evaluation_scripts import evaluate
+    output = tmp_path / "results" / "metrics.json"
+    output.parent.mkdir()
+    (output.parent / "notes.txt").write_text("mine")
+    evaluate.main([str(trained), "--data_path", pair_folder, "--output", str(output)])
+    assert {"metrics.json", "eval_rewards.png", "training_curves.png"} <= set(os.listdir(output.parent))
+    output.write_text("{}")
+    evaluate.main([str(trained), "--data_path", pair_folder, "--output", str(output), "--no_plots"])
+    assert sorted(os.listdir(output.parent)) == ["metrics.json", "notes.txt"]
+    assert "accuracy" in json.loads(output.read_text())
+
+
 def test_offline_demo_learns(tmp_path):
     env = dict(child_env(), PYTHON=sys.executable)
     result = subprocess.run(["bash", os.path.join(ROOT, "training_scripts", "run_demo_cpu.sh"), str(tmp_path)],

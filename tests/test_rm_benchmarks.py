@@ -227,6 +227,23 @@ def test_pairs_file_counts_ties_apart(reward_model, tmp_path):
     assert not os.path.exists(os.path.join(reward_model, "benchmarks", "eval_pairs.png"))
 
 
+def test_a_rerun_replaces_every_output_of_the_previous_one(reward_model, tmp_path):
+    """--no_plots after a run with plots: the old PNGs go with the old figures; other runs' files stay."""
+    rows = [{"prompt": " Human: hi Assistant:", "chosen": " great, thanks!", "rejected": " awful."}] * 2
+    data = write_jsonl(tmp_path / "t.jsonl", rows)
+    folder = os.path.join(reward_model, "benchmarks")
+    benchmark.main([reward_model, "--benchmark", "pairs", "--data", data, "--output_name", "rerun"])
+    benchmark.main([reward_model, "--benchmark", "pairs", "--data", data, "--output_name", "other", "--no_plots"])
+    assert {"rerun.png", "rerun_reliability.png", "rerun.json"} <= set(os.listdir(folder))
+    first = open(os.path.join(folder, "rerun.json")).read()
+    benchmark.main([reward_model, "--benchmark", "pairs", "--data", data, "--output_name", "rerun", "--no_plots",
+                    "--limit", "1"])
+    names = set(os.listdir(folder))
+    assert {"rerun.json", "rerun_scores.jsonl", "other.json", "other_scores.jsonl"} <= names
+    assert not names & {"rerun.png", "rerun_reliability.png"} and not [n for n in names if n.startswith(".")]
+    assert json.load(open(os.path.join(folder, "rerun.json")))["items"] == 1 != json.loads(first)["items"]
+
+
 def test_score_sequences_matches_score_texts_when_cut(reward_model):
     from transformers import AutoTokenizer
 

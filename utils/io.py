@@ -1,7 +1,7 @@
 """Writing files so that no kill, crash or full disk leaves a half-written or lost result.
 
-Every folder the project writes for a user (model, export) is written into `TARGET/.saving`, marked
-whole, then published file by file with `publish`; `recover` finishes or undoes a publish that a kill
+Every folder the project writes for a user (model, export, evaluation and benchmark results) is written
+into a staging folder (`TARGET/.saving`), marked whole, then published file by file with `publish`; `recover` finishes or undoes a publish that a kill
 interrupted. Single files (JSON, scores) go through `atomic_file`.
 """
 import contextlib
@@ -13,7 +13,8 @@ import shutil
 
 import torch
 
-STAGING, REPLACED, WHOLE = ".saving", ".replaced", ".whole"  # staging folder, old files, staging-is-whole mark
+# In a staging folder: the old files being replaced, the names of old files to remove, the staging-is-whole mark.
+STAGING, REPLACED, REMOVES, WHOLE = ".saving", ".replaced", ".removes", ".whole"
 
 
 def write_json(path, content):
@@ -66,46 +67,54 @@ def output_folder_problem(path):
     return None
 
 
-def staging_folder(target):
-    """A fresh, empty `target/.saving` to write into (after finishing any interrupted publish)."""
-    recover(target)
-    staging = os.path.join(target, STAGING)
+def staging_folder(target, name=STAGING):
+    """A fresh, empty staging folder `target/name` to write into (after finishing an interrupted publish from
+    it). Writers that share `target` use different names."""
+    recover(target, name)
+    staging = os.path.join(target, name)
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     return staging
 
 
-def publish(target):
-    """Move the files of the whole `target/.saving` into `target`, replacing same-named ones.
+def publish(target, name=STAGING, replaces=()):
+    """Move the files of the whole staging folder `target/name` into `target`, replacing same-named ones.
+    `replaces` names every file a previous run of the same writer may have left: those the new set lacks are
+    removed, so no output of the previous run outlives it.
 
-    Order: mark staging whole; move the files it replaces into `target/.replaced`; move the new files in
-    (weights last); remove `.replaced` and staging. Until the mark exists the old files are untouched;
-    after it the new set is complete on disk, and `recover` finishes the move.
+    Order: record the files to remove; mark staging whole; move the files it replaces or removes into
+    `name/.replaced`; move the new files in (weights last); remove staging. Until the mark exists the old
+    files are untouched; after it the new set is complete on disk, and `recover` finishes the move.
     """
-    staging = os.path.join(target, STAGING)
+    staging = os.path.join(target, name)
+    with open(os.path.join(staging, REMOVES), "w") as f:
+        json.dump(sorted(set(replaces) - set(os.listdir(staging))), f)
     open(os.path.join(staging, WHOLE), "w").close()
-    _finish(target)
+    _finish(target, staging)
 
 
-def recover(target):
-    """Finish a publish that a kill interrupted; True if there was one. (A staging folder that was never
-    marked whole is left for `staging_folder` to clear: the old files were not touched.)"""
-    if os.path.exists(os.path.join(target, STAGING, WHOLE)):
-        _finish(target)
+def recover(target, name=STAGING):
+    """Finish a publish from `target/name` that a kill interrupted; True if there was one. (A staging folder
+    that was never marked whole is left for `staging_folder` to clear: the old files were not touched.)"""
+    staging = os.path.join(target, name)
+    if os.path.exists(os.path.join(staging, WHOLE)):
+        _finish(target, staging)
         return True
     return False
 
 
-def _finish(target):
-    staging, replaced = os.path.join(target, STAGING), os.path.join(target, REPLACED)
-    names = sorted((n for n in os.listdir(staging) if n != WHOLE), key=lambda n: n.endswith(LAST_SUFFIXES))
+def _finish(target, staging):
+    replaced = os.path.join(staging, REPLACED)
+    with open(os.path.join(staging, REMOVES)) as f:
+        removed = json.load(f)
+    names = sorted((n for n in os.listdir(staging) if n not in (WHOLE, REMOVES, REPLACED)),
+                   key=lambda n: n.endswith(LAST_SUFFIXES))
     os.makedirs(replaced, exist_ok=True)
-    for name in names:
+    for name in names + removed:
         if os.path.exists(os.path.join(target, name)):
             os.replace(os.path.join(target, name), os.path.join(replaced, name))
     for name in names:
         os.replace(os.path.join(staging, name), os.path.join(target, name))
-    shutil.rmtree(replaced)
     shutil.rmtree(staging)
 
 
