@@ -133,7 +133,8 @@ def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path, mo
     for name in ("config.json", "model.safetensors"):
         (target / name).write_text(f"old {name}")
     real_replace = os.replace
-    for kill_after in range(5):  # each os.replace of the publish in turn
+    for kill_after in range(6):  # each os.replace of the publish in turn
+        (target / "stale.png").write_text("a previous run's picture the new set does not have")
         staging = io.staging_folder(str(target))
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
             (target / ".saving" / name).write_text(f"new {name} {kill_after}")
@@ -146,7 +147,7 @@ def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_model(tmp_path, mo
             real_replace(src, dst)
         monkeypatch.setattr(os, "replace", dying_replace)
         with pytest.raises(KeyboardInterrupt):
-            io.publish(str(target))
+            io.publish(str(target), replaces=["stale.png", "config.json"])
         monkeypatch.setattr(os, "replace", real_replace)
         assert io.recover(str(target))  # what check_output_dir does at the next start
         assert sorted(os.listdir(target)) == ["config.json", "model.safetensors", "tokenizer.json"]
