@@ -21,7 +21,8 @@ import numpy as np
 from evaluation_scripts.benchmark_figures import (
     summarise_rmbench, summarise_rewardbench, summarise_rewardbench2, summarise_judgebench, summarise_pairs, bias_and_calibration)
 from evaluation_scripts.benchmark_data import (
-    load_judgebench, load_pairs, load_rewardbench, load_rewardbench2, load_rmbench, local_copy, read_file)
+    RowMismatch, fitting_benchmark_hint, load_judgebench, load_pairs, load_rewardbench, load_rewardbench2, load_rmbench,
+    local_copy, read_file)
 
 PROMPT_FORMATS = ("auto", "human_assistant", "chat_template", "raw")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -64,7 +65,11 @@ def load_items(args):
     for path in args.data:
         local = local_copy(path)
         rows, where = read_file(local, args.limit)
-        items += BENCHMARKS[args.benchmark]["load"](rows, where, local)
+        try:
+            items += BENCHMARKS[args.benchmark]["load"](rows, where, local)
+        except RowMismatch as error:
+            loaders = {name: benchmark["load"] for name, benchmark in BENCHMARKS.items()}
+            raise UserError(f"{error}{fitting_benchmark_hint(error, loaders, local)}") from error
     if not items:
         raise UserError(f"--data {' '.join(args.data)}: no items to score.")
     return items

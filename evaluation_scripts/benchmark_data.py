@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field
 
 from evaluation_scripts import rm_metrics as M
+from utils.errors import UserError
 
 SCHEMAS = {  # what each --benchmark reads, for error messages
     "rmbench": "fields id, prompt, chosen (3 answers), rejected (3 answers), and a domain: a 'domain' field or a "
@@ -30,16 +31,34 @@ class Item:
 
 
 
+class RowMismatch(UserError):
+    """A row that does not fit its benchmark's schema; `fitting_benchmark_hint` says which one it fits."""
+
+    def __init__(self, message, row, benchmark):
+        super().__init__(message)
+        self.row, self.benchmark = row, benchmark
+
+
 def _error(path, where, message, benchmark, row):
-    """A UserError naming the file and row, what the benchmark needs, and which benchmark the row fits."""
-    from utils.errors import UserError
-    guess = ("judgebench" if "response_A" in row else
-             "rewardbench2" if isinstance(row.get("chosen"), list) and len(row["chosen"]) != 3 else
-             "rmbench" if isinstance(row.get("chosen"), list) else
-             "rewardbench" if "subset" in row and "prompt" in row else
-             "pairs" if "chosen" in row else None)
-    hint = f" This row looks like --benchmark {guess}." if guess and guess != benchmark else ""
-    return UserError(f"{path}, {where}: {message}. --benchmark {benchmark} needs {SCHEMAS[benchmark]}.{hint}")
+    """A RowMismatch naming the file and row, what is wrong and what the benchmark needs."""
+    return RowMismatch(f"{path}, {where}: {message}. --benchmark {benchmark} needs {SCHEMAS[benchmark]}.", row,
+                       benchmark)
+
+
+def fitting_benchmark_hint(error, loaders, path):
+    """A sentence naming the benchmark whose loader (`loaders`: name -> load function) reads `error`'s row, or
+    saying that none does; tried, not guessed, so the benchmark named accepts the row."""
+    for name, load in loaders.items():
+        try:
+            load([error.row], lambda i: "row", path)
+        except RowMismatch:
+            continue
+        if name != error.benchmark:
+            return f" This row fits --benchmark {name}."
+    if any(isinstance(value, list) and value and isinstance(value[0], dict) for value in error.row.values()):
+        return (" It holds conversations (message lists), as main.py reads them, which no --benchmark reads: "
+                "measure a reward model on such pairs with evaluate.py --data_path.")
+    return ""
 
 
 def _text(row, name, path, where, benchmark):
@@ -64,7 +83,9 @@ def _texts(row, name, path, where, benchmark, count=None):
 def read_file(path, limit):
     """(rows, where) of one local file; where(i) names row i's line or item."""
     from data.readers import is_parquet, read_parquet, read_rows
-    from utils.errors import UserError
+    if os.path.isdir(path):
+        raise UserError(f"--data {path!r} is a folder: pass the benchmark's files in it (it holds "
+                        f"{', '.join(sorted(os.listdir(path))[:8]) or 'nothing'}).")
     if not os.path.isfile(path):
         raise UserError(f"--data {path!r}: no such file.")
     if is_parquet(path):
@@ -153,7 +174,6 @@ def local_copy(path):
     import urllib.parse
     import urllib.request
 
-    from utils.errors import UserError
     name = urllib.parse.unquote(os.path.basename(urllib.parse.urlparse(path).path)) or "data.json"
     target = os.path.join(tempfile.mkdtemp(prefix="benchmark_"), name)
     try:

@@ -5,6 +5,7 @@ Run: python -m pytest tests/test_rm_benchmarks.py -q    (about 30 s on 2 CPU cor
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -269,11 +270,49 @@ def expect_error(capsys, argv):
     return lines[0]
 
 
+CONVERSATION = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+ROWS = {  # a row of each schema, and main.py's conversation layout, which no benchmark reads
+    "rmbench": {"id": 1, "domain": "chat", "prompt": "p", "chosen": ["a", "b", "c"], "rejected": ["d", "e", "f"]},
+    "rewardbench": {"id": 1, "prompt": "p", "chosen": "a", "rejected": "b", "subset": "alpacaeval-easy"},
+    "rewardbench2": {"id": 1, "prompt": "p", "chosen": ["a"], "rejected": ["b", "c", "d"], "subset": "Math"},
+    "judgebench": {"question": "q", "response_A": "a", "response_B": "b", "label": "A>B", "source": "x"},
+    "conversations": {"chosen": CONVERSATION, "rejected": CONVERSATION[:1] + [{"role": "assistant", "content": "No"}]},
+}
+
+
+@pytest.mark.parametrize("layout", sorted(ROWS))
+def test_a_row_of_another_benchmark_names_one_that_reads_it(layout, tmp_path):
+    """Every wrong --benchmark: the benchmark the error suggests loads the file; none is suggested for
+    conversations (evaluate.py is)."""
+    from types import SimpleNamespace
+
+    from utils.errors import UserError
+    data = write_jsonl(tmp_path / "rows.jsonl", [ROWS[layout]])
+    for name in benchmark.BENCHMARKS:
+        args = SimpleNamespace(data=[data], limit=0, benchmark=name)
+        try:
+            benchmark.load_items(args)
+            continue
+        except UserError as error:
+            message = str(error)
+        suggested = re.findall(r"This row fits --benchmark (\w+)\.", message)
+        if layout == "conversations":
+            assert not suggested and "evaluate.py --data_path" in message, message
+        else:
+            assert suggested, message
+            assert benchmark.load_items(SimpleNamespace(data=[data], limit=0, benchmark=suggested[0]))
+
+
+def test_a_folder_as_data_is_named_as_one(reward_model, tmp_path, capsys):
+    line = expect_error(capsys, [reward_model, "--benchmark", "pairs", "--data", str(tmp_path)])
+    assert f"--data '{tmp_path}' is a folder: pass the benchmark's files in it" in line
+
+
 def test_wrong_schema_missing_field_and_empty_file(reward_model, tmp_path, capsys):
     judge = write_jsonl(tmp_path / "jb.jsonl", [{"question": "q", "response_A": "a", "response_B": "b",
                                                  "label": "A>B", "source": "x"}])
     line = expect_error(capsys, [reward_model, "--benchmark", "rmbench", "--data", judge])
-    assert "jb.jsonl, line 1" in line and "looks like --benchmark judgebench" in line
+    assert "jb.jsonl, line 1" in line and "This row fits --benchmark judgebench." in line
     pairs = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"},
                                                {"prompt": "p", "chosen": "c"}])
     line = expect_error(capsys, [reward_model, "--benchmark", "pairs", "--data", pairs])
