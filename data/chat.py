@@ -94,13 +94,14 @@ class ChatRenderer:
 
     def __call__(self, messages):
         if not self.template:
-            raise RowError("the tokenizer has no chat template to render conversations with; pass "
-                           "--chat_template FILE (a Jinja template over `messages`).")
+            raise RowError("the tokenizer has no chat template to render conversations with: a reward model reads "
+                           "them through the template it was trained with; train with one (main.py --chat_template "
+                           "FILE, a Jinja template over `messages`, saved with the model).")
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False)
         except Exception as error:  # Jinja, and templates calling raise_exception, raise any type
             raise RowError(f"the chat template cannot render it ({type(error).__name__}: {error}). Fix the "
-                           "row, or pass a --chat_template that accepts it.") from error
+                           "row, or use a template that accepts it (main.py --chat_template FILE).") from error
         if self.bos and text.startswith(self.bos):
             text = text[len(self.bos):]
         return text

@@ -26,13 +26,14 @@ def choose(asked, chat, inside, total, pad_token):
     """(rule, why): the rule asked for, or for `auto` the last_token rule wherever PAD = EOS is ambiguous.
     `chat`: a chat template rendered the texts; `inside` of `total` pairs hold PAD inside a text."""
     if asked != AUTO:
-        return asked, f"--end_token_rule {asked}"
+        return asked, f"it was asked for (main.py --end_token_rule {asked}, or the rule saved with the model)"
     pad = f"PAD = EOS {pad_token!r}"
     if chat:
         return LAST_TOKEN, (f"a chat template renders the conversations, and with {pad} DeepSpeed-Chat's rule would "
                             "read the end of the first turn that ends with EOS, not the last answer")
     if inside:
         return LAST_TOKEN, (f"{pad} occurs inside the texts of {inside:,} of {total:,} pairs, where DeepSpeed-Chat's "
-                            "rule would read the score before the text ends (--end_token_rule deepspeed_chat keeps it)")
+                            "rule would read the score before the text ends (main.py --end_token_rule deepspeed_chat "
+                            "keeps it)")
     return DEEPSPEED_CHAT, (f"{pad} occurs only where DeepSpeed-Chat's rule expects it (DeepSpeed-Chat's data "
                             "and models)")

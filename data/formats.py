@@ -232,8 +232,8 @@ def texts(prompt, chosen, rejected, render):
         return ("",) + tuple(render(conversation(head, a, "completion")) for a in answers)
     if isinstance(prompt, str) and isinstance(chosen, str) and isinstance(rejected, str):
         return HUMAN_ASSISTANT.format(prompt), " " + chosen, " " + rejected
-    raise RowError("it holds message lists, and the tokenizer has no chat template to render them with; pass "
-                   "--chat_template FILE (a Jinja template over `messages`).")
+    raise RowError("it holds message lists, and the tokenizer has no chat template to render them with: train "
+                   "with one (main.py --chat_template FILE, a Jinja template over `messages`).")
 
 
 def normalize(source, render, options):

@@ -68,7 +68,7 @@ def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, ca
                 "end_token_rule": end_token_rule, "chat_template": getattr(tokenizer, "chat_template", None),
                 "pairs_from_ratings": read_options.pairs_from_ratings, "rating_field": read_options.rating_field}
     if end_token_rule not in (AUTO, *RULES):
-        raise UserError(f"--end_token_rule {end_token_rule!r}: use one of {AUTO}, {', '.join(RULES)}.")
+        raise UserError(f"main.py --end_token_rule {end_token_rule!r}: use one of {AUTO}, {', '.join(RULES)}.")
     builder = int(os.environ.get("LOCAL_RANK", get_rank())) == 0  # one per node: cache_dir may be node-local
     if builder:
         folder = _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir)
@@ -331,8 +331,8 @@ def _report_scored_before_diff(count, total, split, settings, tokenizer):
                f"the {n + 1}. token equal to the PAD id {pad_id} ({tokenizer.convert_ids_to_tokens(pad_id)!r}), "
                f"and in these pairs that token occurs {n + 1} time(s) before the answers differ. Likely causes: "
                "the EOS/PAD token inside the text (e.g. a chat template that ends every turn with it), or "
-               f"--num_padding_at_beginning {n} (1 when the tokenizer's BOS equals its PAD, as OPT's; else 0). "
-               "--end_token_rule last_token (or auto) reads the score at the last attended token instead.")
+               f"main.py --num_padding_at_beginning {n} (1 when the tokenizer's BOS equals its PAD, as OPT's; else "
+               "0). main.py --end_token_rule last_token (or auto) reads the score at the last attended token instead.")
     if 2 * count > total:
         raise UserError(message + " Fix the data or the flag.")
     print_rank0(f"warning: {message} They are dropped.")

@@ -67,7 +67,7 @@ def read_rows(file):
     """(rows, where) from a .json/.jsonl[.gz]/.csv file; where(i) says which line row i came from."""
     suffix = _suffix(file)
     if suffix is None:
-        raise UserError(f"--data_path {file!r}: unsupported file type; use one of {', '.join(SUFFIXES)} "
+        raise UserError(f"{file!r}: unsupported file type; use one of {', '.join(SUFFIXES)} "
                         "or a save_to_disk folder.")
     text = _read_text(file, suffix.endswith(".gz"))
     if suffix == ".csv":
@@ -83,12 +83,12 @@ def _read_text(file, gzipped):
         with open(file, "rb") as f:
             data = f.read()
     except OSError as err:
-        raise UserError(f"--data_path {file!r}: cannot read the file ({err}).") from err
+        raise UserError(f"{file!r}: cannot read the file ({err}).") from err
     if gzipped:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as err:
-            raise UserError(f"--data_path {file!r}: cannot read the file: its gzip data is truncated or "
+            raise UserError(f"{file!r}: cannot read the file: its gzip data is truncated or "
                             f"damaged ({err}); re-create or re-download it.") from err
     if data.startswith(codecs.BOM_UTF8):  # Excel and Notepad write one; it would stick to the first column name
         data = data[len(codecs.BOM_UTF8):]
@@ -178,7 +178,7 @@ def read_parquet(file):
     try:
         return datasets.Dataset(InMemoryTable(pq.read_table(file)))
     except (OSError, ValueError, pa.ArrowException) as err:  # ArrowInvalid is a ValueError
-        raise UserError(f"--data_path {file!r}: cannot read it as parquet ({one_line(err)}). Check it is a whole "
+        raise UserError(f"{file!r}: cannot read it as parquet ({one_line(err)}). Check it is a whole "
                         "parquet file whose columns are text or numbers.") from err
 
 

@@ -53,7 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--ece_bins", type=int, default=10, help="Equal-width bins of the calibration error.")
     parser.add_argument("--output_name", default=None,
                         help="Name of the result files in MODEL/benchmarks/ (default: the benchmark's name).")
-    parser.add_argument("--no_plots", action="store_true", help="Skip the PNG bar chart and reliability diagram (a previous run's are removed).")
+    parser.add_argument("--no_plots", action="store_true",
+                        help="Skip the PNG bar chart and reliability diagram (a previous run's are removed).")
     parser.add_argument("--debug", action="store_true", help="Show Python tracebacks for user errors.")
     return parser.parse_args(argv)
 

@@ -109,7 +109,7 @@ def summarise_judgebench(items, scored):
     shown.append("Overall")
     rows = [[k, figures[k]["accuracy"], figures[k]["single_game_accuracy"], figures[k]["ties"], figures[k]["pairs"]]
             for k in shown]
-    table = ("JudgeBench (both orders, the authors' rule; single game: the --single_game rule)",
+    table = ("JudgeBench (both orders, the authors' rule; single game: one verdict per pair, A before B)",
              ["source", "accuracy", "single game", "ties", "pairs"], rows)
     return figures, [table], ("JudgeBench", shown, {"accuracy": [r[1] for r in rows]})
 

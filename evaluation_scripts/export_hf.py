@@ -58,6 +58,26 @@ def run(args):
                   "DeepSpeed-Chat step 3 as --critic_model_name_or_path")
 
 
+def model_folder(path, scratch):
+    """The reward model folder to export: `path`, or for a whole checkpoint the model it holds, written to
+    `scratch`. UserError for a path that is neither, naming what it is and what to pass instead."""
+    from training.checkpoint import COMPLETE_MARKER, not_a_checkpoint, reward_model_from_checkpoint
+    from utils.errors import UserError
+    if not os.path.isdir(path):
+        raise UserError(f"model folder {path}: {not_a_checkpoint(path)}; pass main.py's --output_dir, or one of "
+                        "its checkpoints (OUTPUT_DIR/checkpoints/step-N).")
+    if os.path.exists(os.path.join(path, COMPLETE_MARKER)):
+        print(f"{path} is a checkpoint: consolidating its weights")
+        return reward_model_from_checkpoint(path, scratch)
+    if is_checkpoint(path):
+        raise UserError(f"{path} is an incomplete checkpoint: {not_a_checkpoint(path)}. Export a complete one, or "
+                        "the model folder main.py saves when the run ends.")
+    if not os.path.exists(os.path.join(path, "config.json")) and not_a_checkpoint(path).startswith("it is a run"):
+        raise UserError(f"{path} holds no saved model yet: {not_a_checkpoint(path)}. Export a complete "
+                        "checkpoint, or finish the run with main.py --resume_from_checkpoint auto.")
+    return path
+
+
 def is_checkpoint(path):
     """A checkpoint folder, whole or not: OUTPUT_DIR/checkpoints/step-N, or one holding DeepSpeed's files."""
     from training.checkpoint import CHECKPOINT_DIR
@@ -65,33 +85,6 @@ def is_checkpoint(path):
     deepspeed_files = [n for n in os.listdir(path) if n.startswith(("mp_rank_", "rng_state_rank"))
                        or n.endswith("optim_states.pt")]
     return bool(deepspeed_files) or (os.path.basename(parent) == CHECKPOINT_DIR and name.startswith("step-"))
-
-
-def model_folder(path, scratch):
-    """The reward model folder to export: `path`, or for a whole checkpoint the model it holds, written to
-    `scratch`. UserError for a path that is neither, naming what it is and what to pass instead."""
-    from training.checkpoint import COMPLETE_MARKER, checkpoint_steps, reward_model_from_checkpoint
-    from utils.errors import UserError
-    what = "main.py's --output_dir, or one of its checkpoints (OUTPUT_DIR/checkpoints/step-N)"
-    if not os.path.isdir(path):
-        raise UserError(f"model folder {path}: {'it is a file' if os.path.exists(path) else 'no such folder'}; pass "
-                        f"{what}.")
-    if os.path.exists(os.path.join(path, COMPLETE_MARKER)):
-        print(f"{path} is a checkpoint: consolidating its weights")
-        return reward_model_from_checkpoint(path, scratch)
-    if is_checkpoint(path):
-        complete, _ = checkpoint_steps(os.path.dirname(os.path.dirname(os.path.abspath(path))))
-        newest = f" (the newest is {complete[max(complete)]})" if complete else ""
-        raise UserError(f"{path} is an incomplete checkpoint: it has no {COMPLETE_MARKER} marker, which a checkpoint "
-                        "gets once all its files are written, so the run stopped while saving it (or it was "
-                        f"copied without the marker). Export a complete checkpoint{newest}, or the model folder "
-                        "main.py saves when the run ends.")
-    complete, _ = checkpoint_steps(path)
-    if complete and not os.path.exists(os.path.join(path, "config.json")):
-        raise UserError(f"{path} holds checkpoints but no saved model yet (the run has not finished): export its "
-                        f"newest complete checkpoint, {complete[max(complete)]}, or finish the run with "
-                        "main.py --resume_from_checkpoint auto.")
-    return path
 
 
 def main(argv=None):

@@ -93,7 +93,7 @@ def check_end_token_rule(tokenizer, settings, sample="Human: Hi! Assistant: Hell
             f"num_padding_at_beginning={skip} does not fit this tokenizer: in {row} (pad id {pad_id}) the "
             f"reward model reads position {ours} but a Hugging Face classifier would read {theirs}. The model "
             "was trained reading the wrong token (OPT needs 1, models without a pad-equal BOS need 0): "
-            "retrain with the right --num_padding_at_beginning before exporting.")
+            "retrain with the right main.py --num_padding_at_beginning before exporting.")
     return row
 
 
@@ -141,10 +141,10 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
     models, `transformer.` for GPT-2) and `v_head.weight` becomes the bias-free `score.weight`; config.json
     gains `num_labels=1`, `architectures` and `pad_token_id` = our pad (= eos under DeepSpeed-Chat's rule,
     a token distinct from eos under the last_token rule), so Hugging Face pools at the last non-pad
-    token, which is our end token (see `check_end_token_rule`). The reward settings stay
-    in config.json; the chat template is `scoring_chat_template`'s. `dtype` defaults to the saved one: config.json records it, and transformers loads
-    in that dtype by default, so scores equal those of `RewardModel.from_pretrained`. Returns the
-    classifier class name.
+    token, which is our end token (see `check_end_token_rule`). The reward settings stay in config.json;
+    the chat template is `scoring_chat_template`'s. `dtype` defaults to the saved one: config.json records
+    it, and transformers loads in that dtype by default, so scores equal those of
+    `RewardModel.from_pretrained`. Returns the classifier class name.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 

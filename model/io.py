@@ -60,7 +60,7 @@ def save_hf_model(model, tokenizer, output_dir, zero_stage, extra_json=None):
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if all_reduce(torch.tensor([float(len(bad))])).item():
         raise UserError(f"the trained weights hold NaN/inf ({', '.join(bad[:3]) or 'on rank 0'}): the model "
-                        "was not saved. Resume from a checkpoint with a lower --learning_rate.")
+                        "was not saved. Resume from a checkpoint with a lower learning rate (main.py --learning_rate).")
     if is_main_process():
         setattr(model.config, REWARD_CONFIG_KEY, dict(model.settings.to_dict(), **model.reward_stats))
         try:
@@ -95,7 +95,7 @@ def _save_recovery_copy(config, state, tokenizer, extra_json):
     except WRITE_ERRORS as error:
         shutil.rmtree(folder, ignore_errors=True)
         return (f"It did not fit in {tempfile.gettempdir()} either ({error}): free space and resume from the "
-                "last checkpoint (--resume_from_checkpoint auto).")
+                "last checkpoint (main.py --resume_from_checkpoint auto).")
     return f"The trained model was saved to {folder} instead: move it where you want it."
 
 
@@ -126,7 +126,7 @@ def read_weights(model_dir):
     try:
         return load_file(weights_path)
     except (SafetensorError, OSError) as error:
-        raise UserError(f"{weights_path} is damaged ({error}): save the model again (main.py with "
+        raise UserError(f"{weights_path} is damaged ({error}): save the model again (main.py "
                         "--resume_from_checkpoint auto, or a backup copy).") from error
 
 

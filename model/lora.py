@@ -36,11 +36,11 @@ def apply_lora(model, lora_dim, module_name="decoder.layers.", only_optimize_lor
     """Add LoRA adapters to `model.rwtransformer` in place (before deepspeed.initialize); returns model."""
     from peft import LoraConfig, inject_adapter_in_model
     if lora_dim < 1:
-        raise UserError(f"--lora_dim must be a positive rank, not {lora_dim}.")
+        raise UserError(f"the LoRA rank (main.py --lora_dim) must be positive, not {lora_dim}.")
     targets = lora_targets(model, module_name)
     if not targets:
         linears = [name for name, module in getattr(model, BASE_ATTR).named_modules() if isinstance(module, nn.Linear)]
-        raise UserError(f"--lora_module_name {module_name!r} matches no Linear layer of the model; its Linear "
+        raise UserError(f"main.py --lora_module_name {module_name!r} matches no Linear layer of the model; its Linear "
                         f"layers are named like {[f'{BASE_ATTR}.{n}' for n in linears[:3]]}: pass a part of "
                         "those names (OPT: decoder.layers., Llama: layers.).")
     config = LoraConfig(r=lora_dim, lora_alpha=1, lora_dropout=0.0, bias="none", target_modules=targets)

@@ -228,14 +228,16 @@ def test_a_template_that_fails_to_render_names_the_row(tmp_path):
     path = folder(tmp_path, "d", rows)
     with pytest.raises(UserError, match=r"--data_path '.*/d' \(train split\), row 2: the chat template cannot render "
                                         r"it \(TemplateError: this template has only user and assistant turns\)\. "
-                                        r"Fix the row, or pass a --chat_template"):
+                                        r"Fix the row, or use a template that accepts it "
+                                        r"\(main\.py --chat_template FILE\)"):
         build(mistral, path, tmp_path)
     assert not os.path.exists(tmp_path / "cache")
 
 
 def test_conversations_without_any_chat_template_name_the_flag(opt_tokenizer, tmp_path):
     rows = [{"chosen": [user("Hi"), assistant("Hello")], "rejected": [user("Hi"), assistant("No")]}] * 3
-    with pytest.raises(UserError, match=r"row 1: the tokenizer has no chat template .* pass --chat_template FILE"):
+    with pytest.raises(UserError, match=r"row 1: the tokenizer has no chat template .* train with one "
+                                        r"\(main\.py --chat_template FILE"):
         build(opt_tokenizer, folder(tmp_path, "d", rows), tmp_path)
     assert not os.path.exists(tmp_path / "cache")
 

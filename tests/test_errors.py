@@ -93,6 +93,10 @@ CASES = {
     "negative_total_limit": (lambda t, m: ["--save_total_limit", "-1"], "--save_total_limit must be"),
     "zero_epochs": (lambda t, m: ["--num_train_epochs", "0"], "--num_train_epochs must be an integer >= 1"),
     "output_dir_is_a_file": (lambda t, m: ["--output_dir", config_file(t, "x")], "it is a file: pass a folder"),
+    "empty_chat_template": (lambda t, m: ["--data_path", data_folder(t), "--chat_template", config_file(t, " \n")],
+                            "ds.json' is empty: give a file holding a Jinja chat template"),
+    "missing_chat_template": (lambda t, m: ["--chat_template", str(t / "nope.jinja")],
+                              "nope.jinja': cannot read it (No such file or directory)"),
     "two_problems_at_once": (lambda t, m: ["--dropout", "2", "--eval_iters", "-1"],
                              "2 problems: (1) --eval_iters must be an integer >= 0"),
     # DeepSpeed config values of the wrong type or shape, misspelt keys

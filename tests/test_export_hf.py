@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -179,17 +180,22 @@ EXPORT_ERRORS = {  # case -> (function(tmp_path, model_dir) -> (MODEL_DIR, OUT_D
     "plain_lm": (lambda t, m: (os.path.join(os.path.dirname(m), os.path.basename(m).replace("reward", "base")),
                                t / "out"), "not a reward model"),
     "missing_model": (lambda t, m: (t / "missing", t / "out"), "model folder {t}/missing: no such folder"),
+    "copied_checkpoint_without_marker": (  # found by DeepSpeed's files, outside a checkpoints/ folder
+        lambda t, m: (shutil.copytree(os.path.join(fake_checkpoints(t / "run", [], [5]), "checkpoints", "step-5"),
+                                      t / "backup"), t / "out"),
+        "backup is an incomplete checkpoint: it has no COMPLETE marker, which a checkpoint gets once all its files "
+        "are written, so the run stopped while saving it. Export"),
     "model_is_a_file": (lambda t, m: (t / "file", t / "out"), "it is a file; pass main.py's --output_dir"),
     "output_is_a_file": (lambda t, m: (m, t / "file"), "output folder {t}/file: it is a file: pass a folder"),
     "output_under_a_file": (lambda t, m: (m, t / "file" / "out"), "{t}/file is a file, not a folder"),
     "checkpoint_without_marker": (
         lambda t, m: (os.path.join(fake_checkpoints(t / "run", [2], [3]), "checkpoints", "step-3"), t / "out"),
         "step-3 is an incomplete checkpoint: it has no COMPLETE marker, which a checkpoint gets once all its files "
-        "are written, so the run stopped while saving it (or it was copied without the marker). Export a complete "
-        "checkpoint (the newest is {t}/run/checkpoints/step-2)"),
+        "are written, so the run stopped while saving it (the newest complete one is {t}/run/checkpoints/step-2). "
+        "Export a complete one"),
     "only_checkpoints": (lambda t, m: (fake_checkpoints(t / "run", [2, 4], []), t / "out"),
-                         "holds checkpoints but no saved model yet (the run has not finished): export its newest "
-                         "complete checkpoint, {t}/run/checkpoints/step-4"),
+                         "holds no saved model yet: it is a run's output folder, which holds checkpoints in "
+                         "checkpoints/ (the newest complete one is {t}/run/checkpoints/step-4)"),
     "a_classifier_export": (lambda t, m: (export_main([m, str(t / "hf")]) or t / "hf", t / "out"),
                             "holds a Hugging Face classifier (score.weight), as export_hf.py writes it"),
 }

@@ -91,7 +91,12 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tiny_
     shutil.copy(finished / "checkpoints" / "step-4" / "COMPLETE", out / "checkpoints" / "step-4" / "COMPLETE")
     explicit = str(out / "checkpoints" / "step-8")
     error = error_of(main.main, argv(tiny_opt, data, out, "--resume_from_checkpoint", explicit), capsys)
-    assert "is not a whole checkpoint" in error and "mp_rank_00_model_states.pt has 100 bytes" in error
+    assert "cannot be resumed" in error and "mp_rank_00_model_states.pt has 100 bytes" in error
+    for wrong, cause in ((out / "checkpoints" / "step-9", "no such folder"),
+                         (out, "it is a run's output folder, which holds checkpoints in checkpoints/ (the newest "
+                               f"complete one is {out / 'checkpoints' / 'step-8'})")):
+        error = error_of(main.main, argv(tiny_opt, data, out, "--resume_from_checkpoint", str(wrong)), capsys)
+        assert f"--resume_from_checkpoint {wrong} cannot be resumed: {cause}. Pass a complete checkpoint" in error
     result = run_main(argv(tiny_opt, data, out, "--resume_from_checkpoint", "auto"))
     assert result.returncode == 0, result.stdout[-3000:]
     assert "step-8 is damaged" in result.stdout and "resumed from" in result.stdout and "step-4" in result.stdout

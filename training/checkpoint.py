@@ -206,11 +206,10 @@ def choose_checkpoint(args, identity):
         for folder in incomplete:
             print_rank0(f"warning: ignoring incomplete checkpoint {folder} (interrupted while saving)")
     for folder in candidates:
-        problem = None if os.path.exists(os.path.join(folder, COMPLETE_MARKER)) else f"no {COMPLETE_MARKER} marker"
-        problem = problem or verify_checkpoint(folder)
+        problem = not_a_checkpoint(folder) or verify_checkpoint(folder)
         if problem and args.resume_from_checkpoint != "auto":
-            raise UserError(f"--resume_from_checkpoint {folder} is not a whole checkpoint: {problem}. Pass "
-                            "another one, or 'auto' for the newest good one.")
+            raise UserError(f"--resume_from_checkpoint {folder} cannot be resumed: {problem}. Pass a complete "
+                            "checkpoint (OUTPUT_DIR/checkpoints/step-N), or 'auto' for the newest good one.")
         if problem:
             print_rank0(f"warning: checkpoint {folder} is damaged ({problem}): trying the one before it")
             continue
@@ -225,6 +224,26 @@ def choose_checkpoint(args, identity):
                         "with --overwrite_output_dir or in another --output_dir.")
     print_rank0(f"no complete checkpoint in {args.output_dir}: starting fresh")
     return None
+
+
+def not_a_checkpoint(folder):
+    """Why `folder` is not a checkpoint with a COMPLETE marker (no such folder, a run's output folder, a
+    checkpoint stopped while saving), or None."""
+    if not os.path.isdir(folder):
+        return "it is a file" if os.path.exists(folder) else "no such folder"
+    if os.path.exists(os.path.join(folder, COMPLETE_MARKER)):
+        return None
+    if os.path.isdir(os.path.join(folder, CHECKPOINT_DIR)):
+        return f"it is a run's output folder, which holds checkpoints in {CHECKPOINT_DIR}/ ({_newest(folder)})"
+    parent = os.path.dirname(os.path.abspath(folder))
+    siblings = f" ({_newest(os.path.dirname(parent))})" if os.path.basename(parent) == CHECKPOINT_DIR else ""
+    return (f"it has no {COMPLETE_MARKER} marker, which a checkpoint gets once all its files are written, so the "
+            f"run stopped while saving it{siblings}")
+
+
+def _newest(output_dir):
+    complete, _ = checkpoint_steps(output_dir)
+    return f"the newest complete one is {complete[max(complete)]}" if complete else "none is complete"
 
 
 def checkpoint_info(folder):

@@ -60,8 +60,22 @@ def flag_problems(args):
                 if getattr(args, flag, None) is not None and not _fits(getattr(args, flag), rule)]
     if args.only_optimize_lora and not args.lora_dim:
         problems.append("--only_optimize_lora needs --lora_dim > 0.")
-    problems += _output_dir_problems(args.output_dir)
+    problems += _output_dir_problems(args.output_dir) + _chat_template_problems(args.chat_template)
     return problems
+
+
+def _chat_template_problems(path):
+    if path is None:
+        return []
+    try:
+        with open(path) as f:
+            template = f.read()
+    except OSError as error:
+        return [f"--chat_template {path!r}: cannot read it ({error.strerror or error})."]
+    if not template.strip():
+        return [f"--chat_template {path!r} is empty: give a file holding a Jinja chat template over `messages`, or "
+                "leave the flag out to use the tokenizer's own."]
+    return []
 
 
 def _output_dir_problems(output_dir):
