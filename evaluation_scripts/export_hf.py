@@ -61,7 +61,7 @@ def run(args):
 def model_folder(path, scratch):
     """The reward model folder to export: `path`, or for a whole checkpoint the model it holds, written to
     `scratch`. UserError for a path that is neither, naming what it is and what to pass instead."""
-    from training.checkpoint import COMPLETE_MARKER, not_a_checkpoint, reward_model_from_checkpoint
+    from training.checkpoint import CHECKPOINT_DIR, COMPLETE_MARKER, not_a_checkpoint, reward_model_from_checkpoint
     from utils.errors import UserError
     if not os.path.isdir(path):
         raise UserError(f"model folder {path}: {not_a_checkpoint(path)}; pass main.py's --output_dir, or one of "
@@ -72,7 +72,7 @@ def model_folder(path, scratch):
     if is_checkpoint(path):
         raise UserError(f"{path} is an incomplete checkpoint: {not_a_checkpoint(path)}. Export a complete one, or "
                         "the model folder main.py saves when the run ends.")
-    if not os.path.exists(os.path.join(path, "config.json")) and not_a_checkpoint(path).startswith("it is a run"):
+    if not os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
         raise UserError(f"{path} holds no saved model yet: {not_a_checkpoint(path)}. Export a complete "
                         "checkpoint, or finish the run with main.py --resume_from_checkpoint auto.")
     return path

@@ -1,8 +1,9 @@
 """Writing files so that no kill, crash or full disk leaves a half-written or lost result.
 
 Every folder the project writes for a user (model, export, evaluation and benchmark results) is written
-into a staging folder (`TARGET/.saving`), marked whole, then published file by file with `publish`; `recover` finishes or undoes a publish that a kill
-interrupted. Single files (JSON, scores) go through `atomic_file`.
+into a staging folder (`TARGET/.saving`), marked whole, then published file by file with `publish`;
+`recover` finishes or undoes a publish that a kill interrupted. Single files (JSON, scores) go through
+`atomic_file`.
 """
 import contextlib
 import errno
