@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from tests.test_sub_batches import micro_batches
+from tests.fixtures import micro_batches
 from training.bf16_step import use_buffered_step
 from training.optim import ADAM_BETAS, param_groups
 
