@@ -191,8 +191,9 @@ def test_zero_0_1_2_3_give_the_same_loss_curve(runs):
     reference = runs("zero0")
     for stage in (1, 2, 3):
         run = runs(f"zero{stage}")
+        # the logged losses at full precision: measured 7e-9 (ZeRO-1, 2) and 3e-7 (ZeRO-3) from ZeRO-0's
         torch.testing.assert_close(torch.tensor(step_losses(run["out"])), torch.tensor(step_losses(reference["out"])),
-                                   rtol=0, atol=1.5e-4, msg=f"ZeRO-{stage} vs ZeRO-0")
+                                   rtol=0, atol=1e-5, msg=f"ZeRO-{stage} vs ZeRO-0")
         # ZeRO-1/2 reduce and clip over flat fp32 buffers (another summation order) and ZeRO-3 runs linear
         # layers through its own autograd function: rounding differs slightly and 16 Adam steps carry it
         # into the final scores (ZeRO-1 vs 0 measured 3.2e-5 relative). The ZeRO-3 run also checkpoints,
@@ -207,12 +208,17 @@ def test_zero_0_1_2_3_give_the_same_loss_curve(runs):
 def test_two_ranks_train_like_one_process(stage, runs):
     """Each rank takes half of every global batch of 8 (DistributedSampler): the averaged gradient, hence
     the trained model, equals the one-process run's (fp32, no dropout)."""
-    run = runs(f"zero{stage} on 2 ranks")
+    run, single = runs(f"zero{stage} on 2 ranks"), runs(f"zero{stage}")
     # DeepSpeed's CPU all-reduce files (66 MB of RAM each) are gone with the run (utils/dist.init_distributed)
     assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{run['port']}_*")
-    single = runs(f"zero{stage}")["results"]
+    # A wrong average (a missed rank, a doubled scale) shows from step 2 on; measured: 6e-7 at most over the
+    # first 8 steps. Later, Adam at lr 2e-3 turns summation-order differences into weight differences of ~lr:
+    # ZeRO-2 shares prompts in sub-batches of 4 pairs per rank there, of 8 in one process, and ends 1e-4 apart
+    # in the loss and 2.1e-3 (relative) in the mean chosen score; ZeRO-0: 2e-5, ZeRO-3: 4.6e-4.
+    torch.testing.assert_close(torch.tensor(step_losses(run["out"])[:8]), torch.tensor(step_losses(single["out"])[:8]),
+                               rtol=0, atol=1e-5)
     for key in ("accuracy", "chosen_mean", "rejected_mean"):
-        assert run["results"][key] == pytest.approx(single[key], rel=1e-3, abs=1e-4), key
+        assert run["results"][key] == pytest.approx(single["results"][key], rel=5e-3, abs=1e-4), key
 
 
 @pytest.mark.slow
