@@ -2,7 +2,7 @@
 turns: they learn, save, reload, evaluate, score `messages` rows and export to a Hugging Face classifier
 that scores like the project.
 
-Run: .venv/bin/python -m pytest tests/test_chat_models.py -q      (about a minute per style on 2 cores)
+Run: .venv/bin/python -m pytest tests/test_chat_models.py -q      (15-20 s per style on 2 cores)
 """
 import json
 import os

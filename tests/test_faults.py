@@ -4,6 +4,7 @@ a full disk (a small tmpfs), kills during a save, signals during the final evalu
 Nothing trained, checkpointed or exported may be lost or overwritten without an explicit flag, and no
 run may exit 0 after not doing what was asked. Run: python -m pytest tests/test_faults.py -q
 """
+import json
 import os
 import shutil
 import signal
@@ -95,6 +96,7 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tiny_
     result = run_main(argv(tiny_opt, data, out, "--resume_from_checkpoint", "auto"))
     assert result.returncode == 0, result.stdout[-3000:]
     assert "step-8 is damaged" in result.stdout and "resumed from" in result.stdout and "step-4" in result.stdout
+    assert json.loads((out / "train_results.json").read_text())["optimizer_steps"] == 8  # steps 5-8 trained again
     RewardModel.from_pretrained(str(out))
 
 
