@@ -275,7 +275,8 @@ def test_wrong_schema_missing_field_and_empty_file(reward_model, tmp_path, capsy
 def test_run_eval_sh_dispatches_and_refuses_a_plain_language_model(tiny_opt, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}])
     result = run_command(["bash", os.path.join(ROOT, "evaluation_scripts", "run_eval.sh"), tiny_opt,
-                          "--benchmark", "pairs", "--data", data], timeout=120, env=dict(child_env(), PYTHON=sys.executable))
+                          "--benchmark", "pairs", "--data", data], timeout=120,
+                         env=dict(child_env(), PYTHON=sys.executable))
     assert result.returncode == 1 and "Traceback" not in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("error: ")
     assert "is not a reward model" in result.stdout
