@@ -16,9 +16,8 @@ from data import build_pair_datasets
 from data.formats import ReadOptions
 from data.sources import load_source
 from model.create import load_tokenizer
-from utils.spans import pads_at_beginning
-from model.tiny import build_tiny_chat
 from utils.errors import UserError
+from utils.spans import pads_at_beginning
 
 EOT = "<|endoftext|>"
 
@@ -38,8 +37,8 @@ def conversations(count):
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load_tokenizer(build_tiny_chat(str(tmp_path_factory.mktemp("llama")), "llama"))
+def llama(tiny_chat):
+    return load_tokenizer(tiny_chat("llama"))
 
 
 def write(path, rows):
@@ -221,8 +220,8 @@ def test_a_bad_row_of_a_parquet_file_is_named_by_row(llama, tmp_path):
     assert not os.path.exists(tmp_path / "cache")
 
 
-def test_a_template_that_fails_to_render_names_the_row(tmp_path):
-    mistral = load_tokenizer(build_tiny_chat(str(tmp_path / "mistral"), "mistral"))  # user/assistant only
+def test_a_template_that_fails_to_render_names_the_row(tiny_chat, tmp_path):
+    mistral = load_tokenizer(tiny_chat("mistral"))  # user/assistant only
     rows = [{"chosen": [user("Hi"), assistant("Hello")], "rejected": [user("Hi"), assistant("No")]}] * 3
     rows[1] = {key: [{"role": "system", "content": "Be kind."}] + value for key, value in rows[0].items()}
     path = folder(tmp_path, "d", rows)

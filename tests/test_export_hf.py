@@ -13,12 +13,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from evaluation_scripts.export_hf import main as export_main
 from model.create import load_tokenizer
-from tests.fixtures import reward_model
-from model.reward_model import RewardModel
-from model.tiny import build_tiny_gpt2, build_tiny_opt
 from model.io import save_hf_model
-from utils.errors import UserError
+from model.reward_model import RewardModel
 from model.scoring import score_texts
+from tests.fixtures import reward_model
+from utils.errors import UserError
 
 EOT = "<|endoftext|>"
 # Different lengths in one batch: the longest row has no padding at all.
@@ -26,20 +25,18 @@ TEXTS = [" Human: hi Assistant: great, thanks!" + EOT,
          " Human: Tell me a joke. Assistant: I would rather not. That is a terrible idea, it is awful." + EOT,
          " Human: How do I bake bread? Assistant: Mix flour and water." + EOT,
          " no" + EOT]
-ARCHS = {"opt": (build_tiny_opt, 1, "OPTForSequenceClassification"),  # `</s>` BOS == pad: n = 1
-         "gpt2": (build_tiny_gpt2, 0, "GPT2ForSequenceClassification")}  # eot == pad, no BOS: n = 0
+# arch -> (the fixture of its tiny base, num_padding_at_beginning, the Hugging Face classifier)
+ARCHS = {"opt": ("tiny_opt", 1, "OPTForSequenceClassification"),  # `</s>` BOS == pad: n = 1
+         "gpt2": ("tiny_gpt2", 0, "GPT2ForSequenceClassification")}  # eot == pad, no BOS: n = 0
 
 
-def save_reward_model(root, arch, num_padding_at_beginning=None, dtype=torch.float32):
-    """A tiny reward model with a random non-zero head, saved as main.py saves it; returns its folder."""
-    build, default_n, _ = ARCHS[arch]
-    base = build(os.path.join(root, f"{arch}_base"))
+def save_reward_model(folder, base, arch, num_padding_at_beginning=None, dtype=torch.float32):
+    """A tiny reward model on `base` with a random non-zero head, saved to `folder` as main.py saves it."""
     tokenizer = load_tokenizer(base)
     torch.manual_seed(0)
-    model = reward_model(base, tokenizer, default_n if num_padding_at_beginning is None
+    model = reward_model(base, tokenizer, ARCHS[arch][1] if num_padding_at_beginning is None
                          else num_padding_at_beginning).eval()
     torch.nn.init.normal_(model.v_head.weight)
-    folder = os.path.join(root, f"{arch}_reward")
     save_hf_model(model.to(dtype), tokenizer, folder, zero_stage=0)
     return folder
 
@@ -49,7 +46,8 @@ def reward_dir(request, tmp_path_factory):
     """(arch, folder); "-bf16": trained and saved in bf16, as main.py does on CPU for an fp16 config."""
     arch, _, precision = request.param.partition("-")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    return arch, save_reward_model(str(tmp_path_factory.mktemp(request.param)), arch, dtype=dtype)
+    base = request.getfixturevalue(ARCHS[arch][0])
+    return arch, save_reward_model(str(tmp_path_factory.mktemp(request.param)), base, arch, dtype=dtype)
 
 
 def our_scores(model_dir):
@@ -163,9 +161,9 @@ def test_deepspeed_chat_weights_in_place(reward_dir):
     assert "v_head.weight" in state and all(k == "v_head.weight" or k.startswith("rwtransformer.") for k in state)
 
 
-def test_errors_are_plain_messages(reward_dir, tmp_path, capsys):
+def test_errors_are_plain_messages(reward_dir, tmp_path, capsys, request):
     arch, model_dir = reward_dir
-    plain_lm = os.path.join(os.path.dirname(model_dir), f"{arch}_base")
+    plain_lm = request.getfixturevalue(ARCHS[arch][0])
     cases = [(plain_lm, "not a reward model"), (str(tmp_path / "missing"), "is not a folder")]
     for source, message in cases:
         with pytest.raises(SystemExit) as exit_info:
@@ -177,8 +175,8 @@ def test_errors_are_plain_messages(reward_dir, tmp_path, capsys):
         export_main([model_dir, model_dir, "--debug"])
 
 
-def test_wrong_num_padding_at_beginning_is_refused(tmp_path):
+def test_wrong_num_padding_at_beginning_is_refused(tiny_gpt2, tmp_path):
     """A GPT-2 trained with n=1 reads the eot token, which no pad_token_id choice reproduces."""
-    model_dir = save_reward_model(str(tmp_path), "gpt2", num_padding_at_beginning=1)
+    model_dir = save_reward_model(str(tmp_path / "gpt2_reward"), tiny_gpt2, "gpt2", num_padding_at_beginning=1)
     with pytest.raises(UserError, match="num_padding_at_beginning=1 does not fit"):
         export_main([model_dir, str(tmp_path / "out"), "--debug"])

@@ -5,7 +5,6 @@ Run: python -m pytest tests/test_rm_benchmarks.py -q    (about 30 s on 2 CPU cor
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from evaluation_scripts import benchmark
 from evaluation_scripts.benchmark_data import Item
 from evaluation_scripts import rm_metrics as M
-from tests.fixtures import ROOT, child_env, write_jsonl
+from tests.fixtures import ROOT, child_env, run_command, write_jsonl
 
 # ---------------------------------------------------------------- hand-worked figures
 
@@ -275,9 +274,9 @@ def test_wrong_schema_missing_field_and_empty_file(reward_model, tmp_path, capsy
 
 def test_run_eval_sh_dispatches_and_refuses_a_plain_language_model(tiny_opt, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}])
-    result = subprocess.run(["bash", os.path.join(ROOT, "evaluation_scripts", "run_eval.sh"), tiny_opt,
-                             "--benchmark", "pairs", "--data", data], env=dict(child_env(), PYTHON=sys.executable),
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    result = run_command(["bash", os.path.join(ROOT, "evaluation_scripts", "run_eval.sh"), tiny_opt,
+                          "--benchmark", "pairs", "--data", data], timeout=120,
+                         env=dict(child_env(), PYTHON=sys.executable))
     assert result.returncode == 1 and "Traceback" not in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("error: ")
     assert "is not a reward model" in result.stdout

@@ -3,6 +3,7 @@
 Run: python -m pytest tests/test_serve.py -q
 """
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -72,11 +73,10 @@ class Server:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"server exited early:\n{self.log()}"
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
-            except httpx.TransportError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         self.stop()
         raise AssertionError(f"server did not answer /health in 90 s:\n{self.log()}")
 
@@ -84,9 +84,15 @@ class Server:
         return self.log_path.read_text()
 
     def stop(self):
+        """SIGTERM, then the exit status; a server still running 60 s later is killed and fails the test."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            pytest.fail(f"server still running 60 s after SIGTERM:\n{self.log()}")
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +129,13 @@ def test_concurrent_clients_get_the_offline_scores(server, offline):
                 body = response.json()
                 got.update(zip(indices, body["rewards"]))
                 truncated.update(indices[k] for k in body["truncated"])
-    threads = [threading.Thread(target=client, args=(requests[k::8],)) for k in range(8)]
+    threads = [threading.Thread(target=client, args=(requests[k::8],), daemon=True) for k in range(8)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 300
     for thread in threads:
-        thread.join()
+        thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), f"requests unanswered after 300 s:\n{server.log()}"
     assert sorted(got) == list(range(len(texts)))
     assert [got[i] for i in range(len(texts))] == pytest.approx(expected, abs=1e-5)
     assert truncated == {i for i, n in enumerate(lengths) if n > MAX_SEQ_LEN} and truncated
@@ -193,10 +201,11 @@ def test_sigterm_during_load_loses_no_accepted_request(reward_dir, offline, tmp_
     texts = sample_texts(24, seed=5)
     expected, _ = offline(texts)
     ok, refused, wrong = [], [], []
+    deadline = time.monotonic() + 120  # the clients give up after it, whatever the server does
 
     def client(k):
         with httpx.Client(timeout=60) as http:
-            while True:
+            while time.monotonic() < deadline:
                 indices = [(k + 3 * j) % len(texts) for j in range(3)]
                 try:
                     response = http.post(server.url + "/score", json={"texts": [texts[i] for i in indices]})
@@ -208,15 +217,20 @@ def test_sigterm_during_load_loses_no_accepted_request(reward_dir, offline, tmp_
                     wrong.append(response.text)
                 ok.append(time.monotonic())
                 k += 1
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(8)]
     for thread in threads:
         thread.start()
-    while len(ok) < 16:
+    while len(ok) < 16:  # answers are coming: the server is under load
+        if server.process.poll() is not None or time.monotonic() > deadline or refused:
+            server.stop()
+            pytest.fail(f"{len(ok)} answers, {len(refused)} refused, server exit {server.process.returncode}:\n"
+                        f"{server.log()}")
         time.sleep(0.01)
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), f"clients still served after SIGTERM:\n{server.log()}"
     assert server.process.wait(timeout=60) == 0, server.log()
     assert not wrong and len(refused) == 8
     assert any(t > signalled for t in ok)  # in flight at SIGTERM, then answered
