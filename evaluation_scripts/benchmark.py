@@ -104,19 +104,19 @@ def resolve_format(args, tokenizer):
     return "chat_template" if has_template else "human_assistant"
 
 
-def render(prompt, answer, prompt_format, tokenizer):
-    """The text a reward model scores, before the end-of-conversation token is appended."""
+def render(prompt, answer, prompt_format, inputs):
+    """The text a reward model scores, as training makes it (data/inputs.py `ModelInputs`)."""
     from data.sources import HUMAN_ASSISTANT
-    if prompt_format == "human_assistant":
-        return HUMAN_ASSISTANT.format(prompt) + " " + answer
     if prompt_format == "chat_template":
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                              {"role": "assistant", "content": answer}], tokenize=False)
-    return prompt + answer
+        return inputs.conversation_text(prompt, answer)
+    if prompt_format == "human_assistant":
+        return inputs.answer_text(HUMAN_ASSISTANT.format(prompt), " " + answer)
+    return inputs.answer_text(prompt, answer)
 
 
-def encode(items, tokenizer, prompt_format, eot, max_seq_len):
-    """Tokenise each distinct text once; sets item.chosen_at / rejected_at.
+def encode(items, inputs, prompt_format):
+    """Tokenise each distinct text once, as training does (`inputs`: data/inputs.py `ModelInputs`); sets
+    item.chosen_at / rejected_at.
 
     Returns (token ids cut to max_seq_len, answer lengths in tokens, number of texts cut). An answer's
     length is its own token count (the answer text alone, no special tokens), prompt and format aside."""
@@ -124,17 +124,16 @@ def encode(items, tokenizer, prompt_format, eot, max_seq_len):
     for item in items:
         for answers_in, at in ((item.chosen, item.chosen_at), (item.rejected, item.rejected_at)):
             for answer in answers_in:
-                text = render(item.prompt, answer, prompt_format, tokenizer) + eot
+                text = render(item.prompt, answer, prompt_format, inputs)
                 if text not in index:
                     index[text] = len(texts)
                     texts.append(text)
                     answers.append(answer)
                 at.append(index[text])
-    # Chat templates write their own BOS, so the tokenizer must not add another.
-    ids = tokenizer(texts, add_special_tokens=prompt_format != "chat_template")["input_ids"]
-    lengths = np.array([len(a) for a in tokenizer(answers, add_special_tokens=False)["input_ids"]])
-    cut = sum(len(row) > max_seq_len for row in ids)
-    return [row[:max_seq_len] for row in ids], lengths, cut
+    whole = inputs.tokenizer(texts)["input_ids"]  # uncut, to count the texts max_seq_len cuts
+    lengths = np.array([len(a) for a in inputs.tokenizer(answers, add_special_tokens=False)["input_ids"]])
+    cut = sum(len(row) > inputs.max_seq_len for row in whole)
+    return inputs.encode(texts), lengths, cut
 
 
 def score_sequences(model, sequences, batch_size):
@@ -266,6 +265,7 @@ def max_len(args, positions):
 
 
 def run(args):
+    from data.inputs import ModelInputs
     from model.create import model_max_positions
     from model.io import read_reward_settings
     check_args(args)
@@ -274,7 +274,7 @@ def run(args):
     model, tokenizer, device, dtype = load_model(args)
     prompt_format = resolve_format(args, tokenizer)
     max_seq_len = max_len(args, model_max_positions(args.model_dir))
-    sequences, lengths, cut = encode(items, tokenizer, prompt_format, model.end_of_conversation_token, max_seq_len)
+    sequences, lengths, cut = encode(items, ModelInputs(tokenizer, model.settings, max_seq_len), prompt_format)
     start = time.perf_counter()
     scores = score_sequences(model, sequences, args.batch_size)
     seconds = time.perf_counter() - start
