@@ -137,29 +137,18 @@ def encode(items, inputs, prompt_format):
 
 
 def score_sequences(model, sequences, batch_size):
-    """Reward at each sequence's end token (the model's end-token rule, as training reads it): (N,) floats.
+    """Reward at each sequence's end token (model/scoring.py `score_ids`, as training reads it): (N,) floats.
 
     Longest first, so the batches hold rows of similar length (little padding) and an out-of-memory
     error shows in the first batch; no gradients."""
-    import torch
     from tqdm import tqdm
 
-    device = model.v_head.weight.device
+    from model.scoring import score_ids
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     scores = np.empty(len(sequences))
-    with torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch"):
-            batch = order[start:start + batch_size]
-            length = len(sequences[batch[0]])
-            ids = torch.full((len(batch), length), model.PAD_ID, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(batch):
-                ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
-                mask[row, :len(sequences[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            values = model.forward_value(ids, mask, return_value_only=True).float()
-            end = model.end_positions(ids, mask)
-            scores[batch] = values.gather(1, (end - 1)[:, None]).squeeze(1).cpu().numpy()
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch"):
+        batch = order[start:start + batch_size]
+        scores[batch] = score_ids(model, [sequences[i] for i in batch]).cpu().numpy()
     return scores
 
 
