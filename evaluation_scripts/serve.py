@@ -116,7 +116,7 @@ def load_scorer(args):
 
 # ---- requests -> texts --------------------------------------------------------------------------
 
-MAX_DEPTH = 20  # JSON levels a body may nest; a valid one needs 5 (object, conversations, messages, message, text)
+MAX_DEPTH = 20  # containers a body may nest; a valid one needs 4 (body, conversations, a conversation, a message)
 MAX_DIGITS = 1000  # digits of one JSON integer (no field of this API is a number)
 SCORE_BODIES = {frozenset({"texts"}): "texts", frozenset({"prompts", "answers"}): "prompts",
                 frozenset({"conversations"}): "conversations"}
@@ -285,21 +285,23 @@ class QueryEnds:
 
     As OpenRLHF's serve_rm, runs of special texts are stripped from both ends: PAD, EOS, BOS, the
     end-of-conversation text, and every other special token a rendered conversation does not hold (e.g.
-    OPT's own `<pad>`, which DeepSpeed-Chat's PAD = EOS replaced). Then the special text training's texts
-    carry at each end goes back: for a model trained on rendered conversations, the template's own start
-    and end of a conversation (e.g. the EOS closing the last turn, which the last_token rule reads);
-    nothing for plain texts (the tokenizer adds its BOS, and the end-of-conversation text is appended after).
+    OPT's own `<pad>`, which DeepSpeed-Chat's PAD = EOS replaced). Then what training's texts carry at
+    each end goes back: for a model trained on rendered conversations, the template's special start and
+    the text it writes after the last answer (`<|eot_id|>`, `</s>`, ChatML's `<|im_end|>\n`: the last_token
+    rule reads the score there); nothing for plain texts (the tokenizer adds its BOS, and the
+    end-of-conversation text is appended after).
     """
 
     def __init__(self, tokenizer, render, end_of_conversation_token):
         chat = bool(render.template) and not end_of_conversation_token  # data/pairs.py: no eot after a template
         rendered = render(PROBE) if chat else ""
+        answer = PROBE[-1]["content"]
+        after = rendered[rendered.rindex(answer) + len(answer):] if chat else ""
         specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-        named = {tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, end_of_conversation_token}
+        named = {tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, end_of_conversation_token, after}
         tokens = named | {t for t in specials if t not in rendered and t != tokenizer.unk_token}
         self.tokens = sorted((t for t in tokens if t), key=len, reverse=True)  # longest first: "</s>" before "s>"
-        start, end = self.core(rendered)
-        self.head, self.tail = rendered[:start], rendered[end:]
+        self.head, self.tail = rendered[:self.core(rendered)[0]], after
 
     def core(self, text):
         """(start, end) of `text` without the runs of special texts at its ends."""

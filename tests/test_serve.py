@@ -355,9 +355,12 @@ def test_queries_lose_padding_and_keep_the_trained_ends(tmp_path):
         trained = render(HI) if chat else " Human: Hi! Assistant: Hello."
         pads = [t for t in (tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, *extra) if t]
         ends = QueryEnds(tokenizer, render, eot)
+        answer_end = trained.rindex("Hello.") + len("Hello.")
         for _ in range(20):
             runs = ["".join(rng.choices(pads, k=rng.randint(0, 4))) for _ in range(2)]
             assert ends(runs[0] + trained + runs[1]) == trained, (base, runs)
+            # a response that stops at its EOS, without the rest of the template's end of turn (ChatML's "\n")
+            assert ends(runs[0] + trained[:answer_end] + runs[1]) == trained, (base, runs)
         assert ends(trained) == trained and ends("".join(pads)) == ""
 
 
