@@ -345,8 +345,8 @@ def test_queries_lose_padding_and_keep_the_trained_ends(tmp_path):
     from model.create import distinct_pad_token, load_tokenizer
     from model.tiny import CHAT_STYLES, build_tiny_chat, build_tiny_opt
     rng = random.Random(0)
-    models = [(build_tiny_opt(str(tmp_path / "opt")), None, "<|endoftext|>", ["<pad>"])]  # OPT's own PAD, too
-    models += [(build_tiny_chat(str(tmp_path / style), style), "chat", "", []) for style in CHAT_STYLES]
+    models = [(build_tiny_opt(str(tmp_path / "opt")), False, "<|endoftext|>", ["<pad>"])]  # OPT's own PAD, too
+    models += [(build_tiny_chat(str(tmp_path / style), style), True, "", []) for style in CHAT_STYLES]
     for base, chat, eot, extra in models:
         tokenizer = load_tokenizer(base)
         if chat:
