@@ -151,25 +151,45 @@ def test_prompts_answers_and_get_reward_match_texts(server, offline):
     by_pairs = httpx.post(server.url + "/score", json={"prompts": [r["prompt"] for r in rows],
                                                        "answers": [r["chosen"] for r in rows]}).json()
     assert by_pairs["rewards"] == pytest.approx(expected, abs=1e-5) and by_pairs["truncated"] == []
-    # OpenRLHF's client sends prompts and labels too, and decodes queries with special tokens
-    openrlhf = {"query": [texts[0], "</s>" + texts[1] + "</s>"] + texts[2:], "prompts": [""] * 5, "labels": [""] * 5}
+    # OpenRLHF's client sends prompts and labels too, and decodes queries with special tokens and padding:
+    # runs of BOS/EOS/PAD (`</s>`), OPT's own `<pad>` and the end-of-conversation text at either end
+    queries = [texts[0], "</s>" + texts[1] + "</s>", "</s></s><pad>" + texts[2] + "<pad></s><pad><pad>",
+               "<pad><pad>" + texts[3] + "<|endoftext|>", texts[4] + "</s><|endoftext|><pad>"]
+    openrlhf = {"query": queries, "prompts": [""] * 5, "labels": [""] * 5}
     response = httpx.post(server.url + "/get_reward", json=openrlhf)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["rewards"] == pytest.approx(expected, abs=1e-5) and body["scores"] == body["rewards"]
     assert body["extra_logs"] == {"truncated": [0.0] * 5}
+    as_texts = httpx.post(server.url + "/score", json={"texts": queries[2:]}).json()["rewards"]
+    assert all(abs(a - b) > 1e-4 for a, b in zip(as_texts, expected[2:]))  # the padding would change the scores
+
+
+DEEP = b"[" * 40000 + b"]" * 40000  # past any recursion limit, within --max_body_bytes
 
 
 @pytest.mark.parametrize("body, status, message", [
     (b'{"texts": ["unclosed"', 400, "not valid JSON"),
-    (b'["a list"]', 422, "JSON object"),
-    (b'{"texts": "one string"}', 422, "'texts' must be a non-empty list"),
+    (b"", 400, "not valid JSON"),
+    (b'{"texts": ["\xff"]}', 400, "'utf-8' codec can't decode byte 0xff"),  # not UTF-8
+    (b'{"texts": ["\\ud800 x"]}', 400, "'texts'[0] is not valid Unicode: character 0 is a lone surrogate"),
+    (b'{"texts": ["ok"], "\\udc00": 1}', 400, "a key in body is not valid Unicode"),
+    (b'{"texts": ' + DEEP + b"}", 400, "nested too deeply"),
+    (b'{"texts": ' + b"[" * 30 + b"]" * 30 + b"}", 400, "nested 21 levels deep; a request nests at most 20"),
+    (b'{"texts": [' + b"9" * 5000 + b"]}", 400, "an integer of 5000 digits"),
+    (b'{"texts": [NaN]}', 400, "NaN, which is not JSON"),
+    (b'{"texts": [1e999]}', 422, "'texts'[0] must be a string; got a number"),
+    (b'["a list"]', 422, "must be a JSON object; got an array"),
+    (b"12", 422, "must be a JSON object; got a number"),
+    (b'{"texts": "one string"}', 422, "'texts' must be a non-empty list; got a string"),
     (b'{"texts": []}', 422, "(empty)"),
-    (b'{"texts": ["ok", 3]}', 422, "'texts'[1] must be a str"),
+    (b'{"texts": ["ok", 3]}', 422, "'texts'[1] must be a string; got a number"),
+    (b'{"texts": ["ok", " \\n "]}', 422, "'texts'[1] holds no text"),
     (b'{"text": ["typo"]}', 422, "exactly one of"),
+    (b'{"texts": ["a"], "answers": ["b"]}', 422, "got keys ['answers', 'texts']"),
     (b'{"prompts": ["a", "b"], "answers": ["c"]}', 422, "'answers' has 1"),
+    (b'{"prompts": ["a"], "answers": [null]}', 422, "'answers'[0] must be a string; got null"),
     (b'{"conversations": [[{"role": "user", "content": "hi"}]]}', 422, "no chat template"),
-    (b'{"conversations": [[{"role": "user"}]]}', 422, "string 'role' and 'content'"),
     (json.dumps({"texts": ["x"] * 51}).encode(), 413, "at most 50"),
     (json.dumps({"texts": ["x" * 200000]}).encode(), 413, "100000-byte limit"),
 ])
@@ -181,7 +201,9 @@ def test_bad_requests_get_a_message_and_the_server_keeps_serving(server, body, s
 
 def test_bad_get_reward_request(server):
     response = httpx.post(server.url + "/get_reward", json={"queries": ["a"]})
-    assert response.status_code == 422 and "'query'" in response.json()["detail"]
+    assert response.status_code == 422 and "'query' is missing" in response.json()["detail"]
+    response = httpx.post(server.url + "/get_reward", json={"query": ["x", "</s><pad><|endoftext|></s>"]})
+    assert response.status_code == 422 and "'query'[1] holds no text" in response.json()["detail"]
 
 
 def test_info_describes_the_model(server, reward_dir):
@@ -293,12 +315,81 @@ def test_an_error_fails_only_its_own_request():
     assert scorer.batches[0] == ["b" * 150, "boom", "dddd", "aa", "c"]  # one merged batch, longest first
 
 
-def test_conversations_use_the_chat_template(reward_dir):
-    from transformers import AutoTokenizer
+TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+HI = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
 
-    from evaluation_scripts.serve import score_texts_of
-    tokenizer = AutoTokenizer.from_pretrained(reward_dir)
-    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    conversation = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+
+def test_conversations_use_the_chat_template(reward_dir):
+    from evaluation_scripts.serve import Texts
+    from model.create import load_tokenizer
+    tokenizer = load_tokenizer(reward_dir, chat_template=TEMPLATE)
     # the template's BOS text is dropped: the tokenizer adds its own
-    assert score_texts_of({"conversations": [conversation]}, tokenizer, 10) == ["user: Hi!\nassistant: Hello.\n"]
+    assert Texts(tokenizer, "", 10).score({"conversations": [HI]}) == ["user: Hi!\nassistant: Hello.\n"]
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "Hi!"}],  # ends on a user turn
+    HI + [{"role": "tool", "content": "{}"}],
+    [{"role": "human", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "  "}],
+    [{"role": "user"}, {"role": "assistant", "content": "Hello."}],
+    [{"role": "system", "content": "Be kind."}],
+    [], "Hi!", [["user", "Hi!"]],
+])
+def test_conversations_training_refuses_get_its_message(reward_dir, messages):
+    """/score checks conversations with training's own function: what it refuses gets 422 and its message,
+    naming the item."""
+    from data.chat import RowError, conversation
+    from evaluation_scripts.serve import BadRequest, Texts
+    from model.create import load_tokenizer
+    texts = Texts(load_tokenizer(reward_dir, chat_template=TEMPLATE), "", 10)
+    with pytest.raises(RowError) as training:
+        conversation([], messages, "conversations[1]")
+    with pytest.raises(BadRequest) as serving:
+        texts.score({"conversations": [HI, messages]})
+    assert serving.value.status == 422 and str(serving.value) == str(training.value)
+    assert "conversations[1]" in str(serving.value)
+
+
+def test_queries_lose_padding_and_keep_the_trained_ends(tmp_path):
+    """Runs of PAD, EOS and BOS at either end of a query (OpenRLHF decodes them) go; what remains is the
+    text training scored: a chat template's start and end of conversation included."""
+    from data.chat import ChatRenderer
+    from evaluation_scripts.serve import QueryEnds
+    from model.create import distinct_pad_token, load_tokenizer
+    from model.tiny import CHAT_STYLES, build_tiny_chat, build_tiny_opt
+    rng = random.Random(0)
+    models = [(build_tiny_opt(str(tmp_path / "opt")), False, "<|endoftext|>", ["<pad>"])]  # OPT's own PAD, too
+    models += [(build_tiny_chat(str(tmp_path / style), style), True, "", []) for style in CHAT_STYLES]
+    for base, chat, eot, extra in models:
+        tokenizer = load_tokenizer(base)
+        if chat:
+            tokenizer = load_tokenizer(base, pad_token=distinct_pad_token(tokenizer)[0])
+        render = ChatRenderer(tokenizer)
+        trained = render(HI) if chat else " Human: Hi! Assistant: Hello."
+        pads = [t for t in (tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, *extra) if t]
+        ends = QueryEnds(tokenizer, render, eot)
+        answer_end = trained.rindex("Hello.") + len("Hello.")
+        for _ in range(20):
+            runs = ["".join(rng.choices(pads, k=rng.randint(0, 4))) for _ in range(2)]
+            assert ends(runs[0] + trained + runs[1]) == trained, (base, runs)
+            # a response that stops at its EOS, without the rest of the template's end of turn (ChatML's "\n")
+            assert ends(runs[0] + trained[:answer_end] + runs[1]) == trained, (base, runs)
+        assert ends(trained) == trained and ends("".join(pads)) == ""
+
+
+def test_docs_give_every_flag_and_its_default():
+    """docs/serving.md's flag table lists every flag of serve.py with the default `--help` shows."""
+    import re
+
+    from evaluation_scripts.serve import parse_args
+    with open(os.path.join(ROOT, "docs", "serving.md")) as f:
+        rows = [line.split("|")[1:3] for line in f if line.startswith("| `--")]
+    documented = {flag: default.strip() for flags, default in rows for flag in re.findall(r"`(--\w+)`", flags)}
+    defaults = vars(parse_args(["MODEL"]))
+    del defaults["model_dir"]
+    assert set(documented) == {f"--{name}" for name in defaults}
+    for name, value in defaults.items():
+        shown = "off" if value is False else f"{value:g}" if isinstance(value, float) else str(value)
+        cell = documented[f"--{name}"]
+        assert value is None or shown in re.split(r"[ ,]+", cell), (name, shown, cell)
