@@ -16,7 +16,7 @@ class ModelInputs:
     def __init__(self, tokenizer, settings, max_seq_len=None):
         self.tokenizer, self.settings = tokenizer, settings
         self.max_seq_len = max_seq_len or settings.max_seq_len
-        self._render = ChatRenderer(tokenizer)
+        self.renderer = ChatRenderer(tokenizer)
 
     def answer_text(self, prompt, answer):
         """A prompt and an answer as training joins them: prompt + answer + end-of-conversation text."""
@@ -24,16 +24,19 @@ class ModelInputs:
 
     def conversation_text(self, prompt, answer, field="messages"):
         """A conversation as training renders it: `prompt` (a text or messages; may be empty) then `answer`
-        (messages, or a text: one assistant message), checked by training's rules (RowError names what is
-        wrong: an unknown role, empty content, no final assistant answer)."""
-        if isinstance(answer, str):
-            answer = [{"role": "assistant", "content": answer}]
+        (messages), checked by training's rules (RowError names what is wrong: not a message list, an unknown
+        role, empty content, no final assistant answer)."""
         head = prompt_messages(prompt) if prompt else []
-        return self._render(conversation(head, answer, field))
+        return self.renderer(conversation(head, answer, field))
 
     def encode(self, texts):
         """Token ids of each text as training tokenises a row."""
         return encode_texts(self.tokenizer, texts, self.max_seq_len)
+
+
+def assistant_turn(answer):
+    """An answer given as text -> the one-message list a conversation holds (messages are left as they are)."""
+    return [{"role": "assistant", "content": answer}] if isinstance(answer, str) else answer
 
 
 def encode_texts(tokenizer, texts, max_seq_len):

@@ -106,9 +106,10 @@ def resolve_format(args, tokenizer):
 
 def render(prompt, answer, prompt_format, inputs):
     """The text a reward model scores, as training makes it (data/inputs.py `ModelInputs`)."""
+    from data.inputs import assistant_turn
     from data.sources import HUMAN_ASSISTANT
     if prompt_format == "chat_template":
-        return inputs.conversation_text(prompt, answer)
+        return inputs.conversation_text(prompt, assistant_turn(answer))
     if prompt_format == "human_assistant":
         return inputs.answer_text(HUMAN_ASSISTANT.format(prompt), " " + answer)
     return inputs.answer_text(prompt, answer)

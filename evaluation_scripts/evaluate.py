@@ -141,6 +141,7 @@ def _row_text(row, path, where, inputs):
     """The text a --score row stands for, as training makes it (data/inputs.py): a text or prompt + answer with
     the end-of-conversation text, or a conversation rendered with the chat template."""
     from data.chat import RowError
+    from data.inputs import assistant_turn
     from utils.errors import UserError
     if isinstance(row.get("text"), str):
         return inputs.answer_text("", row["text"])
@@ -150,7 +151,7 @@ def _row_text(row, path, where, inputs):
         if "messages" in row:
             return inputs.conversation_text("", row["messages"])
         if "prompt" in row and "completion" in row:
-            return inputs.conversation_text(row["prompt"], row["completion"], "completion")
+            return inputs.conversation_text(row["prompt"], assistant_turn(row["completion"]), "completion")
     except RowError as error:
         raise UserError(f"{path}, {where}: {error}") from error
     raise UserError(f"{path}, {where}: needs {SCORE_LAYOUTS}; found fields {sorted(row)}.")

@@ -9,7 +9,8 @@ POST /score       {"texts": [...]} | {"prompts": [...], "answers": [...]} | {"co
 POST /get_reward  {"query": [...]} -> {"rewards": [...], "scores": [...], "extra_logs": {...}}  (OpenRLHF's remote RM)
 GET  /health, GET /info
 
-Every text gets the model's end-of-conversation token appended and is scored by
+Texts are made and tokenised as training makes its rows (data/inputs.py: texts get the model's
+end-of-conversation text, conversations are rendered with the chat template) and scored by
 `model.scoring.score_texts`, so rewards equal `evaluate.py OUT --score` for the same texts and dtype.
 Conversations are checked and rendered by training's own data/chat.py; a request training would refuse,
 or one that cannot be read, gets a 4xx whose `detail` says what is wrong and where.
@@ -21,7 +22,8 @@ import signal
 import sys
 import traceback
 
-from data.chat import PROBE, ChatRenderer, RowError, conversation
+from data.chat import PROBE, RowError
+from data.inputs import ModelInputs
 from evaluation_scripts.batching import Batcher
 from utils.spans import LAST_TOKEN
 
@@ -226,15 +228,16 @@ def with_text(texts, key):
 
 
 class Texts:
-    """Request bodies -> the texts to score, before the end-of-conversation text, read by training's rules:
-    conversations are checked by data/chat.py's `conversation` and rendered by its `ChatRenderer`.
+    """Request bodies -> the texts to score, made as training makes them (data/inputs.py `ModelInputs`):
+    texts and prompt + answer get the end-of-conversation text, conversations are checked by training's rules
+    and rendered with the chat template.
 
     Built once at start-up, where it calls the tokenizer; the request handlers never do (the batching
     thread owns the Rust tokenizer)."""
 
-    def __init__(self, tokenizer, end_of_conversation_token, limit):
-        self.render, self.limit = ChatRenderer(tokenizer), limit
-        self.ends = QueryEnds(tokenizer, self.render, end_of_conversation_token)
+    def __init__(self, inputs, limit):
+        self.inputs, self.render, self.limit = inputs, inputs.renderer, limit
+        self.ends = QueryEnds(inputs.tokenizer, self.render, inputs.settings.end_of_conversation_token)
 
     def score(self, body):
         """/score: one of {"texts"}, {"prompts", "answers"} or {"conversations"}."""
@@ -243,12 +246,14 @@ class Texts:
             raise BadRequest(422, "send exactly one of {\"texts\": [...]}, {\"prompts\": [...], \"answers\": [...]} "
                                   f"or {{\"conversations\": [[messages]]}}; got keys {sorted(body)}.")
         if layout == "texts":
-            return with_text(items_of(body, "texts", self.limit, str), "texts")
+            return [self.inputs.answer_text("", text) for text in with_text(items_of(body, "texts", self.limit, str),
+                                                                            "texts")]
         if layout == "prompts":
             prompts, answers = items_of(body, "prompts", self.limit, str), items_of(body, "answers", self.limit, str)
             if len(prompts) != len(answers):
                 raise BadRequest(422, f"'prompts' has {len(prompts)} items but 'answers' has {len(answers)}.")
-            return with_text([p + a for p, a in zip(prompts, answers)], "prompts")
+            return [self.inputs.answer_text("", text) for text in with_text([p + a for p, a in zip(prompts, answers)],
+                                                                            "prompts")]
         conversations = items_of(body, "conversations", self.limit)
         return [self.conversation(messages, i) for i, messages in enumerate(conversations)]
 
@@ -257,13 +262,14 @@ class Texts:
             raise BadRequest(422, "this model's tokenizer has no chat template, so conversations cannot be "
                                   "rendered: send {\"texts\": [...]} written the way the model was trained.")
         try:  # training's checks (roles, non-empty turns, ends with the assistant's answer) and rendering
-            return self.render(conversation([], messages, f"conversations[{index}]"))
+            return self.inputs.conversation_text("", messages, f"conversations[{index}]")
         except RowError as error:
             raise BadRequest(422, str(error)) from None
 
     def get_reward(self, body):
         """/get_reward (OpenRLHF): {"query": [...]}, each decoded with its special tokens and padding."""
-        return with_text([self.ends(q) for q in items_of(body, "query", self.limit, str)], "query")
+        queries = with_text([self.ends(q) for q in items_of(body, "query", self.limit, str)], "query")
+        return [self.inputs.answer_text("", query) for query in queries]
 
 
 async def read_json(request, max_bytes):
@@ -325,9 +331,9 @@ def build_app(scorer, batcher, args):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     counts = {"accepted": 0, "answered": 0, "ok": 0}
-    eot = scorer.model.end_of_conversation_token
     info = server_info(scorer, args)
-    reader = Texts(scorer.tokenizer, eot, args.max_texts_per_request)
+    reader = Texts(ModelInputs(scorer.tokenizer, scorer.model.settings, scorer.max_seq_len),
+                   args.max_texts_per_request)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -343,7 +349,7 @@ def build_app(scorer, batcher, args):
         counts["accepted"] += 1
         try:
             texts = texts_of(await read_json(request, args.max_body_bytes))
-            rewards, truncated = await batcher.score([text + eot for text in texts])
+            rewards, truncated = await batcher.score(texts)
             status, content = 200, respond(rewards, truncated)
             counts["ok"] += 1
         except BadRequest as error:

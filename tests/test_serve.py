@@ -319,12 +319,19 @@ TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content
 HI = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
 
 
-def test_conversations_use_the_chat_template(reward_dir):
+def chat_texts(tokenizer):
+    """The server's request reader for a chat model (no end-of-conversation text), 10 texts a request."""
+    from data.inputs import ModelInputs
     from evaluation_scripts.serve import Texts
+    from tests.fixtures import row_settings
+    return Texts(ModelInputs(tokenizer, row_settings(tokenizer.pad_token_id, end_of_conversation_token="")), 10)
+
+
+def test_conversations_use_the_chat_template(reward_dir):
     from model.create import load_tokenizer
     tokenizer = load_tokenizer(reward_dir, chat_template=TEMPLATE)
     # the template's BOS text is dropped: the tokenizer adds its own
-    assert Texts(tokenizer, "", 10).score({"conversations": [HI]}) == ["user: Hi!\nassistant: Hello.\n"]
+    assert chat_texts(tokenizer).score({"conversations": [HI]}) == ["user: Hi!\nassistant: Hello.\n"]
 
 
 @pytest.mark.parametrize("messages", [
@@ -340,9 +347,9 @@ def test_conversations_training_refuses_get_its_message(reward_dir, messages):
     """/score checks conversations with training's own function: what it refuses gets 422 and its message,
     naming the item."""
     from data.chat import RowError, conversation
-    from evaluation_scripts.serve import BadRequest, Texts
+    from evaluation_scripts.serve import BadRequest
     from model.create import load_tokenizer
-    texts = Texts(load_tokenizer(reward_dir, chat_template=TEMPLATE), "", 10)
+    texts = chat_texts(load_tokenizer(reward_dir, chat_template=TEMPLATE))
     with pytest.raises(RowError) as training:
         conversation([], messages, "conversations[1]")
     with pytest.raises(BadRequest) as serving:
