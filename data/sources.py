@@ -146,7 +146,7 @@ def _load_synthetic(path):
                         f"e.g. {name}:4000.")
     train, test = synthetic.make_splits(int(count), name)
     identity = hashlib.sha256(repr((train, test)).encode()).hexdigest()
-    adapter = _adapter_for_columns(formats.row_kinds(train[0]), path)
+    adapter = _adapter_for_columns(formats.rows_kinds(train), path)
     return Source(path, adapter, datasets.Dataset.from_list(train), datasets.Dataset.from_list(test),
                   f"synthetic:{identity}")
 
@@ -254,7 +254,7 @@ def _read_checked(file, registry_adapter, options):
     rows, where = readers.read_rows(file)
     if not rows:
         raise UserError(f"{file} holds no rows; each --data_path file needs at least one preference pair.")
-    adapter = registry_adapter or _adapter_for_columns(formats.row_kinds(rows[0]), file)
+    adapter = registry_adapter or _adapter_for_columns(formats.rows_kinds(rows), file)
     if isinstance(adapter, formats.RowFormat):  # before Arrow, which would only say that types clash
         formats.check_rows(rows, adapter, options, lambda i: f"{file}, {where(i)}")
         return _table(rows, file)
