@@ -8,8 +8,6 @@ import json
 import os
 import re
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import main
@@ -19,7 +17,7 @@ from data.readers import read_rows
 from data.split import split_indices
 from evaluation_scripts.benchmark_data import read_file
 from model.create import load_tokenizer
-from model.tiny import build_tiny_chat
+from tests.fixtures import write_rows as write
 from utils.errors import UserError
 from utils.spans import pads_at_beginning
 
@@ -27,8 +25,8 @@ EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load_tokenizer(build_tiny_chat(str(tmp_path_factory.mktemp("llama")), "llama"))
+def llama(tiny_chat):
+    return load_tokenizer(tiny_chat("llama"))
 
 
 def user(text):
@@ -37,17 +35,6 @@ def user(text):
 
 def assistant(text):
     return {"role": "assistant", "content": text}
-
-
-def write(path, rows):
-    """rows -> .jsonl or .parquet by the suffix; returns the path."""
-    path = str(path)
-    if path.endswith(".parquet"):
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    else:
-        with open(path, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-    return path
 
 
 def build(tokenizer, path, tmp_path, options=ReadOptions()):
