@@ -114,7 +114,8 @@ NO_PAIR_FIX = ("A pair needs two completions of one prompt with different rating
 
 
 def unpaired_reason(pairs, ties):
-    """Why a parsed row gave no pair ('' when it gave some): a rated row whose ratings all tie, or with one completion."""
+    """Why a parsed row gave no pair ('' when it gave some): a rated row whose ratings all tie, or that has one
+    completion."""
     return "" if pairs else "all ratings tied" if ties else "one completion"
 
 

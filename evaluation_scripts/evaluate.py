@@ -60,7 +60,8 @@ def parse_args(argv=None):
                         help="UltraFeedback layout's rating field, as for main.py (default: the training run's).")
     parser.add_argument("--output", default=None, help="Metrics JSON (default: MODEL_DIR/eval_results.json).")
     parser.add_argument("--score", default=None,
-                        help=f"A .jsonl/.json/.csv/.parquet file of rows to score one by one, each with {SCORE_LAYOUTS}.")
+                        help=f"A .jsonl/.json/.csv/.parquet file of rows to score one by one, each with "
+                             f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
                         help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
     parser.add_argument("--center_rewards", action="store_true",

@@ -107,7 +107,8 @@ def test_a_split_cut_that_holds_only_rows_without_pairs(llama, tmp_path, capsys)
 
 TEXT_ROWS = {  # pairs that are made, then all dropped: (row i, what the error counts)
     "empty answers": (lambda i: {"prompt": f"Q{i}:", "chosen": " ", "rejected": f" no {i}"}, "11 empty"),
-    "same answers": (lambda i: {"prompt": f"Q{i}:", "chosen": " yes", "rejected": " yes"}, "11 chosen same as rejected"),
+    "same answers": (lambda i: {"prompt": f"Q{i}:", "chosen": " yes", "rejected": " yes"},
+                     "11 chosen same as rejected"),
     "empty conversation answers": (lambda i: {"chosen": f"\n\nHuman: q{i}\n\nAssistant: yes",
                                               "rejected": f"\n\nHuman: q{i}\n\nAssistant:  "}, "11 empty"),
 }
