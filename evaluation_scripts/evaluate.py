@@ -60,7 +60,8 @@ def parse_args(argv=None):
                         help="UltraFeedback layout's rating field, as for main.py (default: the training run's).")
     parser.add_argument("--output", default=None, help="Metrics JSON (default: MODEL_DIR/eval_results.json).")
     parser.add_argument("--score", default=None,
-                        help=f"A .jsonl/.json/.csv file of rows to score one by one, each with {SCORE_LAYOUTS}.")
+                        help=f"A .jsonl/.json/.csv/.parquet file of rows to score one by one, each with "
+                             f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
                         help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
     parser.add_argument("--center_rewards", action="store_true",
@@ -123,7 +124,7 @@ def score_file(model, tokenizer, args, settings):
     from data.readers import read_rows
     from model.scoring import score_texts
     from utils.io import atomic_file
-    rows, where = read_rows(args.score)
+    rows, where = read_rows(args.score, "--score")
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
     inputs = ModelInputs(tokenizer, model.settings, settings["max_seq_len"])
     texts = [_row_text(row, args.score, where(i), inputs) for i, row in enumerate(rows)]  # all checked first

@@ -54,6 +54,21 @@ def write_jsonl(path, rows):
     return str(path)
 
 
+def write_rows(path, rows):
+    """rows -> .jsonl, .json or .parquet by the suffix; returns the path."""
+    path = str(path)
+    if path.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.endswith(".jsonl"):
+        write_jsonl(path, rows)
+    else:
+        with open(path, "w") as f:
+            json.dump(rows, f)
+    return path
+
+
 def child_env():
     """Environment for a child main.py: no inherited rank variables (in-process tests may have set
     them), one thread per rank (2 cores: more threads thrash), compiled ops cached per venv."""

@@ -4,18 +4,16 @@ error, naming the file and row, for every kind of bad row, with nothing written.
 
 Run: .venv/bin/python -m pytest tests/test_chat_formats.py -q
 """
-import json
 import os
 
 import datasets
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from data import build_pair_datasets
 from data.formats import ReadOptions
 from data.sources import load_source
 from model.create import load_tokenizer
+from tests.fixtures import write_rows as write
 from utils.errors import UserError
 from utils.spans import pads_at_beginning
 
@@ -39,20 +37,6 @@ def conversations(count):
 @pytest.fixture(scope="module")
 def llama(tiny_chat):
     return load_tokenizer(tiny_chat("llama"))
-
-
-def write(path, rows):
-    """rows -> .jsonl, .json or .parquet by the suffix; returns the path."""
-    path = str(path)
-    if path.endswith(".parquet"):
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    else:
-        with open(path, "w") as f:
-            if path.endswith(".jsonl"):
-                f.writelines(json.dumps(row) + "\n" for row in rows)
-            else:
-                json.dump(rows, f)
-    return path
 
 
 def folder(tmp_path, name, rows, suffix="jsonl"):
