@@ -133,7 +133,8 @@ def number(value, where):
 
 
 def _best_vs_rest(scores):
-    best = max(range(len(scores)), key=scores.__getitem__)  # the first of equal best ones
+    """The best completion (the first of equal best ones) against each other one; none for fewer than two."""
+    best = max(range(len(scores)), key=scores.__getitem__, default=0)
     return [(best, j) for j in range(len(scores)) if j != best]
 
 

@@ -9,6 +9,7 @@
 A row is parsed (`RowFormat.parse`) into (prompt, chosen, rejected, margin) tuples, checked when the
 source loads; `normalize` renders them to text (chat template) when the tokenised data is built.
 """
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import datasets
@@ -18,9 +19,10 @@ from data.chat import RowError, as_messages, conversation, conversation_pair, nu
 from utils.dist import print_rank0
 from utils.errors import UserError
 
-TEXT, MESSAGES, TEXTS, CONVERSATIONS, NUMBERS, RATED, OTHER = (
+TEXT, MESSAGES, TEXTS, CONVERSATIONS, NUMBERS, RATED, EMPTY, OTHER = (
     "text", "messages", "list of texts", "list of message lists", "list of numbers", "list of rated completions",
-    "other")
+    "empty list", "other")
+LISTS = {MESSAGES, TEXTS, CONVERSATIONS, NUMBERS, RATED}  # an empty list may be any of these
 HUMAN_ASSISTANT = " Human: {} Assistant:"  # rated text completions for a tokenizer without a chat template
 
 
@@ -39,6 +41,8 @@ def value_kind(value):
         return TEXT
     if not isinstance(value, list):
         return OTHER
+    if not value:
+        return EMPTY
     first = next((v for v in value if v is not None), None)
     if isinstance(first, dict):
         return MESSAGES if "role" in first else RATED if "response" in first else OTHER
@@ -54,6 +58,8 @@ def arrow_kind(dtype):
     if not (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)):
         return OTHER
     item = dtype.value_type
+    if pa.types.is_null(item):  # every list of the column is empty
+        return EMPTY
     if pa.types.is_struct(item):
         names = {item.field(i).name for i in range(item.num_fields)}
         return MESSAGES if "role" in names else RATED if "response" in names else OTHER
@@ -64,8 +70,11 @@ def arrow_kind(dtype):
     return NUMBERS if pa.types.is_integer(item) or pa.types.is_floating(item) else OTHER
 
 
-def row_kinds(row):
-    return {column: value_kind(value) for column, value in row.items()}
+def rows_kinds(rows):
+    """{column: kind} for the first row's columns, each taken from the first row where it is neither null nor an
+    empty list, so an empty first row does not hide the layout."""
+    return {column: next((value_kind(row[column]) for row in rows if row.get(column) not in (None, [])),
+                         value_kind(value)) for column, value in rows[0].items()}
 
 
 def dataset_kinds(ds):
@@ -100,32 +109,64 @@ def _prompt(row, columns):
     return value if isinstance(value, str) else prompt_messages(value, columns["prompt"])
 
 
+NO_PAIR_FIX = ("A pair needs two completions of one prompt with different ratings: give each prompt two or more, "
+               "or check the rating field (--rating_field names it in UltraFeedback's layout).")
+
+
+def unpaired_reason(pairs, ties):
+    """Why a parsed row gave no pair ('' when it gave some): a rated row whose ratings all tie, or that has one
+    completion."""
+    return "" if pairs else "all ratings tied" if ties else "one completion"
+
+
+def count_text(counts):
+    """{'one completion': 4, ...} -> '4 with one completion, ...' (rows that gave no pair, by reason)."""
+    return ", ".join(f"{n:,} with {reason}" for reason, n in counts.items())
+
+
 def _rated(prompt, answers, scores, options):
     pairs, ties = rated_pairs(scores, options.pairs_from_ratings)
     return [(prompt, answers[i], answers[j], difference) for i, j, difference in pairs], ties
 
 
+def _completions(row, columns):
+    """The row's list of completions; RowError for anything else, an empty list included."""
+    value = row[columns["completions"]]
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if isinstance(value, list) else "null" if value is None else type(value).__name__
+        raise RowError(f"field {columns['completions']!r} is {got}; it must list the prompt's completions (two or "
+                       "more with different ratings make pairs). Fix or remove the row.")
+    return value
+
+
+def _rating(item, field, where):
+    """The --rating_field value of one UltraFeedback completion."""
+    if field not in item:
+        raise RowError(f"{where} has no field {field!r}, the one --rating_field names (its fields: "
+                       f"{', '.join(map(str, item)) or 'none'}). Pass --rating_field with the field that holds the "
+                       "rating, or add it to that completion.")
+    return number(item[field], f"{where}.{field} (--rating_field)")
+
+
 def _ultrafeedback(row, columns, options):
-    completions, field = row[columns["completions"]], options.rating_field
-    if not isinstance(completions, list):
-        raise RowError(f"field 'completions' must be a list, got {type(completions).__name__}; fix or remove the row.")
+    completions, field = _completions(row, columns), options.rating_field
     answers, scores = [], []
     for i, item in enumerate(completions):
         where = f"completions[{i}]"
         if not isinstance(item, dict):
             raise RowError(f"{where} must be an object with 'response' and {field!r}; fix or remove the row.")
         answers.append(_answer(item.get("response"), where + ".response"))
-        scores.append(number(item.get(field), f"{where}.{field} (--rating_field)"))
+        scores.append(_rating(item, field, where))
     return _rated(_prompt(row, columns), answers, scores, options)
 
 
 def _scored(row, columns, options):
-    completions, key = row[columns["completions"]], columns["scores"]
+    completions, key = _completions(row, columns), columns["scores"]
     values = row[key]
-    if not isinstance(completions, list) or not isinstance(values, list) or len(completions) != len(values):
-        raise RowError(f"fields 'completions' and {key!r} must be lists of one length, got "
-                       f"{len(completions) if isinstance(completions, list) else completions!r} and "
-                       f"{len(values) if isinstance(values, list) else values!r}; fix or remove the row.")
+    if not isinstance(values, list) or len(completions) != len(values):
+        raise RowError(f"fields {columns['completions']!r} and {key!r} must be lists of one length, got "
+                       f"{len(completions)} completions and {len(values) if isinstance(values, list) else values!r}; "
+                       "fix or remove the row.")
     answers = [_answer(c, f"completions[{i}]") for i, c in enumerate(completions)]
     scores = [number(v, f"{key}[{i}]") for i, v in enumerate(values)]
     if key == "ranks":
@@ -142,6 +183,8 @@ class Layout:
     example: str
 
 
+# In detection order: the scores layout comes before UltraFeedback's, as where every completions list is
+# empty only the scores column tells them apart.
 LAYOUTS = {
     "conversations, explicit prompt": Layout(
         (("prompt", ("prompt",), {TEXT, MESSAGES}), ("chosen", ("chosen",), {MESSAGES}),
@@ -152,16 +195,16 @@ LAYOUTS = {
         (("chosen", ("chosen",), {MESSAGES}), ("rejected", ("rejected",), {MESSAGES})), _conversations,
         '{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], '
         '"rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}]}'),
-    "rated completions (UltraFeedback)": Layout(
-        (("prompt", ("instruction", "prompt"), {TEXT, MESSAGES}), ("completions", ("completions",), {RATED})),
-        _ultrafeedback,
-        '{"instruction": "Hi", "completions": [{"response": "Hello!", "overall_score": 8.5}, '
-        '{"response": "Go away.", "overall_score": 2}]}'),
     "rated completions (scores or ranks)": Layout(
         (("prompt", ("prompt", "instruction"), {TEXT, MESSAGES}),
          ("completions", ("completions",), {TEXTS, CONVERSATIONS}),
          ("scores", ("scores", "ranks"), {NUMBERS, TEXTS, OTHER})), _scored,
         '{"prompt": "Hi", "completions": ["Hello!", "Go away."], "scores": [9, 2]}'),
+    "rated completions (UltraFeedback)": Layout(
+        (("prompt", ("instruction", "prompt"), {TEXT, MESSAGES}), ("completions", ("completions",), {RATED})),
+        _ultrafeedback,
+        '{"instruction": "Hi", "completions": [{"response": "Hello!", "overall_score": 8.5}, '
+        '{"response": "Go away.", "overall_score": 2}]}'),
 }
 
 
@@ -188,13 +231,18 @@ def detect(kinds):
     for name, layout in LAYOUTS.items():
         columns = []
         for role, names, accepted in layout.needs:
-            column = next((c for c in names if kinds.get(c) in accepted), None)
+            column = next((c for c in names if _fits(kinds.get(c), accepted)), None)
             if column is None:
                 break
             columns.append((role, column))
         else:
             return RowFormat(name, tuple(columns))
     return None
+
+
+def _fits(kind, accepted):
+    """An empty list fits every list kind: the row check then reports it with its row."""
+    return kind in accepted or (kind == EMPTY and bool(accepted & LISTS))
 
 
 def accepted_formats():
@@ -215,7 +263,8 @@ def check_rows(rows, adapter, options, where):
 
 @dataclass(frozen=True)
 class PairLists:
-    """Adapter of a normalised source: each row holds its pairs' texts as lists (one row may give several)."""
+    """Adapter of a normalised source: each row holds its pairs' texts as lists (one row may give several, or
+    none: then its `unpaired` column says why)."""
     fields: tuple = ("prompt", "chosen", "rejected", "margin")
 
     def pairs(self, row):
@@ -238,14 +287,15 @@ def texts(prompt, chosen, rejected, render):
 
 def normalize(source, render, options):
     """`source` with every split parsed and rendered to PairLists rows (same row count, so the split rule
-    cuts the same prompts); prints pairs and ties per split. UserError names the row of a bad one."""
+    cuts the same prompts); prints pairs and ties per split. UserError names the row of a bad one, or the split
+    when no row gives a pair."""
     splits = {}
     for split in ("train", "eval"):
         ds = getattr(source, split)
         if ds is None:
             splits[split] = None
             continue
-        columns = {name: [] for name in PairLists.fields}
+        columns = {name: [] for name in PairLists.fields + ("unpaired",)}
         ties = 0
         for i, row in enumerate(ds.select_columns(list(source.adapter.fields) + (
                 ["margin"] if "margin" in ds.column_names else []))):
@@ -257,10 +307,16 @@ def normalize(source, render, options):
             ties += tied
             for name, values in zip(PairLists.fields, zip(*rendered) if rendered else ((),) * 4):
                 columns[name].append(list(values))
-        pairs = sum(map(len, columns["chosen"]))
+            columns["unpaired"].append(unpaired_reason(parsed, tied))
+        pairs, unpaired = sum(map(len, columns["chosen"])), Counter(filter(None, columns["unpaired"]))
         print_rank0(f"data: {source.name} ({split}): {len(ds):,} rows in layout '{source.adapter.layout}' gave "
-                    f"{pairs:,} pairs" + (f"; {ties:,} tied ratings dropped" if ties else ""))
+                    f"{pairs:,} pairs" + (f"; {ties:,} tied ratings dropped" if ties else "")
+                    + (f"; no pair from {count_text(unpaired)}" if unpaired else ""))
+        if not pairs:
+            raise UserError(f"--data_path {source.name!r} ({split} split): no usable pairs: {len(ds):,} rows, "
+                            f"{count_text(unpaired)}. {NO_PAIR_FIX}")
         splits[split] = datasets.Dataset.from_dict(columns, features=datasets.Features({
             "prompt": datasets.List(datasets.Value("string")), "chosen": datasets.List(datasets.Value("string")),
-            "rejected": datasets.List(datasets.Value("string")), "margin": datasets.List(datasets.Value("float64"))}))
+            "rejected": datasets.List(datasets.Value("string")), "margin": datasets.List(datasets.Value("float64")),
+            "unpaired": datasets.Value("string")}))
     return replace(source, adapter=PairLists(), train=splits["train"], eval=splits["eval"])

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+from collections import Counter
 
 import datasets
 import numpy as np
@@ -14,7 +15,7 @@ from data import cache
 from data.chat import ChatRenderer
 from data.collator import PairCollator
 from data.end_token import AUTO, DROP_COLUMNS, RULES, choose, pad_inside
-from data.formats import ReadOptions, RowFormat, normalize
+from data.formats import NO_PAIR_FIX, ReadOptions, RowFormat, count_text, normalize
 from data.readers import hash_files, one_line
 from data.sources import load_source
 from data.split import PHASE, parse_data_split, shuffle_idx, split_indices
@@ -190,13 +191,16 @@ def _build(tmp, sources, data_split, settings, tokenizer, chat):
             "end_of_conversation_token": eot}
     encoders = {}  # the pair encoder picked for the first rows, reused for the rest (see _tokenize)
     lead = pads_at_beginning(tokenizer)
-    splits = {}
+    splits, row_counts = {}, {}
     for split in ("train", "eval"):
         parts = [_phase2_rows(s, split, settings) for s in sources]
-        if sum(map(len, parts)) == 0:
+        row_counts[split] = (sum(map(len, parts)), _unpaired(parts))
+        if row_counts[split][0] == 0:
             raise UserError(f"--data_split {data_split!r} leaves no {split} pairs for reward-model training "
                             f"(share {PHASE} rounds to 0 rows of {', '.join(s.name for s in sources)}). "
                             f"Give share {PHASE} a positive value, e.g. '2,4,4'.")
+        if sum(row_counts[split][1].values()) == row_counts[split][0]:
+            raise _no_usable_pairs(split, sources, *row_counts[split])
         tokenised = [_tokenize(rows, s.adapter, tokenizer, settings, os.path.join(scratch, f"{i}-{split}.arrow"),
                                encoders, eot, lead) for i, (s, rows) in enumerate(zip(sources, parts)) if len(rows)]
         splits[split] = _blend(tokenised, settings["seed"]) if len(sources) > 1 else tokenised[0]
@@ -205,13 +209,34 @@ def _build(tmp, sources, data_split, settings, tokenizer, chat):
                                                     sum(map(len, splits.values())),
                                                     tokenizer.convert_ids_to_tokens(settings["pad_token_id"]))
     for split, pairs in splits.items():
+        total = len(pairs)
         pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, split, settings, tokenizer, meta["end_token_rule"])
+        if sum(meta["dropped"][split].values()) == total:  # identical pairs are kept but do not count as usable
+            raise _no_usable_pairs(split, sources, *row_counts[split], total, meta["dropped"][split])
         pairs.save_to_disk(os.path.join(tmp, split))
         meta["rows"][split] = len(pairs)
     shutil.rmtree(scratch)
     meta["files"] = cache.file_records(tmp)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
+
+
+def _unpaired(parts):
+    """{reason: rows} of the rows in `parts` that give no pair (rated rows, all tied or with one completion)."""
+    return Counter(reason for rows in parts if "unpaired" in rows.column_names for reason in rows["unpaired"] if reason)
+
+
+def _no_usable_pairs(split, sources, rows, unpaired, pairs=0, dropped=None):
+    """The one error for a split left without a usable pair: its sources, and why, counted by reason."""
+    counts = f"{rows:,} rows" + (f", {count_text(unpaired)}" if unpaired else "")
+    if pairs:
+        counts += (f"; {'the others' if unpaired else 'they'} gave {pairs:,} pairs, none usable: "
+                   + ", ".join(f"{n:,} {why}" for why, n in dropped.items() if n))
+    fixes = ([NO_PAIR_FIX] if unpaired else []) + (
+        ["A pair needs two different, non-empty answers; check --data_path, and --max_seq_len if the answers only "
+         "differ after the truncation point."] if pairs else [])
+    return UserError(f"--data_path {', '.join(repr(s.name) for s in sources)}: no usable {split} pairs: {counts}. "
+                     f"{' '.join(fixes)}")
 
 
 def _phase2_rows(source, split, settings):
@@ -301,10 +326,10 @@ def _blend(parts, seed):
 
 def _drop_bad_pairs(pairs, split, settings, tokenizer, end_token_rule=DEEPSPEED_CHAT):
     """Remove the pairs that cannot be scored under `end_token_rule` (and identical ones if asked), print one
-    line of counts, and return (pairs, counts by reason)."""
+    line of counts, and return (pairs, counts by reason, identical ones counted even where kept)."""
     column = DROP_COLUMNS[end_token_rule]
     codes = pairs.select_columns([column]).with_format("numpy")[:][column]  # one Arrow read, not a row loop
-    counts = np.bincount(codes, minlength=len(REASONS) + 1)
+    counts = np.bincount(codes.astype(np.int64), minlength=len(REASONS) + 1)  # no pairs read as float32
     dropped_codes = [c for c in REASONS if settings["drop_identical"] or c not in IDENTICAL_CODES]
     keep = np.flatnonzero(~np.isin(codes, dropped_codes))
     summary = ", ".join(f"{counts[c]:,} {REASONS[c]}" for c in dropped_codes)
@@ -315,10 +340,6 @@ def _drop_bad_pairs(pairs, split, settings, tokenizer, end_token_rule=DEEPSPEED_
     print_rank0(line)
     if counts[SCORED_BEFORE_DIFF]:
         _report_scored_before_diff(counts[SCORED_BEFORE_DIFF], len(codes), split, settings, tokenizer)
-    if counts[KEEP] == 0:
-        raise UserError(f"No usable {split} pairs remain: of {len(codes):,}, "
-                        f"{', '.join(f'{counts[c]:,} {why}' for c, why in REASONS.items())}. Check "
-                        "--data_path, and --max_seq_len if the pairs only differ after the truncation point.")
     return pairs.select(keep, keep_in_memory=True).remove_columns(["drop", "drop_last", "pad_inside"]), {
         REASONS[c]: int(counts[c]) for c in REASONS}
 

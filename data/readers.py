@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zlib
 
 import datasets
@@ -17,6 +18,7 @@ from utils.errors import UserError
 
 SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".csv")  # longest match first
 EVAL_NAMES = ("test", "eval", "validation")  # file stems and saved-split names that hold eval pairs
+WRITTEN_LIST = re.compile(r"\[\s*[\[{'\"].*\]", re.DOTALL)  # a list of objects, lists or texts, written out as text
 
 
 def _suffix(file):
@@ -63,13 +65,24 @@ def split_files(folder):
     return {role: paths[0] for role, paths in found.items() if paths}
 
 
-def read_rows(file):
-    """(rows, where) from a .json/.jsonl[.gz]/.csv file; where(i) says which line row i came from."""
+def check_file(path, flag):
+    """UserError naming `flag` unless `path` is a file."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is a folder: pass a file ({', '.join(SUFFIXES)}).")
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path!r}: no such file.")
+
+
+def read_rows(file, flag="--data_path"):
+    """(rows, where) from a .json/.jsonl[.gz]/.csv/.parquet file; where(i) says which line row i came from.
+    `flag` is the one errors name: the flag that passed `file`."""
+    check_file(file, flag)
     suffix = _suffix(file)
     if suffix is None:
-        raise UserError(f"{file!r}: unsupported file type; use one of {', '.join(SUFFIXES)} "
-                        "or a save_to_disk folder.")
-    text = _read_text(file, suffix.endswith(".gz"))
+        raise UserError(f"{flag} {file!r}: unsupported file type; use one of {', '.join(SUFFIXES)}.")
+    if suffix == ".parquet":
+        return read_parquet(file, flag).to_list(), lambda i: f"row {i + 1}"
+    text = _read_text(file, suffix.endswith(".gz"), flag)
     if suffix == ".csv":
         return _csv_rows(text, file)
     if suffix.startswith(".jsonl"):
@@ -77,18 +90,18 @@ def read_rows(file):
     return _json_rows(text, file)
 
 
-def _read_text(file, gzipped):
+def _read_text(file, gzipped, flag):
     """The file's text: gunzipped if asked, decoded as UTF-8, a leading byte-order mark removed."""
     try:
         with open(file, "rb") as f:
             data = f.read()
     except OSError as err:
-        raise UserError(f"{file!r}: cannot read the file ({err}).") from err
+        raise UserError(f"{flag} {file!r}: cannot read the file ({err}).") from err
     if gzipped:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as err:
-            raise UserError(f"{file!r}: cannot read the file: its gzip data is truncated or "
+            raise UserError(f"{flag} {file!r}: cannot read the file: its gzip data is truncated or "
                             f"damaged ({err}); re-create or re-download it.") from err
     if data.startswith(codecs.BOM_UTF8):  # Excel and Notepad write one; it would stick to the first column name
         data = data[len(codecs.BOM_UTF8):]
@@ -171,14 +184,56 @@ def _csv_rows(text, file):
             start = reader.line_num + 1
     except csv.Error as err:
         raise UserError(f"{file}, line {reader.line_num}: malformed CSV ({err}). {fix}") from err
+    for column in header:
+        _decode_lists(rows, column, lines, file)
     return rows, lambda i: f"line {lines[i]}"
 
 
-def read_parquet(file):
+def _json_list(text):
+    """The list a JSON-encoded cell holds, or None."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, list) else None
+
+
+def _decode_lists(rows, column, lines, file):
+    """A CSV has no list type, so message lists and rated completions are stored JSON-encoded: a column whose
+    every non-blank cell is a JSON list becomes lists (blank cells null). A list written another way (a Python
+    repr, as pandas' to_csv writes them) or in a column that is text elsewhere is refused, never read as text."""
+    cells = [(i, row[column]) for i, row in enumerate(rows) if row[column].strip()]
+    lists = {i: _json_list(text) for i, text in cells}
+    if cells and all(value is not None for value in lists.values()):
+        for i, row in enumerate(rows):
+            row[column] = lists.get(i)
+        return
+    fix = ("A CSV cannot hold list columns: write the data as JSONL or parquet (pandas: "
+           "df.to_json(path, orient='records', lines=True)), or JSON-encode every cell of the column "
+           f"(df[{column!r}] = df[{column!r}].map(json.dumps)).")
+    for i, text in cells:
+        if WRITTEN_LIST.fullmatch(text.strip()):
+            if lists[i] is None:
+                raise UserError(f"{file}, line {lines[i]}: column {column!r} holds a list that is not JSON "
+                                f"({_start(text)}), as pandas' to_csv writes lists. {fix}")
+            other = next(j for j, value in lists.items() if value is None)
+            raise UserError(f"{file}, line {lines[i]}: column {column!r} holds a JSON list, but line {lines[other]} "
+                            f"holds text ({_start(rows[other][column])}); a column is read as lists only when every "
+                            f"cell is one. {fix}")
+
+
+def _start(text, limit=40):
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def read_parquet(file, flag="--data_path"):
     try:
         return datasets.Dataset(InMemoryTable(pq.read_table(file)))
     except (OSError, ValueError, pa.ArrowException) as err:  # ArrowInvalid is a ValueError
-        raise UserError(f"{file!r}: cannot read it as parquet ({one_line(err)}). Check it is a whole "
+        raise UserError(f"{flag} {file!r}: cannot read it as parquet ({one_line(err)}). Check it is a whole "
                         "parquet file whose columns are text or numbers.") from err
 
 

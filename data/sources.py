@@ -146,7 +146,7 @@ def _load_synthetic(path):
                         f"e.g. {name}:4000.")
     train, test = synthetic.make_splits(int(count), name)
     identity = hashlib.sha256(repr((train, test)).encode()).hexdigest()
-    adapter = _adapter_for_columns(formats.row_kinds(train[0]), path)
+    adapter = _adapter_for_columns(formats.rows_kinds(train), path)
     return Source(path, adapter, datasets.Dataset.from_list(train), datasets.Dataset.from_list(test),
                   f"synthetic:{identity}")
 
@@ -254,7 +254,7 @@ def _read_checked(file, registry_adapter, options):
     rows, where = readers.read_rows(file)
     if not rows:
         raise UserError(f"{file} holds no rows; each --data_path file needs at least one preference pair.")
-    adapter = registry_adapter or _adapter_for_columns(formats.row_kinds(rows[0]), file)
+    adapter = registry_adapter or _adapter_for_columns(formats.rows_kinds(rows), file)
     if isinstance(adapter, formats.RowFormat):  # before Arrow, which would only say that types clash
         formats.check_rows(rows, adapter, options, lambda i: f"{file}, {where(i)}")
         return _table(rows, file)
@@ -308,6 +308,7 @@ def check_columns(ds, adapter, where, options=formats.ReadOptions()):
     `data.formats` layout are parsed one by one."""
     if len(ds) == 0:
         raise UserError(f"{where} holds no rows; each --data_path source needs at least one preference pair.")
+    _check_margin(ds, where)
     if isinstance(adapter, formats.RowFormat):
         fields = list(adapter.fields) + (["margin"] if "margin" in ds.column_names else [])
         return formats.check_rows(ds.select_columns(fields), adapter, options, lambda i: f"{where}, row {i + 1}")
@@ -321,3 +322,13 @@ def check_columns(ds, adapter, where, options=formats.ReadOptions()):
             row = pc.index(pc.is_null(column), True).as_py()
             raise UserError(f"{where}, row {row + 1}: field {field!r} is null; it must be text. "
                             "Fix or remove that row.")
+
+
+def _check_margin(ds, where):
+    """The optional `margin` column (--use_margin's per-pair margin) holds numbers, or text of numbers (a CSV's)."""
+    if "margin" in ds.column_names:
+        try:
+            pc.cast(ds.data.column("margin"), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise UserError(f"{where}: column 'margin' must hold numbers ({readers.one_line(err)}); it is each pair's "
+                            "margin for main.py --use_margin. Give numbers, or drop the column.") from err

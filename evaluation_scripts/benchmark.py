@@ -111,19 +111,20 @@ def resolve_format(args, tokenizer):
     return "chat_template" if has_template else "human_assistant"
 
 
-def render(prompt, answer, prompt_format, tokenizer):
-    """The text a reward model scores, before the end-of-conversation token is appended."""
+def render(prompt, answer, prompt_format, inputs):
+    """The text a reward model scores, as training makes it (data/inputs.py `ModelInputs`)."""
+    from data.inputs import assistant_turn
     from data.sources import HUMAN_ASSISTANT
-    if prompt_format == "human_assistant":
-        return HUMAN_ASSISTANT.format(prompt) + " " + answer
     if prompt_format == "chat_template":
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                              {"role": "assistant", "content": answer}], tokenize=False)
-    return prompt + answer
+        return inputs.conversation_text(prompt, assistant_turn(answer))
+    if prompt_format == "human_assistant":
+        return inputs.answer_text(HUMAN_ASSISTANT.format(prompt), " " + answer)
+    return inputs.answer_text(prompt, answer)
 
 
-def encode(items, tokenizer, prompt_format, eot, max_seq_len):
-    """Tokenise each distinct text once; sets item.chosen_at / rejected_at.
+def encode(items, inputs, prompt_format):
+    """Tokenise each distinct text once, as training does (`inputs`: data/inputs.py `ModelInputs`); sets
+    item.chosen_at / rejected_at.
 
     Returns (token ids cut to max_seq_len, answer lengths in tokens, number of texts cut). An answer's
     length is its own token count (the answer text alone, no special tokens), prompt and format aside."""
@@ -131,43 +132,31 @@ def encode(items, tokenizer, prompt_format, eot, max_seq_len):
     for item in items:
         for answers_in, at in ((item.chosen, item.chosen_at), (item.rejected, item.rejected_at)):
             for answer in answers_in:
-                text = render(item.prompt, answer, prompt_format, tokenizer) + eot
+                text = render(item.prompt, answer, prompt_format, inputs)
                 if text not in index:
                     index[text] = len(texts)
                     texts.append(text)
                     answers.append(answer)
                 at.append(index[text])
-    # Chat templates write their own BOS, so the tokenizer must not add another.
-    ids = tokenizer(texts, add_special_tokens=prompt_format != "chat_template")["input_ids"]
-    lengths = np.array([len(a) for a in tokenizer(answers, add_special_tokens=False)["input_ids"]])
-    cut = sum(len(row) > max_seq_len for row in ids)
-    return [row[:max_seq_len] for row in ids], lengths, cut
+    whole = inputs.tokenizer(texts)["input_ids"]  # uncut, to count the texts max_seq_len cuts
+    lengths = np.array([len(a) for a in inputs.tokenizer(answers, add_special_tokens=False)["input_ids"]])
+    cut = sum(len(row) > inputs.max_seq_len for row in whole)
+    return inputs.encode(texts), lengths, cut
 
 
 def score_sequences(model, sequences, batch_size):
-    """Reward at each sequence's end token (the model's end-token rule, as training reads it): (N,) floats.
+    """Reward at each sequence's end token (model/scoring.py `score_ids`, as training reads it): (N,) floats.
 
     Longest first, so the batches hold rows of similar length (little padding) and an out-of-memory
     error shows in the first batch; no gradients."""
-    import torch
     from tqdm import tqdm
 
-    device = model.v_head.weight.device
+    from model.scoring import score_ids
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     scores = np.empty(len(sequences))
-    with torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch"):
-            batch = order[start:start + batch_size]
-            length = len(sequences[batch[0]])
-            ids = torch.full((len(batch), length), model.PAD_ID, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(batch):
-                ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
-                mask[row, :len(sequences[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            values = model.forward_value(ids, mask, return_value_only=True).float()
-            end = model.end_positions(ids, mask)
-            scores[batch] = values.gather(1, (end - 1)[:, None]).squeeze(1).cpu().numpy()
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch"):
+        batch = order[start:start + batch_size]
+        scores[batch] = score_ids(model, [sequences[i] for i in batch]).cpu().numpy()
     return scores
 
 
@@ -283,6 +272,7 @@ def max_len(args, positions):
 
 
 def run(args):
+    from data.inputs import ModelInputs
     from model.create import model_max_positions
     from model.io import read_reward_settings
     check_args(args)
@@ -291,7 +281,7 @@ def run(args):
     model, tokenizer, device, dtype = load_model(args)
     prompt_format = resolve_format(args, tokenizer)
     max_seq_len = max_len(args, model_max_positions(args.model_dir))
-    sequences, lengths, cut = encode(items, tokenizer, prompt_format, model.end_of_conversation_token, max_seq_len)
+    sequences, lengths, cut = encode(items, ModelInputs(tokenizer, model.settings, max_seq_len), prompt_format)
     start = time.perf_counter()
     scores = score_sequences(model, sequences, args.batch_size)
     seconds = time.perf_counter() - start

@@ -82,17 +82,8 @@ def _texts(row, name, path, where, benchmark, count=None):
 
 def read_file(path, limit):
     """(rows, where) of one local file; where(i) names row i's line or item."""
-    from data.readers import is_parquet, read_parquet, read_rows
-    if os.path.isdir(path):
-        raise UserError(f"--data {path!r} is a folder: pass the benchmark's files in it (it holds "
-                        f"{', '.join(sorted(os.listdir(path))[:8]) or 'nothing'}).")
-    if not os.path.isfile(path):
-        raise UserError(f"--data {path!r}: no such file.")
-    if is_parquet(path):
-        rows = read_parquet(path).to_list()
-        where = lambda i: f"row {i + 1}"  # noqa: E731
-    else:
-        rows, where = read_rows(path)
+    from data.readers import read_rows
+    rows, where = read_rows(path, "--data")
     if not rows:
         raise UserError(f"{path} holds no rows: an empty benchmark file scores nothing; pass the full file.")
     return (rows[:limit] if limit else rows), where

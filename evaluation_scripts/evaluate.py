@@ -60,7 +60,8 @@ def parse_args(argv=None):
                         help="UltraFeedback layout's rating field, as for main.py (default: the training run's).")
     parser.add_argument("--output", default=None, help="Metrics JSON (default: MODEL_DIR/eval_results.json).")
     parser.add_argument("--score", default=None,
-                        help=f"A .jsonl/.json/.csv file of rows to score one by one, each with {SCORE_LAYOUTS}.")
+                        help=f"A .jsonl/.json/.csv/.parquet file of rows to score one by one, each with "
+                             f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
                         help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
     parser.add_argument("--center_rewards", action="store_true",
@@ -130,14 +131,14 @@ def write_results(output, metrics, scores, model_dir):
 def score_file(model, tokenizer, args, settings):
     from tqdm import tqdm
 
-    from data.chat import ChatRenderer
+    from data.inputs import ModelInputs
     from data.readers import read_rows
     from model.scoring import score_texts
     from utils.io import atomic_file
-    rows, where = read_rows(args.score)
+    rows, where = read_rows(args.score, "--score")
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
-    eot, render = model.end_of_conversation_token, ChatRenderer(tokenizer)
-    texts = [_row_text(row, args.score, where(i), render) + eot for i, row in enumerate(rows)]  # all checked first
+    inputs = ModelInputs(tokenizer, model.settings, settings["max_seq_len"])
+    texts = [_row_text(row, args.score, where(i), inputs) for i, row in enumerate(rows)]  # all checked first
     with atomic_file(output) as f:  # a bad row leaves no partial scores.jsonl
         batch_size = settings["per_device_eval_batch_size"]
         for start in tqdm(range(0, len(rows), batch_size), desc="scoring"):
@@ -148,22 +149,21 @@ def score_file(model, tokenizer, args, settings):
     print(f"scored {len(rows)} rows -> {output}")
 
 
-def _row_text(row, path, where, render):
-    """The text a --score row stands for: as given, or a conversation rendered as training renders it."""
-    from data.chat import RowError, conversation, prompt_messages
+def _row_text(row, path, where, inputs):
+    """The text a --score row stands for, as training makes it (data/inputs.py): a text or prompt + answer with
+    the end-of-conversation text, or a conversation rendered with the chat template."""
+    from data.chat import RowError
+    from data.inputs import assistant_turn
     from utils.errors import UserError
     if isinstance(row.get("text"), str):
-        return row["text"]
+        return inputs.answer_text("", row["text"])
     if isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str):
-        return row["prompt"] + row["answer"]
+        return inputs.answer_text(row["prompt"], row["answer"])
     try:
         if "messages" in row:
-            return render(conversation([], row["messages"], "messages"))
+            return inputs.conversation_text("", row["messages"])
         if "prompt" in row and "completion" in row:
-            completion = row["completion"]
-            if isinstance(completion, str):
-                completion = [{"role": "assistant", "content": completion}]
-            return render(conversation(prompt_messages(row["prompt"]), completion, "completion"))
+            return inputs.conversation_text(row["prompt"], assistant_turn(row["completion"]), "completion")
     except RowError as error:
         raise UserError(f"{path}, {where}: {error}") from error
     raise UserError(f"{path}, {where}: needs {SCORE_LAYOUTS}; found fields {sorted(row)}.")

@@ -9,8 +9,11 @@ POST /score       {"texts": [...]} | {"prompts": [...], "answers": [...]} | {"co
 POST /get_reward  {"query": [...]} -> {"rewards": [...], "scores": [...], "extra_logs": {...}}  (OpenRLHF's remote RM)
 GET  /health, GET /info
 
-Every text gets the model's end-of-conversation token appended and is scored by
+Texts are made and tokenised as training makes its rows (data/inputs.py: texts get the model's
+end-of-conversation text, conversations are rendered with the chat template) and scored by
 `model.scoring.score_texts`, so rewards equal `evaluate.py OUT --score` for the same texts and dtype.
+Conversations are checked and rendered by training's own data/chat.py; a request training would refuse,
+or one that cannot be read, gets a 4xx whose `detail` says what is wrong and where.
 """
 import argparse
 import json
@@ -19,7 +22,8 @@ import signal
 import sys
 import traceback
 
-from data.chat import ChatRenderer, RowError
+from data.chat import PROBE, RowError
+from data.inputs import ModelInputs
 from evaluation_scripts.batching import Batcher
 from utils.spans import LAST_TOKEN
 
@@ -114,76 +118,162 @@ def load_scorer(args):
 
 # ---- requests -> texts --------------------------------------------------------------------------
 
+MAX_DEPTH = 20  # containers a body may nest; a valid one needs 4 (body, conversations, a conversation, a message)
+MAX_DIGITS = 1000  # digits of one JSON integer (no field of this API is a number)
+SCORE_BODIES = {frozenset({"texts"}): "texts", frozenset({"prompts", "answers"}): "prompts",
+                frozenset({"conversations"}): "conversations"}
+
+
 class BadRequest(Exception):
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
 
 
-def string_list(body, key, limit, kind=str):
-    """body[key] as a non-empty list of `kind` of at most `limit` items, else BadRequest."""
-    value = body.get(key)
+def parse_json(raw):
+    """The request body's JSON object; BadRequest with what cannot be read (400) or is not an object (422)."""
+    try:
+        data = json.loads(raw, parse_constant=_not_json, parse_int=_integer)
+    except RecursionError:
+        raise BadRequest(400, f"body is nested too deeply to read; a request nests at most {MAX_DEPTH} levels.") \
+            from None
+    except ValueError as error:
+        raise BadRequest(400, f"body is not valid JSON: {error}.") from None
+    if not isinstance(data, dict):
+        raise BadRequest(422, f"body must be a JSON object; got {json_type(data)}.")
+    check_values(data)
+    return data
+
+
+def _not_json(name):
+    raise BadRequest(400, f"body holds {name}, which is not JSON (JSON numbers are finite).")
+
+
+def _integer(digits):
+    if len(digits) > MAX_DIGITS:
+        raise BadRequest(400, f"body holds an integer of {len(digits)} digits; at most {MAX_DIGITS} are read.")
+    return int(digits)
+
+
+def check_values(data):
+    """BadRequest(400) for nesting past MAX_DEPTH or a string (key or value) that is not Unicode: JSON lets
+    `\\ud800` escape half a surrogate pair, which no tokenizer can read. Depth first with one iterator per
+    open container, so neither recursion nor memory grows with the body's size."""
+    keys, stack = [], [iter(data.items())]  # keys: the path to the container stack[-1] iterates
+    while stack:
+        key, value = next(stack[-1], (None, None))
+        if key is None:  # this container is done
+            stack.pop()
+            if keys:
+                keys.pop()
+            continue
+        if isinstance(key, str):
+            _check_unicode(key, lambda: f"a key in {where(keys)}")
+        if isinstance(value, str):
+            _check_unicode(value, lambda: where(keys + [key]))
+        elif isinstance(value, (dict, list)):
+            keys.append(key)
+            stack.append(iter(value.items()) if isinstance(value, dict) else enumerate(value))
+            if len(stack) > MAX_DEPTH:
+                raise BadRequest(400, f"{where(keys)} is nested {len(stack)} levels deep; a request nests at "
+                                      f"most {MAX_DEPTH}.")
+
+
+def where(keys):
+    """A value's place in the body, as messages name it: 'texts'[0], 'conversations'[1][0]['role']."""
+    return "body" if not keys else repr(keys[0]) + "".join(f"[{key!r}]" for key in keys[1:])
+
+
+def _check_unicode(text, place):
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRequest(400, f"{place()} is not valid Unicode: character {error.start} is a lone surrogate "
+                              f"({text[error.start]!r}); send text as UTF-8.") from None
+
+
+def json_type(value):
+    """The JSON name of a parsed value's type, for messages."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def items_of(body, key, limit, kind=None):
+    """body[key] as a non-empty list of at most `limit` items (each a `kind`, if given), else BadRequest."""
+    if key not in body:
+        raise BadRequest(422, f"'{key}' is missing.")
+    value = body[key]
     if not isinstance(value, list) or not value:
-        raise BadRequest(422, f"'{key}' must be a non-empty list; got {type(value).__name__}"
+        raise BadRequest(422, f"'{key}' must be a non-empty list; got {json_type(value)}"
                               f"{' (empty)' if value == [] else ''}.")
     if len(value) > limit:
         raise BadRequest(413, f"'{key}' holds {len(value)} items; at most {limit} per request "
                               "(--max_texts_per_request): split it.")
     for i, item in enumerate(value):
-        if not isinstance(item, kind):
-            raise BadRequest(422, f"'{key}'[{i}] must be a {kind.__name__}; got {type(item).__name__}.")
+        if kind and not isinstance(item, kind):
+            raise BadRequest(422, f"'{key}'[{i}] must be {json_type(kind())}; got {json_type(item)}.")
     return value
 
 
-def render_conversation(messages, tokenizer, where):
-    """A list of {"role", "content"} messages as text, by the tokenizer's chat template."""
-    if not messages:
-        raise BadRequest(422, f"{where} holds no messages.")
-    for i, message in enumerate(messages):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            raise BadRequest(422, f"{where}[{i}] must be an object with string 'role' and 'content'.")
-    if not getattr(tokenizer, "chat_template", None):
-        raise BadRequest(422, "this model's tokenizer has no chat template, so conversations cannot be "
-                              "rendered: send {\"texts\": [...]} written the way the model was trained.")
-    try:
-        return ChatRenderer(tokenizer)(messages)  # exactly as training rendered its conversations
-    except RowError as error:
-        raise BadRequest(422, f"{where}: {error}")
+def with_text(texts, key):
+    """`texts`, or BadRequest naming the first that holds nothing to score."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise BadRequest(422, f"'{key}'[{i}] holds no text (empty, or only whitespace or padding): there is "
+                                  "nothing to score; remove it.")
+    return texts
 
 
-def strip_special_ends(text, tokenizer, keep_eos=False):
-    """Drop a leading BOS text and trailing PAD (and, unless `keep_eos`, EOS) texts: the tokenizer adds its
-    own BOS, and the end-of-conversation token is appended after, so a query decoded with special tokens
-    scores like the plain text. A chat model (last_token rule) keeps its EOS: its template ends turns with it."""
-    bos = tokenizer.bos_token
-    ends = [t for t in (tokenizer.pad_token, None if keep_eos else tokenizer.eos_token) if t]
-    while bos and text.startswith(bos):
-        text = text[len(bos):]
-    while any(text.endswith(t) for t in ends):
-        text = text[:-len(next(t for t in ends if text.endswith(t)))]
-    return text
+class Texts:
+    """Request bodies -> the texts to score, made as training makes them (data/inputs.py `ModelInputs`):
+    texts and prompt + answer get the end-of-conversation text, conversations are checked by training's rules
+    and rendered with the chat template.
 
+    Built once at start-up, where it calls the tokenizer; the request handlers never do (the batching
+    thread owns the Rust tokenizer)."""
 
-def score_texts_of(body, tokenizer, limit):
-    """/score's body -> the texts to score (before the end-of-conversation token)."""
-    given = [key for key in ("texts", "prompts", "conversations") if key in body]
-    if len(given) != 1:
-        raise BadRequest(422, "send exactly one of {\"texts\": [...]}, {\"prompts\": [...], \"answers\": [...]} "
-                              f"or {{\"conversations\": [[messages]]}}; got keys {sorted(body)}.")
-    if given == ["texts"]:
-        return string_list(body, "texts", limit)
-    if given == ["prompts"]:
-        prompts, answers = string_list(body, "prompts", limit), string_list(body, "answers", limit)
-        if len(prompts) != len(answers):
-            raise BadRequest(422, f"'prompts' has {len(prompts)} items but 'answers' has {len(answers)}.")
-        return [p + a for p, a in zip(prompts, answers)]
-    conversations = string_list(body, "conversations", limit, kind=list)
-    return [render_conversation(c, tokenizer, f"'conversations'[{i}]") for i, c in enumerate(conversations)]
+    def __init__(self, inputs, limit):
+        self.inputs, self.render, self.limit = inputs, inputs.renderer, limit
+        self.ends = QueryEnds(inputs.tokenizer, self.render, inputs.settings.end_of_conversation_token)
+
+    def score(self, body):
+        """/score: one of {"texts"}, {"prompts", "answers"} or {"conversations"}."""
+        layout = SCORE_BODIES.get(frozenset(body))
+        if layout is None:
+            raise BadRequest(422, "send exactly one of {\"texts\": [...]}, {\"prompts\": [...], \"answers\": [...]} "
+                                  f"or {{\"conversations\": [[messages]]}}; got keys {sorted(body)}.")
+        if layout == "texts":
+            return [self.inputs.answer_text("", text) for text in with_text(items_of(body, "texts", self.limit, str),
+                                                                            "texts")]
+        if layout == "prompts":
+            prompts, answers = items_of(body, "prompts", self.limit, str), items_of(body, "answers", self.limit, str)
+            if len(prompts) != len(answers):
+                raise BadRequest(422, f"'prompts' has {len(prompts)} items but 'answers' has {len(answers)}.")
+            return [self.inputs.answer_text("", text) for text in with_text([p + a for p, a in zip(prompts, answers)],
+                                                                            "prompts")]
+        conversations = items_of(body, "conversations", self.limit)
+        return [self.conversation(messages, i) for i, messages in enumerate(conversations)]
+
+    def conversation(self, messages, index):
+        if not self.render.template:
+            raise BadRequest(422, "this model's tokenizer has no chat template, so conversations cannot be "
+                                  "rendered: send {\"texts\": [...]} written the way the model was trained.")
+        try:  # training's checks (roles, non-empty turns, ends with the assistant's answer) and rendering
+            return self.inputs.conversation_text("", messages, f"conversations[{index}]")
+        except RowError as error:
+            raise BadRequest(422, str(error)) from None
+
+    def get_reward(self, body):
+        """/get_reward (OpenRLHF): {"query": [...]}, each decoded with its special tokens and padding."""
+        queries = with_text([self.ends(q) for q in items_of(body, "query", self.limit, str)], "query")
+        return [self.inputs.answer_text("", query) for query in queries]
 
 
 async def read_json(request, max_bytes):
-    """The request's JSON object, or BadRequest (413 past max_bytes, 400 if not JSON, 422 if not an object)."""
+    """The request's JSON object (`parse_json`), or BadRequest 413 past `max_bytes`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise BadRequest(413, f"body of {declared} bytes is over the {max_bytes}-byte limit (--max_body_bytes).")
@@ -192,13 +282,45 @@ async def read_json(request, max_bytes):
         body += chunk
         if len(body) > max_bytes:
             raise BadRequest(413, f"body is over the {max_bytes}-byte limit (--max_body_bytes).")
-    try:
-        data = json.loads(body)
-    except ValueError as error:
-        raise BadRequest(400, f"body is not valid JSON: {error}.")
-    if not isinstance(data, dict):
-        raise BadRequest(422, f"body must be a JSON object; got {type(data).__name__}.")
-    return data
+    return parse_json(bytes(body))
+
+
+class QueryEnds:
+    """A raw query as the text training would have scored: OpenRLHF decodes prompt + response with their
+    special tokens, padding runs included (left-padded prompts, right-padded responses).
+
+    As OpenRLHF's serve_rm, runs of special texts are stripped from both ends: PAD, EOS, BOS, the
+    end-of-conversation text, and every other special token a rendered conversation does not hold (e.g.
+    OPT's own `<pad>`, which DeepSpeed-Chat's PAD = EOS replaced). Then what training's texts carry at
+    each end goes back: for a model trained on rendered conversations, the template's special start and
+    the text it writes after the last answer (`<|eot_id|>`, `</s>`, ChatML's `<|im_end|>\n`: the last_token
+    rule reads the score there); nothing for plain texts (the tokenizer adds its BOS, and the
+    end-of-conversation text is appended after).
+    """
+
+    def __init__(self, tokenizer, render, end_of_conversation_token):
+        chat = bool(render.template) and not end_of_conversation_token  # data/pairs.py: no eot after a template
+        rendered = render(PROBE) if chat else ""
+        answer = PROBE[-1]["content"]
+        after = rendered[rendered.rindex(answer) + len(answer):] if chat else ""
+        specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        named = {tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, end_of_conversation_token, after}
+        tokens = named | {t for t in specials if t not in rendered and t != tokenizer.unk_token}
+        self.tokens = sorted((t for t in tokens if t), key=len, reverse=True)  # longest first: "</s>" before "s>"
+        self.head, self.tail = rendered[:self.core(rendered)[0]], after
+
+    def core(self, text):
+        """(start, end) of `text` without the runs of special texts at its ends."""
+        start, end = 0, len(text)
+        while token := next((t for t in self.tokens if text.startswith(t, start, end)), None):
+            start += len(token)
+        while token := next((t for t in self.tokens if text.endswith(t, start, end)), None):
+            end -= len(token)
+        return start, end
+
+    def __call__(self, query):
+        start, end = self.core(query)
+        return self.head + query[start:end] + self.tail if end > start else ""
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -209,8 +331,9 @@ def build_app(scorer, batcher, args):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     counts = {"accepted": 0, "answered": 0, "ok": 0}
-    eot = scorer.model.end_of_conversation_token
     info = server_info(scorer, args)
+    reader = Texts(ModelInputs(scorer.tokenizer, scorer.model.settings, scorer.max_seq_len),
+                   args.max_texts_per_request)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -226,7 +349,7 @@ def build_app(scorer, batcher, args):
         counts["accepted"] += 1
         try:
             texts = texts_of(await read_json(request, args.max_body_bytes))
-            rewards, truncated = await batcher.score([text + eot for text in texts])
+            rewards, truncated = await batcher.score(texts)
             status, content = 200, respond(rewards, truncated)
             counts["ok"] += 1
         except BadRequest as error:
@@ -239,18 +362,14 @@ def build_app(scorer, batcher, args):
 
     @app.post("/score")
     async def score(request: Request):
-        return await answer(request, lambda body: score_texts_of(body, scorer.tokenizer, args.max_texts_per_request),
+        return await answer(request, reader.score,
                             lambda rewards, truncated: {"rewards": rewards,
                                                         "truncated": [i for i, t in enumerate(truncated) if t]})
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
         """OpenRLHF's remote reward model protocol: its client also sends prompts and labels (ignored)."""
-        def texts_of(body):
-            keep_eos = scorer.model.end_token_rule == LAST_TOKEN
-            return [strip_special_ends(q, scorer.tokenizer, keep_eos)
-                    for q in string_list(body, "query", args.max_texts_per_request)]
-        return await answer(request, texts_of,
+        return await answer(request, reader.get_reward,
                             lambda rewards, truncated: {"rewards": rewards, "scores": rewards,
                                                         "extra_logs": {"truncated": [float(t) for t in truncated]}})
 

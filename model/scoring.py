@@ -1,6 +1,8 @@
 """Score whole texts with a reward model, exactly as a training row is scored (tokenised, padded, end token)."""
 import torch
 
+from data.inputs import encode_texts
+
 
 @torch.no_grad()
 def score_texts(model, tokenizer, texts, max_seq_len):
@@ -9,7 +11,12 @@ def score_texts(model, tokenizer, texts, max_seq_len):
     Tokenised and padded exactly like training rows, and read under the model's end-token rule, so a
     score equals the pair score for that text.
     """
-    ids = [tokenizer(text, truncation=True, max_length=max_seq_len)["input_ids"] for text in texts]
+    return score_ids(model, encode_texts(tokenizer, texts, max_seq_len))
+
+
+@torch.no_grad()
+def score_ids(model, ids):
+    """Reward of each row of token ids (lists) at its end token under the model's rule: (N,) floats."""
     length = max(len(row) for row in ids)
     device = model.v_head.weight.device
     input_ids = torch.tensor([row + [model.PAD_ID] * (length - len(row)) for row in ids], device=device)

@@ -20,6 +20,26 @@ def tiny_opt(tmp_path_factory):
     return build_tiny_opt(str(tmp_path_factory.mktemp("tiny_opt")))
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory):
+    """A tiny GPT-2 folder: no BOS, EOS = PAD = `<|endoftext|>`, so num_padding_at_beginning is 0."""
+    from model.tiny import build_tiny_gpt2
+    return build_tiny_gpt2(str(tmp_path_factory.mktemp("tiny_gpt2")))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tmp_path_factory):
+    """tiny_chat(style) -> a tiny chat model folder of that style (model/tiny.py's CHAT_STYLES), built once."""
+    from model.tiny import build_tiny_chat
+    built = {}
+
+    def get(style):
+        if style not in built:
+            built[style] = build_tiny_chat(str(tmp_path_factory.mktemp(f"tiny_{style}")), style)
+        return built[style]
+    return get
+
+
 def _pair_folder(tmp_path_factory, name, train, test):
     folder = tmp_path_factory.mktemp(name)
     write_jsonl(folder / "train.jsonl", learnable_pairs(train, seed=1))

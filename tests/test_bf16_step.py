@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 
-from tests.fixtures import reward_model
-from tests.test_sub_batches import micro_batches
+from tests.fixtures import micro_batches, reward_model
 from training.bf16_step import use_buffered_step
 from training.optim import ADAM_BETAS, param_groups
 

@@ -16,7 +16,6 @@ from data.pairs import build_info
 from model.create import distinct_pad_token, load_tokenizer, resolve_num_padding
 from model.io import read_reward_settings
 from model.reward_model import LAST_TOKEN, end_indices, loss_spans, pairwise_loss
-from model.tiny import build_tiny_chat, build_tiny_gpt2
 from tests.fixtures import learnable_pairs, reward_model, write_jsonl
 from utils.spans import pads_at_beginning
 
@@ -26,8 +25,8 @@ TURNS = [{"role": "user", "content": "Hi, can you help me?"}, {"role": "assistan
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return build_tiny_chat(str(tmp_path_factory.mktemp("llama")), "llama")
+def llama(tiny_chat):
+    return tiny_chat("llama")
 
 
 def conversation_rows(count):
@@ -133,14 +132,14 @@ def test_auto_picks_last_token_when_eos_is_inside_a_text(opt_tokenizer, tmp_path
     assert "data: end-token rule last_token: the score is read at the last attended token" in capsys.readouterr().out
 
 
-def test_gpt2_trailing_end_of_conversation_eos_is_not_inside(tmp_path):
-    tokenizer = load_tokenizer(build_tiny_gpt2(str(tmp_path / "gpt2")))  # EOS = PAD = <|endoftext|> = EOT
+def test_gpt2_trailing_end_of_conversation_eos_is_not_inside(tiny_gpt2, tmp_path):
+    tokenizer = load_tokenizer(tiny_gpt2)  # EOS = PAD = <|endoftext|> = EOT
     _, info = build(tokenizer, tmp_path, learnable_pairs(20, seed=1), n=0)
     assert info["end_token_rule"] == "deepspeed_chat"
 
 
-def test_num_padding_at_beginning_auto_and_a_contradicting_value(opt_tokenizer, llama, tmp_path):
-    gpt2 = load_tokenizer(build_tiny_gpt2(str(tmp_path / "gpt2")))
+def test_num_padding_at_beginning_auto_and_a_contradicting_value(opt_tokenizer, llama, tiny_gpt2):
+    gpt2 = load_tokenizer(tiny_gpt2)
     assert [pads_at_beginning(t) for t in (opt_tokenizer, gpt2, load_tokenizer(llama))] == [1, 0, 0]
     (auto, note), (typed, warning) = resolve_num_padding("auto", opt_tokenizer), resolve_num_padding(0, opt_tokenizer)
     assert auto == 1 and typed == 0
@@ -151,12 +150,12 @@ def test_num_padding_at_beginning_auto_and_a_contradicting_value(opt_tokenizer, 
 
 @pytest.mark.parametrize("style, pad, added", [("llama", "<|pad|>", True), ("qwen2", "<|endoftext|>", False),
                                                ("mistral", "<|pad|>", True)])
-def test_a_pad_distinct_from_eos(style, pad, added, tmp_path):
-    tokenizer = load_tokenizer(build_tiny_chat(str(tmp_path / style), style))
+def test_a_pad_distinct_from_eos(style, pad, added, tiny_chat):
+    tokenizer = load_tokenizer(tiny_chat(style))
     size = len(tokenizer)
     assert tokenizer.pad_token == tokenizer.eos_token
     token, note = distinct_pad_token(tokenizer)
-    tokenizer = load_tokenizer(build_tiny_chat(str(tmp_path / style), style), pad_token=token)
+    tokenizer = load_tokenizer(tiny_chat(style), pad_token=token)
     assert tokenizer.pad_token == pad and tokenizer.pad_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id)
     assert len(tokenizer) == size + added and ("added" in note) == added
     text = ChatRenderer(tokenizer)(TURNS + [{"role": "assistant", "content": "Sure, here."}])

@@ -4,21 +4,18 @@ error, naming the file and row, for every kind of bad row, with nothing written.
 
 Run: .venv/bin/python -m pytest tests/test_chat_formats.py -q
 """
-import json
 import os
 
 import datasets
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from data import build_pair_datasets
 from data.formats import ReadOptions
 from data.sources import load_source
 from model.create import load_tokenizer
-from utils.spans import pads_at_beginning
-from model.tiny import build_tiny_chat
+from tests.fixtures import write_rows as write
 from utils.errors import UserError
+from utils.spans import pads_at_beginning
 
 EOT = "<|endoftext|>"
 
@@ -38,22 +35,8 @@ def conversations(count):
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return load_tokenizer(build_tiny_chat(str(tmp_path_factory.mktemp("llama")), "llama"))
-
-
-def write(path, rows):
-    """rows -> .jsonl, .json or .parquet by the suffix; returns the path."""
-    path = str(path)
-    if path.endswith(".parquet"):
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    else:
-        with open(path, "w") as f:
-            if path.endswith(".jsonl"):
-                f.writelines(json.dumps(row) + "\n" for row in rows)
-            else:
-                json.dump(rows, f)
-    return path
+def llama(tiny_chat):
+    return load_tokenizer(tiny_chat("llama"))
 
 
 def folder(tmp_path, name, rows, suffix="jsonl"):
@@ -221,8 +204,8 @@ def test_a_bad_row_of_a_parquet_file_is_named_by_row(llama, tmp_path):
     assert not os.path.exists(tmp_path / "cache")
 
 
-def test_a_template_that_fails_to_render_names_the_row(tmp_path):
-    mistral = load_tokenizer(build_tiny_chat(str(tmp_path / "mistral"), "mistral"))  # user/assistant only
+def test_a_template_that_fails_to_render_names_the_row(tiny_chat, tmp_path):
+    mistral = load_tokenizer(tiny_chat("mistral"))  # user/assistant only
     rows = [{"chosen": [user("Hi"), assistant("Hello")], "rejected": [user("Hi"), assistant("No")]}] * 3
     rows[1] = {key: [{"role": "system", "content": "Be kind."}] + value for key, value in rows[0].items()}
     path = folder(tmp_path, "d", rows)

@@ -2,11 +2,10 @@
 turns: they learn, save, reload, evaluate, score `messages` rows and export to a Hugging Face classifier
 that scores like the project.
 
-Run: .venv/bin/python -m pytest tests/test_chat_models.py -q      (about a minute per style on 2 cores)
+Run: .venv/bin/python -m pytest tests/test_chat_models.py -q      (15-20 s per style on 2 cores)
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +18,7 @@ from evaluation_scripts.export_hf import main as export_main
 from model.reward_model import RewardModel
 from model.scoring import score_texts
 from model.tiny import CHAT_CORPUS, build_tiny_chat
-from tests.fixtures import ROOT, child_env, eval_accuracies, run_main, step_losses, write_jsonl
+from tests.fixtures import ROOT, child_env, eval_accuracies, run_command, run_main, step_losses, write_jsonl
 
 DATA = "synthetic/conversations:600"  # 540 train, 60 held-out pairs
 MAX_SEQ_LEN = 256
@@ -61,7 +60,7 @@ def our_scores(model_dir, texts):
 def test_learns_the_last_answer_and_saves_the_rule(trained):
     style, model_dir, log = trained
     assert "data: end-token rule last_token" in log and "a chat template renders the conversations" in log
-    accuracies, losses = eval_accuracies(log), step_losses(log)
+    accuracies, losses = eval_accuracies(model_dir), step_losses(model_dir)
     assert accuracies[-1] >= 0.9 and accuracies[-1] > accuracies[0], accuracies  # held-out pairs
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
     settings = json.load(open(os.path.join(model_dir, "config.json")))["reward_model"]
@@ -100,8 +99,7 @@ def test_deepspeed_chat_export_is_refused_with_the_fix(trained, tmp_path, capsys
 
 def run_eval(*args):
     env = dict(child_env(), PYTHON=sys.executable)
-    return subprocess.run(["bash", os.path.join(ROOT, "evaluation_scripts", "run_eval.sh"), *map(str, args)], env=env,
-                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    return run_command(["bash", os.path.join(ROOT, "evaluation_scripts", "run_eval.sh"), *args], timeout=300, env=env)
 
 
 def test_evaluate_and_score_conversations(trained, tmp_path):

@@ -150,7 +150,8 @@ def test_pairs_that_differ_at_the_first_token_are_unusable():
 def test_no_pair_left_is_an_error(opt_tokenizer, tmp_path):
     items = [{"prompt": " Human: same long start for every answer here? Assistant:", "chosen": f" a{i}",
               "rejected": f" b{i}"} for i in range(4)]
-    with pytest.raises(UserError, match="No usable train pairs remain.*--max_seq_len"):
+    with pytest.raises(UserError, match=r"src': no usable train pairs: 2 rows; they gave 2 pairs, none usable: "
+                                        r"2 identical after truncation\..*--max_seq_len"):
         build(opt_tokenizer, [folder(tmp_path, "src", items, items)], tmp_path, max_len=4)
 
 

@@ -4,7 +4,6 @@ Run: python -m pytest tests/test_eval.py -q    (the demo test is marked slow)
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,15 +11,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.reward_model import RewardModel
-from tests.fixtures import ROOT, child_env, run_main, write_jsonl
+from tests.fixtures import ROOT, child_env, run_command, run_main, write_jsonl
 
 EVAL = os.path.join(ROOT, "evaluation_scripts", "run_eval.sh")
 
 
 def run_eval(*args):
     env = dict(child_env(), PYTHON=sys.executable)  # same threads as the training run: same numbers
-    return subprocess.run(["bash", EVAL, *map(str, args)], env=env, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=300)
+    return run_command(["bash", EVAL, *args], timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +96,8 @@ def test_a_rerun_replaces_the_results_and_plots_of_the_previous_one(trained, pai
 
 def test_offline_demo_learns(tmp_path):
     env = dict(child_env(), PYTHON=sys.executable)
-    result = subprocess.run(["bash", os.path.join(ROOT, "training_scripts", "run_demo_cpu.sh"), str(tmp_path)],
-                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+    result = run_command(["bash", os.path.join(ROOT, "training_scripts", "run_demo_cpu.sh"), tmp_path], timeout=900,
+                         env=env)
     assert result.returncode == 0, result.stdout[-3000:]
     metrics = json.loads((tmp_path / "reward_model" / "eval_results.json").read_text())
     assert metrics["accuracy"] >= 0.9 and metrics["num_pairs"] == 160

@@ -15,12 +15,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from evaluation_scripts.export_hf import main as export_main
 from model.create import load_tokenizer
-from tests.fixtures import reward_model
-from model.reward_model import RewardModel
-from model.tiny import build_tiny_gpt2, build_tiny_opt
 from model.io import save_hf_model
-from utils.errors import UserError
+from model.reward_model import RewardModel
 from model.scoring import score_texts
+from tests.fixtures import reward_model
+from utils.errors import UserError
 
 EOT = "<|endoftext|>"
 # Different lengths in one batch: the longest row has no padding at all.
@@ -28,20 +27,18 @@ TEXTS = [" Human: hi Assistant: great, thanks!" + EOT,
          " Human: Tell me a joke. Assistant: I would rather not. That is a terrible idea, it is awful." + EOT,
          " Human: How do I bake bread? Assistant: Mix flour and water." + EOT,
          " no" + EOT]
-ARCHS = {"opt": (build_tiny_opt, 1, "OPTForSequenceClassification"),  # `</s>` BOS == pad: n = 1
-         "gpt2": (build_tiny_gpt2, 0, "GPT2ForSequenceClassification")}  # eot == pad, no BOS: n = 0
+# arch -> (the fixture of its tiny base, num_padding_at_beginning, the Hugging Face classifier)
+ARCHS = {"opt": ("tiny_opt", 1, "OPTForSequenceClassification"),  # `</s>` BOS == pad: n = 1
+         "gpt2": ("tiny_gpt2", 0, "GPT2ForSequenceClassification")}  # eot == pad, no BOS: n = 0
 
 
-def save_reward_model(root, arch, num_padding_at_beginning=None, dtype=torch.float32):
-    """A tiny reward model with a random non-zero head, saved as main.py saves it; returns its folder."""
-    build, default_n, _ = ARCHS[arch]
-    base = build(os.path.join(root, f"{arch}_base"))
+def save_reward_model(folder, base, arch, num_padding_at_beginning=None, dtype=torch.float32):
+    """A tiny reward model on `base` with a random non-zero head, saved to `folder` as main.py saves it."""
     tokenizer = load_tokenizer(base)
     torch.manual_seed(0)
-    model = reward_model(base, tokenizer, default_n if num_padding_at_beginning is None
+    model = reward_model(base, tokenizer, ARCHS[arch][1] if num_padding_at_beginning is None
                          else num_padding_at_beginning).eval()
     torch.nn.init.normal_(model.v_head.weight)
-    folder = os.path.join(root, f"{arch}_reward")
     save_hf_model(model.to(dtype), tokenizer, folder, zero_stage=0)
     return folder
 
@@ -51,7 +48,8 @@ def reward_dir(request, tmp_path_factory):
     """(arch, folder); "-bf16": trained and saved in bf16, as main.py does on CPU for an fp16 config."""
     arch, _, precision = request.param.partition("-")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    return arch, save_reward_model(str(tmp_path_factory.mktemp(request.param)), arch, dtype=dtype)
+    base = request.getfixturevalue(ARCHS[arch][0])
+    return arch, save_reward_model(str(tmp_path_factory.mktemp(request.param)), base, arch, dtype=dtype)
 
 
 def our_scores(model_dir):
@@ -176,38 +174,37 @@ def fake_checkpoints(root, complete_steps, incomplete_steps):
     return root
 
 
-EXPORT_ERRORS = {  # case -> (function(tmp_path, model_dir) -> (MODEL_DIR, OUT_DIR), what the message says)
-    "plain_lm": (lambda t, m: (os.path.join(os.path.dirname(m), os.path.basename(m).replace("reward", "base")),
-                               t / "out"), "not a reward model"),
-    "missing_model": (lambda t, m: (t / "missing", t / "out"), "model folder {t}/missing: no such folder"),
+EXPORT_ERRORS = {  # case -> (function(tmp_path, model_dir, base LM) -> (MODEL_DIR, OUT_DIR), what the message says)
+    "plain_lm": (lambda t, m, lm: (lm, t / "out"), "not a reward model"),
+    "missing_model": (lambda t, m, lm: (t / "missing", t / "out"), "model folder {t}/missing: no such folder"),
     "copied_checkpoint_without_marker": (  # found by DeepSpeed's files, outside a checkpoints/ folder
-        lambda t, m: (shutil.copytree(os.path.join(fake_checkpoints(t / "run", [], [5]), "checkpoints", "step-5"),
-                                      t / "backup"), t / "out"),
+        lambda t, m, lm: (shutil.copytree(os.path.join(fake_checkpoints(t / "run", [], [5]), "checkpoints", "step-5"),
+                                          t / "backup"), t / "out"),
         "backup is an incomplete checkpoint: it has no COMPLETE marker, which a checkpoint gets once all its files "
         "are written, so the run stopped while saving it. Export"),
-    "model_is_a_file": (lambda t, m: (t / "file", t / "out"), "it is a file; pass main.py's --output_dir"),
-    "output_is_a_file": (lambda t, m: (m, t / "file"), "output folder {t}/file: it is a file: pass a folder"),
-    "output_under_a_file": (lambda t, m: (m, t / "file" / "out"), "{t}/file is a file, not a folder"),
+    "model_is_a_file": (lambda t, m, lm: (t / "file", t / "out"), "it is a file; pass main.py's --output_dir"),
+    "output_is_a_file": (lambda t, m, lm: (m, t / "file"), "output folder {t}/file: it is a file: pass a folder"),
+    "output_under_a_file": (lambda t, m, lm: (m, t / "file" / "out"), "{t}/file is a file, not a folder"),
     "checkpoint_without_marker": (
-        lambda t, m: (os.path.join(fake_checkpoints(t / "run", [2], [3]), "checkpoints", "step-3"), t / "out"),
+        lambda t, m, lm: (os.path.join(fake_checkpoints(t / "run", [2], [3]), "checkpoints", "step-3"), t / "out"),
         "step-3 is an incomplete checkpoint: it has no COMPLETE marker, which a checkpoint gets once all its files "
         "are written, so the run stopped while saving it (the newest complete one is {t}/run/checkpoints/step-2). "
         "Export a complete one"),
-    "only_checkpoints": (lambda t, m: (fake_checkpoints(t / "run", [2, 4], []), t / "out"),
+    "only_checkpoints": (lambda t, m, lm: (fake_checkpoints(t / "run", [2, 4], []), t / "out"),
                          "holds no saved model yet: it is a run's output folder, which holds checkpoints in "
                          "checkpoints/ (the newest complete one is {t}/run/checkpoints/step-4)"),
-    "a_classifier_export": (lambda t, m: (export_main([m, str(t / "hf")]) or t / "hf", t / "out"),
+    "a_classifier_export": (lambda t, m, lm: (export_main([m, str(t / "hf")]) or t / "hf", t / "out"),
                             "holds a Hugging Face classifier (score.weight), as export_hf.py writes it"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(EXPORT_ERRORS))
-def test_errors_are_plain_messages(reward_dir, tmp_path, capsys, case):
+def test_errors_are_plain_messages(reward_dir, tmp_path, capsys, request, case):
     """Each wrong MODEL_DIR or OUT_DIR: one `error:` line naming the folder, the cause and what to pass."""
-    _, model_dir = reward_dir
+    arch, model_dir = reward_dir
     (tmp_path / "file").write_text("x")
     make, message = EXPORT_ERRORS[case]
-    source, out = make(tmp_path, model_dir)
+    source, out = make(tmp_path, model_dir, request.getfixturevalue(ARCHS[arch][0]))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         export_main([str(source), str(out)])
@@ -239,8 +236,8 @@ def test_a_failed_write_leaves_the_folder_as_it_was(reward_dir, tmp_path, monkey
     assert {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out)} == before
 
 
-def test_wrong_num_padding_at_beginning_is_refused(tmp_path):
+def test_wrong_num_padding_at_beginning_is_refused(tiny_gpt2, tmp_path):
     """A GPT-2 trained with n=1 reads the eot token, which no pad_token_id choice reproduces."""
-    model_dir = save_reward_model(str(tmp_path), "gpt2", num_padding_at_beginning=1)
+    model_dir = save_reward_model(str(tmp_path / "gpt2_reward"), tiny_gpt2, "gpt2", num_padding_at_beginning=1)
     with pytest.raises(UserError, match="num_padding_at_beginning=1 does not fit"):
         export_main([model_dir, str(tmp_path / "out"), "--debug"])

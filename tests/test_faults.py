@@ -4,6 +4,7 @@ a full disk (a small tmpfs), kills during a save, signals during the final evalu
 Nothing trained, checkpointed or exported may be lost or overwritten without an explicit flag, and no
 run may exit 0 after not doing what was asked. Run: python -m pytest tests/test_faults.py -q
 """
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import pytest
 import main
 from evaluation_scripts import evaluate, export_hf
 from model.reward_model import RewardModel
-from tests.fixtures import ROOT, child_env, run_main, write_jsonl
+from tests.fixtures import ROOT, Child, run_main, write_jsonl
 from utils import io
 
 RUN = ["--max_seq_len", "64", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
@@ -100,6 +101,7 @@ def test_a_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tiny_
     result = run_main(argv(tiny_opt, data, out, "--resume_from_checkpoint", "auto"))
     assert result.returncode == 0, result.stdout[-3000:]
     assert "step-8 is damaged" in result.stdout and "resumed from" in result.stdout and "step-4" in result.stdout
+    assert json.loads((out / "train_results.json").read_text())["optimizer_steps"] == 8  # steps 5-8 trained again
     RewardModel.from_pretrained(str(out))
 
 
@@ -108,10 +110,10 @@ def small_disk(tmp_path):
     """A 200 KB tmpfs: the tiny model's 240 KB of weights do not fit, its log does."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)]).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], timeout=60).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
-    subprocess.run(["umount", "-l", str(mount)])
+    subprocess.run(["umount", "-l", str(mount)], timeout=60)
 
 
 def test_disk_full_during_the_final_save_keeps_the_model_elsewhere(tiny_opt, data, small_disk):
@@ -210,13 +212,11 @@ def test_sigterm_during_the_final_evaluation_checkpoints_and_stops(tiny_opt, dat
 def test_a_second_ctrl_c_stops_at_once(tiny_opt, data, tmp_path):
     command = [sys.executable, os.path.join(ROOT, "main.py")] + argv(tiny_opt, data, tmp_path / "out") + [
         "--num_train_epochs", "50"]
-    process = subprocess.Popen(command, cwd=ROOT, env=child_env(), text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    for line in process.stdout:
+    child = Child(command, timeout=300)
+    for line in child:  # the printed lines are what a user at the terminal answers
         if line.startswith("step 2 |"):
-            process.send_signal(signal.SIGINT)
+            child.process.send_signal(signal.SIGINT)
         if line.startswith("signal 2: saving a checkpoint"):
-            process.send_signal(signal.SIGINT)
+            child.process.send_signal(signal.SIGINT)
             break
-    assert process.wait(timeout=30) == -signal.SIGINT
-    process.stdout.close()
+    assert child.wait() == -signal.SIGINT, child.log()[-3000:]

@@ -358,7 +358,7 @@ def test_stale_temp_folder_of_a_dead_build_is_removed(opt_tokenizer, tmp_path, c
     build(opt_tokenizer, [src], tmp_path)
     cache = tmp_path / "cache"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+                          text=True, check=True, timeout=60).stdout.strip()
     host, digest = socket.gethostname(), "0123456789abcdef01234567"
     names = {"dead": f"pairs-{digest}.tmp-{host}-{dead}", "alive": f"pairs-{digest}.tmp-{host}-{os.getpid()}",
              "other_host": f"pairs-{digest}.tmp-elsewhere-{dead}", "not_ours": f"mine.tmp-{host}-{dead}"}

@@ -4,13 +4,12 @@ A fake `deepspeed` on PATH records the command line each script builds; main.py'
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from main import parse_args
-from tests.fixtures import ROOT
+from tests.fixtures import ROOT, run_command
 
 FAKE_DEEPSPEED = f"""#!{sys.executable}
 import json, sys
@@ -29,8 +28,7 @@ def launch(script, tmp_path, *script_args, env=None):
     fake.write_text(FAKE_DEEPSPEED.format(path=str(record)))
     fake.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", **(env or {}))
-    result = subprocess.run(["bash", os.path.join(ROOT, script), *script_args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    result = run_command(["bash", os.path.join(ROOT, script), *script_args], timeout=60, env=env)
     argv = json.loads(record.read_text()) if record.exists() else None
     return result, argv
 

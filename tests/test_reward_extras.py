@@ -5,14 +5,13 @@ Run: python -m pytest tests/test_reward_extras.py -q
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from model.reward_model import RewardModel, loss_spans, pairwise_loss
-from tests.fixtures import ROOT, child_env, learnable_pairs, run_main, write_jsonl
+from tests.fixtures import ROOT, learnable_pairs, run_command, run_main, write_jsonl
 from utils.settings import LossOptions
 
 PAD = 2
@@ -62,9 +61,8 @@ def test_reward_stats_are_saved_and_centre_the_scores(margin_run):
     assert settings["reward_mean"] == results["reward_mean"] and settings["reward_std"] == results["reward_std"]
     assert RewardModel.from_pretrained(str(out), center_rewards=True).reward_offset == settings["reward_mean"]
     centred = out / "centred.json"
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "evaluation_scripts", "evaluate.py"), str(out),
-                             "--data_path", data, "--center_rewards", "--output", str(centred)],
-                            env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    result = run_command([sys.executable, os.path.join(ROOT, "evaluation_scripts", "evaluate.py"), out,
+                          "--data_path", data, "--center_rewards", "--output", centred], timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     metrics = json.loads(centred.read_text())
     assert abs(metrics["reward_mean"]) < 0.05 * max(1.0, settings["reward_std"])

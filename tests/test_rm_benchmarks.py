@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 from evaluation_scripts import benchmark
 from evaluation_scripts.benchmark_data import Item
 from evaluation_scripts import rm_metrics as M
-from tests.fixtures import ROOT, child_env, write_jsonl
+from tests.fixtures import ROOT, child_env, run_command, write_jsonl
 
 # ---------------------------------------------------------------- hand-worked figures
 
@@ -303,11 +302,6 @@ def test_a_row_of_another_benchmark_names_one_that_reads_it(layout, tmp_path):
             assert benchmark.load_items(SimpleNamespace(data=[data], limit=0, benchmark=suggested[0]))
 
 
-def test_a_folder_as_data_is_named_as_one(reward_model, tmp_path, capsys):
-    line = expect_error(capsys, [reward_model, "--benchmark", "pairs", "--data", str(tmp_path)])
-    assert f"--data '{tmp_path}' is a folder: pass the benchmark's files in it" in line
-
-
 def test_wrong_schema_missing_field_and_empty_file(reward_model, tmp_path, capsys):
     judge = write_jsonl(tmp_path / "jb.jsonl", [{"question": "q", "response_A": "a", "response_B": "b",
                                                  "label": "A>B", "source": "x"}])
@@ -331,9 +325,9 @@ def test_wrong_schema_missing_field_and_empty_file(reward_model, tmp_path, capsy
 
 def test_run_eval_sh_dispatches_and_refuses_a_plain_language_model(tiny_opt, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}])
-    result = subprocess.run(["bash", os.path.join(ROOT, "evaluation_scripts", "run_eval.sh"), tiny_opt,
-                             "--benchmark", "pairs", "--data", data], env=dict(child_env(), PYTHON=sys.executable),
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    result = run_command(["bash", os.path.join(ROOT, "evaluation_scripts", "run_eval.sh"), tiny_opt,
+                          "--benchmark", "pairs", "--data", data], timeout=120,
+                         env=dict(child_env(), PYTHON=sys.executable))
     assert result.returncode == 1 and "Traceback" not in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("error: ")
     assert "is not a reward model" in result.stdout

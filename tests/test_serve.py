@@ -3,6 +3,7 @@
 Run: python -m pytest tests/test_serve.py -q
 """
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -72,11 +73,10 @@ class Server:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"server exited early:\n{self.log()}"
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
-            except httpx.TransportError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         self.stop()
         raise AssertionError(f"server did not answer /health in 90 s:\n{self.log()}")
 
@@ -84,9 +84,15 @@ class Server:
         return self.log_path.read_text()
 
     def stop(self):
+        """SIGTERM, then the exit status; a server still running 60 s later is killed and fails the test."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            pytest.fail(f"server still running 60 s after SIGTERM:\n{self.log()}")
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +129,13 @@ def test_concurrent_clients_get_the_offline_scores(server, offline):
                 body = response.json()
                 got.update(zip(indices, body["rewards"]))
                 truncated.update(indices[k] for k in body["truncated"])
-    threads = [threading.Thread(target=client, args=(requests[k::8],)) for k in range(8)]
+    threads = [threading.Thread(target=client, args=(requests[k::8],), daemon=True) for k in range(8)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 300
     for thread in threads:
-        thread.join()
+        thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), f"requests unanswered after 300 s:\n{server.log()}"
     assert sorted(got) == list(range(len(texts)))
     assert [got[i] for i in range(len(texts))] == pytest.approx(expected, abs=1e-5)
     assert truncated == {i for i, n in enumerate(lengths) if n > MAX_SEQ_LEN} and truncated
@@ -143,25 +151,45 @@ def test_prompts_answers_and_get_reward_match_texts(server, offline):
     by_pairs = httpx.post(server.url + "/score", json={"prompts": [r["prompt"] for r in rows],
                                                        "answers": [r["chosen"] for r in rows]}).json()
     assert by_pairs["rewards"] == pytest.approx(expected, abs=1e-5) and by_pairs["truncated"] == []
-    # OpenRLHF's client sends prompts and labels too, and decodes queries with special tokens
-    openrlhf = {"query": [texts[0], "</s>" + texts[1] + "</s>"] + texts[2:], "prompts": [""] * 5, "labels": [""] * 5}
+    # OpenRLHF's client sends prompts and labels too, and decodes queries with special tokens and padding:
+    # runs of BOS/EOS/PAD (`</s>`), OPT's own `<pad>` and the end-of-conversation text at either end
+    queries = [texts[0], "</s>" + texts[1] + "</s>", "</s></s><pad>" + texts[2] + "<pad></s><pad><pad>",
+               "<pad><pad>" + texts[3] + "<|endoftext|>", texts[4] + "</s><|endoftext|><pad>"]
+    openrlhf = {"query": queries, "prompts": [""] * 5, "labels": [""] * 5}
     response = httpx.post(server.url + "/get_reward", json=openrlhf)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["rewards"] == pytest.approx(expected, abs=1e-5) and body["scores"] == body["rewards"]
     assert body["extra_logs"] == {"truncated": [0.0] * 5}
+    as_texts = httpx.post(server.url + "/score", json={"texts": queries[2:]}).json()["rewards"]
+    assert all(abs(a - b) > 1e-4 for a, b in zip(as_texts, expected[2:]))  # the padding would change the scores
+
+
+DEEP = b"[" * 40000 + b"]" * 40000  # past any recursion limit, within --max_body_bytes
 
 
 @pytest.mark.parametrize("body, status, message", [
     (b'{"texts": ["unclosed"', 400, "not valid JSON"),
-    (b'["a list"]', 422, "JSON object"),
-    (b'{"texts": "one string"}', 422, "'texts' must be a non-empty list"),
+    (b"", 400, "not valid JSON"),
+    (b'{"texts": ["\xff"]}', 400, "'utf-8' codec can't decode byte 0xff"),  # not UTF-8
+    (b'{"texts": ["\\ud800 x"]}', 400, "'texts'[0] is not valid Unicode: character 0 is a lone surrogate"),
+    (b'{"texts": ["ok"], "\\udc00": 1}', 400, "a key in body is not valid Unicode"),
+    (b'{"texts": ' + DEEP + b"}", 400, "nested too deeply"),
+    (b'{"texts": ' + b"[" * 30 + b"]" * 30 + b"}", 400, "nested 21 levels deep; a request nests at most 20"),
+    (b'{"texts": [' + b"9" * 5000 + b"]}", 400, "an integer of 5000 digits"),
+    (b'{"texts": [NaN]}', 400, "NaN, which is not JSON"),
+    (b'{"texts": [1e999]}', 422, "'texts'[0] must be a string; got a number"),
+    (b'["a list"]', 422, "must be a JSON object; got an array"),
+    (b"12", 422, "must be a JSON object; got a number"),
+    (b'{"texts": "one string"}', 422, "'texts' must be a non-empty list; got a string"),
     (b'{"texts": []}', 422, "(empty)"),
-    (b'{"texts": ["ok", 3]}', 422, "'texts'[1] must be a str"),
+    (b'{"texts": ["ok", 3]}', 422, "'texts'[1] must be a string; got a number"),
+    (b'{"texts": ["ok", " \\n "]}', 422, "'texts'[1] holds no text"),
     (b'{"text": ["typo"]}', 422, "exactly one of"),
+    (b'{"texts": ["a"], "answers": ["b"]}', 422, "got keys ['answers', 'texts']"),
     (b'{"prompts": ["a", "b"], "answers": ["c"]}', 422, "'answers' has 1"),
+    (b'{"prompts": ["a"], "answers": [null]}', 422, "'answers'[0] must be a string; got null"),
     (b'{"conversations": [[{"role": "user", "content": "hi"}]]}', 422, "no chat template"),
-    (b'{"conversations": [[{"role": "user"}]]}', 422, "string 'role' and 'content'"),
     (json.dumps({"texts": ["x"] * 51}).encode(), 413, "at most 50"),
     (json.dumps({"texts": ["x" * 200000]}).encode(), 413, "100000-byte limit"),
 ])
@@ -173,7 +201,9 @@ def test_bad_requests_get_a_message_and_the_server_keeps_serving(server, body, s
 
 def test_bad_get_reward_request(server):
     response = httpx.post(server.url + "/get_reward", json={"queries": ["a"]})
-    assert response.status_code == 422 and "'query'" in response.json()["detail"]
+    assert response.status_code == 422 and "'query' is missing" in response.json()["detail"]
+    response = httpx.post(server.url + "/get_reward", json={"query": ["x", "</s><pad><|endoftext|></s>"]})
+    assert response.status_code == 422 and "'query'[1] holds no text" in response.json()["detail"]
 
 
 def test_info_describes_the_model(server, reward_dir):
@@ -193,10 +223,11 @@ def test_sigterm_during_load_loses_no_accepted_request(reward_dir, offline, tmp_
     texts = sample_texts(24, seed=5)
     expected, _ = offline(texts)
     ok, refused, wrong = [], [], []
+    deadline = time.monotonic() + 120  # the clients give up after it, whatever the server does
 
     def client(k):
         with httpx.Client(timeout=60) as http:
-            while True:
+            while time.monotonic() < deadline:
                 indices = [(k + 3 * j) % len(texts) for j in range(3)]
                 try:
                     response = http.post(server.url + "/score", json={"texts": [texts[i] for i in indices]})
@@ -208,15 +239,20 @@ def test_sigterm_during_load_loses_no_accepted_request(reward_dir, offline, tmp_
                     wrong.append(response.text)
                 ok.append(time.monotonic())
                 k += 1
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(8)]
     for thread in threads:
         thread.start()
-    while len(ok) < 16:
+    while len(ok) < 16:  # answers are coming: the server is under load
+        if server.process.poll() is not None or time.monotonic() > deadline or refused:
+            server.stop()
+            pytest.fail(f"{len(ok)} answers, {len(refused)} refused, server exit {server.process.returncode}:\n"
+                        f"{server.log()}")
         time.sleep(0.01)
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), f"clients still served after SIGTERM:\n{server.log()}"
     assert server.process.wait(timeout=60) == 0, server.log()
     assert not wrong and len(refused) == 8
     assert any(t > signalled for t in ok)  # in flight at SIGTERM, then answered
@@ -279,12 +315,88 @@ def test_an_error_fails_only_its_own_request():
     assert scorer.batches[0] == ["b" * 150, "boom", "dddd", "aa", "c"]  # one merged batch, longest first
 
 
-def test_conversations_use_the_chat_template(reward_dir):
-    from transformers import AutoTokenizer
+TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+HI = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
 
-    from evaluation_scripts.serve import score_texts_of
-    tokenizer = AutoTokenizer.from_pretrained(reward_dir)
-    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    conversation = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+
+def chat_texts(tokenizer):
+    """The server's request reader for a chat model (no end-of-conversation text), 10 texts a request."""
+    from data.inputs import ModelInputs
+    from evaluation_scripts.serve import Texts
+    from tests.fixtures import row_settings
+    return Texts(ModelInputs(tokenizer, row_settings(tokenizer.pad_token_id, end_of_conversation_token="")), 10)
+
+
+def test_conversations_use_the_chat_template(reward_dir):
+    from model.create import load_tokenizer
+    tokenizer = load_tokenizer(reward_dir, chat_template=TEMPLATE)
     # the template's BOS text is dropped: the tokenizer adds its own
-    assert score_texts_of({"conversations": [conversation]}, tokenizer, 10) == ["user: Hi!\nassistant: Hello.\n"]
+    assert chat_texts(tokenizer).score({"conversations": [HI]}) == ["user: Hi!\nassistant: Hello.\n"]
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "Hi!"}],  # ends on a user turn
+    HI + [{"role": "tool", "content": "{}"}],
+    [{"role": "human", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "  "}],
+    [{"role": "user"}, {"role": "assistant", "content": "Hello."}],
+    [{"role": "system", "content": "Be kind."}],
+    [], "Hi!", [["user", "Hi!"]],
+])
+def test_conversations_training_refuses_get_its_message(reward_dir, messages):
+    """/score checks conversations with training's own function: what it refuses gets 422 and its message,
+    naming the item."""
+    from data.chat import RowError, conversation
+    from evaluation_scripts.serve import BadRequest
+    from model.create import load_tokenizer
+    texts = chat_texts(load_tokenizer(reward_dir, chat_template=TEMPLATE))
+    with pytest.raises(RowError) as training:
+        conversation([], messages, "conversations[1]")
+    with pytest.raises(BadRequest) as serving:
+        texts.score({"conversations": [HI, messages]})
+    assert serving.value.status == 422 and str(serving.value) == str(training.value)
+    assert "conversations[1]" in str(serving.value)
+
+
+def test_queries_lose_padding_and_keep_the_trained_ends(tmp_path):
+    """Runs of PAD, EOS and BOS at either end of a query (OpenRLHF decodes them) go; what remains is the
+    text training scored: a chat template's start and end of conversation included."""
+    from data.chat import ChatRenderer
+    from evaluation_scripts.serve import QueryEnds
+    from model.create import distinct_pad_token, load_tokenizer
+    from model.tiny import CHAT_STYLES, build_tiny_chat, build_tiny_opt
+    rng = random.Random(0)
+    models = [(build_tiny_opt(str(tmp_path / "opt")), False, "<|endoftext|>", ["<pad>"])]  # OPT's own PAD, too
+    models += [(build_tiny_chat(str(tmp_path / style), style), True, "", []) for style in CHAT_STYLES]
+    for base, chat, eot, extra in models:
+        tokenizer = load_tokenizer(base)
+        if chat:
+            tokenizer = load_tokenizer(base, pad_token=distinct_pad_token(tokenizer)[0])
+        render = ChatRenderer(tokenizer)
+        trained = render(HI) if chat else " Human: Hi! Assistant: Hello."
+        pads = [t for t in (tokenizer.pad_token, tokenizer.eos_token, tokenizer.bos_token, *extra) if t]
+        ends = QueryEnds(tokenizer, render, eot)
+        answer_end = trained.rindex("Hello.") + len("Hello.")
+        for _ in range(20):
+            runs = ["".join(rng.choices(pads, k=rng.randint(0, 4))) for _ in range(2)]
+            assert ends(runs[0] + trained + runs[1]) == trained, (base, runs)
+            # a response that stops at its EOS, without the rest of the template's end of turn (ChatML's "\n")
+            assert ends(runs[0] + trained[:answer_end] + runs[1]) == trained, (base, runs)
+        assert ends(trained) == trained and ends("".join(pads)) == ""
+
+
+def test_docs_give_every_flag_and_its_default():
+    """docs/serving.md's flag table lists every flag of serve.py with the default `--help` shows."""
+    import re
+
+    from evaluation_scripts.serve import parse_args
+    with open(os.path.join(ROOT, "docs", "serving.md")) as f:
+        rows = [line.split("|")[1:3] for line in f if line.startswith("| `--")]
+    documented = {flag: default.strip() for flags, default in rows for flag in re.findall(r"`(--\w+)`", flags)}
+    defaults = vars(parse_args(["MODEL"]))
+    del defaults["model_dir"]
+    assert set(documented) == {f"--{name}" for name in defaults}
+    for name, value in defaults.items():
+        shown = "off" if value is False else f"{value:g}" if isinstance(value, float) else str(value)
+        cell = documented[f"--{name}"]
+        assert value is None or shown in re.split(r"[ ,]+", cell), (name, shown, cell)
