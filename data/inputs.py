@@ -42,3 +42,14 @@ def assistant_turn(answer):
 def encode_texts(tokenizer, texts, max_seq_len):
     """Token ids of each text as training tokenises a row: the tokenizer's special tokens, cut at max_seq_len."""
     return tokenizer(list(texts), truncation=True, max_length=max_seq_len)["input_ids"]
+
+
+def encode_marking_cuts(tokenizer, texts, max_seq_len):
+    """`encode_texts`' ids, and for each text whether it was cut. One tokenizer call over all texts; the
+    few that are too long are encoded again with the truncation rule (which keeps trailing special tokens)."""
+    ids = tokenizer(list(texts), verbose=False)["input_ids"]
+    cut = [len(row) > max_seq_len for row in ids]
+    long = [i for i, c in enumerate(cut) if c]
+    for i, row in zip(long, encode_texts(tokenizer, [texts[i] for i in long], max_seq_len) if long else []):
+        ids[i] = row
+    return ids, cut

@@ -1,5 +1,6 @@
-"""Dynamic batching for the scoring server: concurrent requests merged into length-sorted batches under
-a token budget, one forward at a time on a worker thread, each request answered with its own rewards."""
+"""Dynamic batching for the scoring server: the requests queued while a forward runs are merged into the
+next forwards (length-sorted, under a token budget), one forward at a time on a worker thread, and each
+request is answered with its own rewards as soon as its last text is scored."""
 import asyncio
 import queue
 import threading
@@ -25,15 +26,18 @@ def length_batches(lengths, max_batch_tokens, max_padding=1.0):
 
 
 class Job:
-    """One request's texts; its future gets (rewards, truncated flags) or the exception that failed it."""
+    """One request's token id rows; its future gets the rewards (a list) or the exception that failed it."""
 
-    def __init__(self, texts, loop, future):
-        self.texts, self.loop, self.future = texts, loop, future
+    def __init__(self, rows, loop, future):
+        self.rows, self.loop, self.future = rows, loop, future
         self.arrived = time.monotonic()
-        self.lengths = self.truncated = None
-        self.rewards = [None] * len(texts)
-        self.left = len(texts)
+        self.rewards = [None] * len(rows)
+        self.left = len(rows)
         self.failed = False
+
+    @property
+    def tokens(self):
+        return sum(len(row) for row in self.rows)
 
     def settle(self, result=None, error=None):
         self.failed = error is not None
@@ -48,18 +52,22 @@ def _settle(future, result, error):
 class Batcher:
     """A single thread that merges queued requests into length-sorted batches and runs one forward at a time.
 
-    It takes the first waiting request, collects others for up to `max_wait_s` after it arrived (or
-    until `max_batch_tokens` are waiting), sorts all their texts by length, runs `length_batches` of them,
-    and answers each request as soon as its last text is scored. A batch that raises is re-run one
-    request at a time, so an error fails only the requests that cause it.
+    `score` maps rows of token ids to their rewards. The thread takes every request queued when it is free
+    (up to `max_batch_tokens`), so the requests that arrive while a forward runs share the next one; it
+    waits for more only while its first request is younger than `max_wait_s` (0: never, and a lone client
+    never waits). It sorts their rows by length, runs `length_batches` of them and answers each request
+    as soon as its last row is scored. A batch that raises is re-run one request at a time, so an error
+    fails only the requests that cause it.
     """
 
-    def __init__(self, scorer, max_batch_tokens, max_wait_s, max_padding=1.0):
-        self.scorer, self.max_batch_tokens, self.max_wait_s = scorer, max_batch_tokens, max_wait_s
+    def __init__(self, score, max_batch_tokens, max_wait_s=0.0, max_padding=1.0):
+        self.score_rows, self.max_batch_tokens, self.max_wait_s = score, max_batch_tokens, max_wait_s
         self.max_padding = max_padding
         self.queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
-        self.stats = {"forwards": 0, "texts": 0}
+        # forward_s: wall time in forwards; forward_cpu_s: this thread's CPU time in them (less when it was
+        # preempted by other work or waited for the GIL)
+        self.stats = {"forwards": 0, "texts": 0, "tokens": 0, "forward_s": 0.0, "forward_cpu_s": 0.0}
 
     def start(self):
         self.thread.start()
@@ -69,9 +77,9 @@ class Batcher:
         self.queue.put(None)
         self.thread.join()
 
-    async def score(self, texts):
+    async def score(self, rows):
         loop = asyncio.get_running_loop()
-        job = Job(texts, loop, loop.create_future())
+        job = Job(rows, loop, loop.create_future())
         self.queue.put(job)
         return await job.future
 
@@ -83,23 +91,12 @@ class Batcher:
             if stopping:
                 return
 
-    def _measure(self, job):
-        try:
-            lengths = self.scorer.lengths(job.texts)
-        except Exception as error:
-            traceback.print_exc()
-            job.settle(error=error)
-            return 0
-        job.truncated = [n > self.scorer.max_seq_len for n in lengths]
-        job.lengths = [min(n, self.scorer.max_seq_len) for n in lengths]
-        return sum(job.lengths)
-
     def _collect(self):
         """(jobs to run now, whether stop() was called)."""
         first = self.queue.get()
         if first is None:
             return [], True
-        jobs, tokens = [first], self._measure(first)
+        jobs, tokens = [first], first.tokens
         deadline = first.arrived + self.max_wait_s
         while tokens < self.max_batch_tokens:
             try:
@@ -107,14 +104,13 @@ class Batcher:
             except queue.Empty:
                 break
             if job is None:
-                return [j for j in jobs if not j.failed], True
+                return jobs, True
             jobs.append(job)
-            tokens += self._measure(job)
-        return [j for j in jobs if not j.failed], False
+            tokens += job.tokens
+        return jobs, False
 
     def _process(self, jobs):
-        rows = sorted(((length, job, i) for job in jobs for i, length in enumerate(job.lengths)),
-                      key=lambda row: -row[0])
+        rows = sorted(((len(row), job, i) for job in jobs for i, row in enumerate(job.rows)), key=lambda r: -r[0])
         for start, end in length_batches([row[0] for row in rows], self.max_batch_tokens, self.max_padding):
             batch = [(job, i) for _, job, i in rows[start:end] if not job.failed]
             try:
@@ -128,11 +124,18 @@ class Batcher:
                         job.settle(error=error)
 
     def _score(self, batch):
-        rewards = self.scorer([job.texts[i] for job, i in batch])
+        if not batch:
+            return
+        rows = [job.rows[i] for job, i in batch]
+        wall, cpu = time.perf_counter(), time.thread_time()
+        rewards = self.score_rows(rows)
+        self.stats["forward_s"] += time.perf_counter() - wall
+        self.stats["forward_cpu_s"] += time.thread_time() - cpu
         self.stats["forwards"] += 1
-        self.stats["texts"] += len(batch)
+        self.stats["texts"] += len(rows)
+        self.stats["tokens"] += sum(len(row) for row in rows)
         for (job, i), reward in zip(batch, rewards):
             job.rewards[i] = reward
             job.left -= 1
             if job.left == 0:
-                job.settle((job.rewards, job.truncated))
+                job.settle(job.rewards)

@@ -7,23 +7,29 @@
 POST /score       {"texts": [...]} | {"prompts": [...], "answers": [...]} | {"conversations": [[{"role", "content"}, ...]]}
                   -> {"rewards": [...], "truncated": [indices of texts cut at max_seq_len]}
 POST /get_reward  {"query": [...]} -> {"rewards": [...], "scores": [...], "extra_logs": {...}}  (OpenRLHF's remote RM)
-GET  /health, GET /info
+POST /classify, /v1/classify  {"input": text or [texts], "model", "use_activation" | "activation"}  (vLLM's, as verl
+                  sends it) -> {"data": [{"index", "label", "probs": [reward or its sigmoid], "num_classes": 1}], ...}
+GET  /v1/models, /health, /info
 
 Texts are made and tokenised as training makes its rows (data/inputs.py: texts get the model's
 end-of-conversation text, conversations are rendered with the chat template) and scored by
-`model.scoring.score_texts`, so rewards equal `evaluate.py OUT --score` for the same texts and dtype.
+`model.scoring.score_ids`, so rewards equal `evaluate.py OUT --score` for the same texts and dtype.
 Conversations are checked and rendered by training's own data/chat.py; a request training would refuse,
-or one that cannot be read, gets a 4xx whose `detail` says what is wrong and where.
+or one that cannot be read, gets a 4xx whose `detail` says what is wrong and where. A text cut at
+max_seq_len is listed in the `X-Truncated-Inputs` header of every scoring endpoint's response.
 """
 import argparse
 import json
+import math
 import os
 import signal
 import sys
+import time
 import traceback
+import uuid
 
 from data.chat import PROBE, RowError
-from data.inputs import ModelInputs
+from data.inputs import ModelInputs, encode_marking_cuts
 from evaluation_scripts.batching import Batcher
 from utils.spans import LAST_TOKEN
 
@@ -57,8 +63,10 @@ def parse_args(argv=None):
     batching.add_argument("--max_padding", type=float, default=0.25,
                           help="Largest share of a forward's tokens that may be padding: a shorter text that would "
                                "push it higher starts the next batch (1: only --max_batch_tokens cuts batches).")
-    batching.add_argument("--max_wait_ms", type=float, default=10.0,
-                          help="How long the first queued request waits for others to share its forward.")
+    batching.add_argument("--max_wait_ms", type=float, default=0.0,
+                          help="How long the first request queued at an idle server waits for others to share its "
+                               "forward (requests that arrive while a forward runs share the next one anyway; 0: a "
+                               "lone client never waits).")
     batching.add_argument("--max_texts_per_request", type=int, default=1024,
                           help="Requests with more texts get 413.")
     batching.add_argument("--max_body_bytes", type=int, default=16 * 2 ** 20,
@@ -70,20 +78,21 @@ def parse_args(argv=None):
 # ---- scoring ------------------------------------------------------------------------------------
 
 class Scorer:
-    """Token lengths and rewards of texts; called from the batching thread only (the Rust tokenizer
-    must not be used from two threads at once)."""
+    """Token ids and rewards of texts. `encode` runs on the server's one tokenizer thread and `__call__` on
+    the batching thread: only `encode` uses the Rust tokenizer, which must not be used from two threads at once."""
 
     def __init__(self, model, tokenizer, max_seq_len, shift=0.0, scale=1.0):
         self.model, self.tokenizer, self.max_seq_len = model, tokenizer, max_seq_len
         self.shift, self.scale = shift, scale
 
-    def lengths(self, texts):
-        """Untruncated token counts, as score_texts tokenises (special tokens included)."""
-        return [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
+    def encode(self, texts):
+        """(token ids of each text as training tokenises it, whether each was cut at max_seq_len)."""
+        return encode_marking_cuts(self.tokenizer, texts, self.max_seq_len)
 
-    def __call__(self, texts):
-        from model.scoring import score_texts
-        rewards = score_texts(self.model, self.tokenizer, texts, self.max_seq_len).tolist()
+    def __call__(self, rows):
+        """Rewards of rows of token ids, rescaled as the flags ask."""
+        from model.scoring import score_ids
+        rewards = score_ids(self.model, rows).tolist()
         return [(r - self.shift) / self.scale for r in rewards]
 
 
@@ -119,7 +128,10 @@ def load_scorer(args):
 # ---- requests -> texts --------------------------------------------------------------------------
 
 MAX_DEPTH = 20  # containers a body may nest; a valid one needs 4 (body, conversations, a conversation, a message)
-MAX_DIGITS = 1000  # digits of one JSON integer (no field of this API is a number)
+MAX_DIGITS = 1000  # digits of one JSON integer (no field of this API needs more)
+# vLLM's /classify fields this server reads; those that cannot change a reward (user, request_id, priority)
+# are accepted and ignored, as vLLM ignores what it does not use
+CLASSIFY_FIELDS = ("input", "model", "use_activation", "activation", "user", "request_id", "priority")
 SCORE_BODIES = {frozenset({"texts"}): "texts", frozenset({"prompts", "answers"}): "prompts",
                 frozenset({"conversations"}): "conversations"}
 
@@ -266,10 +278,42 @@ class Texts:
         except RowError as error:
             raise BadRequest(422, str(error)) from None
 
+    def classify(self, body):
+        """/classify (vLLM's): "input", a text or a list of texts, each scored as a /score text."""
+        unknown = sorted(set(body) - set(CLASSIFY_FIELDS))
+        if unknown:
+            raise BadRequest(422, f"/classify does not read {unknown}; its fields are {list(CLASSIFY_FIELDS)}.")
+        if not isinstance(body.get("model"), (str, type(None))):
+            raise BadRequest(422, f"'model' must be a string; got {json_type(body['model'])}.")
+        use_activation(body)
+        if isinstance(body.get("input"), str):
+            texts = with_text([body["input"]], "input")
+        elif "input" in body and not isinstance(body["input"], list):
+            raise BadRequest(422, f"'input' must be a text or a non-empty list of texts; got {json_type(body['input'])}.")
+        else:
+            texts = with_text(items_of(body, "input", self.limit, str), "input")
+        return [self.inputs.answer_text("", text) for text in texts]
+
     def get_reward(self, body):
         """/get_reward (OpenRLHF): {"query": [...]}, each decoded with its special tokens and padding."""
         queries = with_text([self.ends(q) for q in items_of(body, "query", self.limit, str)], "query")
         return [self.inputs.answer_text("", query) for query in queries]
+
+
+def use_activation(body):
+    """/classify's activation flag: `use_activation`, or `activation` (vLLM's earlier name, which verl sends).
+    Absent or null: true, vLLM's default for a one-label classifier (its sigmoid)."""
+    given = {key: body[key] for key in ("use_activation", "activation") if body.get(key) is not None}
+    for key, value in given.items():
+        if not isinstance(value, bool):
+            raise BadRequest(422, f"'{key}' must be true, false or null; got {json_type(value)}.")
+    if len(set(given.values())) > 1:
+        raise BadRequest(422, "'use_activation' and 'activation' disagree; send one of them.")
+    return next(iter(given.values()), True)
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
 async def read_json(request, max_bytes):
@@ -325,8 +369,14 @@ class QueryEnds:
 
 # ---- the app ------------------------------------------------------------------------------------
 
+# the exported classifier's one label (export_hf.py, num_labels=1), as vLLM names it from the config's id2label
+LABEL = "LABEL_0"
+
+
 def build_app(scorer, batcher, args):
+    import asyncio
     import contextlib
+    from concurrent.futures import ThreadPoolExecutor
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -334,23 +384,33 @@ def build_app(scorer, batcher, args):
     info = server_info(scorer, args)
     reader = Texts(ModelInputs(scorer.tokenizer, scorer.model.settings, scorer.max_seq_len),
                    args.max_texts_per_request)
+    tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")  # off the event loop; one thread
+    started = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         batcher.start()
         yield
         batcher.stop()
+        tokenizing.shutdown()
         print(f"serve: stopped after answering {counts['answered']} of {counts['accepted']} accepted "
               f"scoring requests ({counts['ok']} with rewards)", file=sys.stderr, flush=True)
 
     app = FastAPI(title="reward model", lifespan=lifespan)
 
     async def answer(request, texts_of, respond):
+        """Read the body, make its texts (`texts_of`), score them; `respond(body, rewards, token count)`
+        gives the JSON answer. Texts cut at max_seq_len are listed in the X-Truncated-Inputs header."""
         counts["accepted"] += 1
+        headers = {}
         try:
-            texts = texts_of(await read_json(request, args.max_body_bytes))
-            rewards, truncated = await batcher.score(texts)
-            status, content = 200, respond(rewards, truncated)
+            body = await read_json(request, args.max_body_bytes)
+            texts = texts_of(body)
+            rows, cut = await asyncio.get_running_loop().run_in_executor(tokenizing, scorer.encode, texts)
+            rewards = await batcher.score(rows)
+            status, content = 200, respond(body, rewards, cut, sum(len(row) for row in rows))
+            if any(cut):
+                headers["X-Truncated-Inputs"] = ",".join(str(i) for i, c in enumerate(cut) if c)
             counts["ok"] += 1
         except BadRequest as error:
             status, content = error.status, {"detail": str(error)}
@@ -358,20 +418,34 @@ def build_app(scorer, batcher, args):
             traceback.print_exc()
             status, content = 500, {"detail": f"scoring failed: {type(error).__name__}: {error}"}
         counts["answered"] += 1
-        return JSONResponse(content, status_code=status)
+        return JSONResponse(content, status_code=status, headers=headers)
 
     @app.post("/score")
     async def score(request: Request):
         return await answer(request, reader.score,
-                            lambda rewards, truncated: {"rewards": rewards,
-                                                        "truncated": [i for i, t in enumerate(truncated) if t]})
+                            lambda body, rewards, cut, tokens: {"rewards": rewards,
+                                                                "truncated": [i for i, c in enumerate(cut) if c]})
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
         """OpenRLHF's remote reward model protocol: its client also sends prompts and labels (ignored)."""
         return await answer(request, reader.get_reward,
-                            lambda rewards, truncated: {"rewards": rewards, "scores": rewards,
-                                                        "extra_logs": {"truncated": [float(t) for t in truncated]}})
+                            lambda body, rewards, cut, tokens: {"rewards": rewards, "scores": rewards,
+                                                                "extra_logs": {"truncated": [float(c) for c in cut]}})
+
+    @app.post("/classify")
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        """vLLM's classification API (SGLang's path too), as verl's reward loop calls it."""
+        return await answer(request, reader.classify,
+                            lambda body, rewards, cut, tokens: classification(args.model_dir, rewards,
+                                                                              use_activation(body), tokens))
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": args.model_dir, "object": "model", "created": started,
+                                            "owned_by": "serve.py", "root": info["model"], "parent": None,
+                                            "max_model_len": scorer.max_seq_len}]}
 
     @app.get("/health")
     async def health():
@@ -382,6 +456,15 @@ def build_app(scorer, batcher, args):
         return info
 
     return app
+
+
+def classification(model_name, rewards, activation, tokens):
+    """vLLM's /classify response for a one-label classifier: `probs` holds the reward, or its sigmoid."""
+    probs = [sigmoid(r) for r in rewards] if activation else rewards
+    return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": model_name,
+            "data": [{"index": i, "label": LABEL, "probs": [p], "num_classes": 1} for i, p in enumerate(probs)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
+                      "prompt_tokens_details": None}}
 
 
 def server_info(scorer, args):

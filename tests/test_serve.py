@@ -226,16 +226,22 @@ def test_sigterm_during_load_loses_no_accepted_request(reward_dir, offline, tmp_
     deadline = time.monotonic() + 120  # the clients give up after it, whatever the server does
 
     def client(k):
+        verl = k % 2 == 1  # half the clients send /score requests of 3 texts, half verl's one-text /classify
         with httpx.Client(timeout=60) as http:
             while time.monotonic() < deadline:
-                indices = [(k + 3 * j) % len(texts) for j in range(3)]
+                indices = [(k + 3 * j) % len(texts) for j in range(1 if verl else 3)]
                 try:
-                    response = http.post(server.url + "/score", json={"texts": [texts[i] for i in indices]})
+                    if not verl:
+                        response = http.post(server.url + "/score", json={"texts": [texts[i] for i in indices]})
+                    else:
+                        response = http.post(server.url + "/classify", json={"model": "rm", "input": texts[indices[0]],
+                                                                             "activation": False})
                 except httpx.TransportError as error:
                     refused.append(error)
                     return
-                if response.status_code != 200 or response.json()["rewards"] != pytest.approx(
-                        [expected[i] for i in indices], abs=1e-5):
+                body = response.json()
+                got = [d["probs"][-1] for d in body.get("data", [])] if verl else body.get("rewards")
+                if response.status_code != 200 or got != pytest.approx([expected[i] for i in indices], abs=1e-5):
                     wrong.append(response.text)
                 ok.append(time.monotonic())
                 k += 1
@@ -264,9 +270,11 @@ def test_sigterm_during_load_loses_no_accepted_request(reward_dir, offline, tmp_
 def test_normalize_and_center_use_the_saved_statistics(reward_dir, offline):
     from evaluation_scripts.serve import load_scorer, parse_args
     texts = ["Human: hi Assistant: thanks, great!<|endoftext|>", "Human: hi Assistant: awful.<|endoftext|>"]
-    raw = load_scorer(parse_args([reward_dir, "--max_seq_len", str(MAX_SEQ_LEN)]))(texts)
-    normalized = load_scorer(parse_args([reward_dir, "--max_seq_len", str(MAX_SEQ_LEN), "--normalize"]))(texts)
-    centered = load_scorer(parse_args([reward_dir, "--max_seq_len", str(MAX_SEQ_LEN), "--center"]))(texts)
+
+    def rewards(*flags):
+        scorer = load_scorer(parse_args([reward_dir, "--max_seq_len", str(MAX_SEQ_LEN), *flags]))
+        return scorer(scorer.encode(texts)[0])
+    raw, normalized, centered = rewards(), rewards("--normalize"), rewards("--center")
     assert normalized == pytest.approx([(r - REWARD_MEAN) / REWARD_STD for r in raw], abs=1e-6)
     assert centered == pytest.approx([r - REWARD_MEAN for r in raw], abs=1e-6)
 
@@ -283,20 +291,35 @@ def test_length_batches_keep_the_token_budget():
 
 
 class FakeScorer:
-    """Length = characters; a text containing 'boom' makes its whole batch raise."""
-    max_seq_len = 100
+    """Rows of characters; reward = row length. A row holding 'boom' makes its whole batch raise; with
+    `hold`, the first forward waits until `release` is set."""
 
-    def __init__(self):
+    def __init__(self, hold=False):
         self.batches = []
+        self.started, self.release = threading.Event(), threading.Event()
+        if not hold:
+            self.release.set()
 
-    def lengths(self, texts):
-        return [len(t) for t in texts]
-
-    def __call__(self, texts):
-        self.batches.append(list(texts))
-        if any("boom" in t for t in texts):
+    def __call__(self, rows):
+        self.batches.append(["".join(row) for row in rows])
+        self.started.set()
+        assert self.release.wait(timeout=30), "the test never released the first forward"
+        if any("boom" in "".join(row) for row in rows):
             raise RuntimeError("boom")
-        return [float(len(t)) for t in texts]
+        return [float(len(row)) for row in rows]
+
+
+def score_concurrently(batcher, requests, before=None):
+    """Score each request (a list of texts, as character rows) through `batcher` at once; `before(tasks)`
+    runs after the first request is queued. Returns each request's rewards or exception."""
+    async def run():
+        tasks = [asyncio.ensure_future(batcher.score([list(t) for t in requests[0]]))]
+        await asyncio.sleep(0)
+        if before:
+            await asyncio.get_running_loop().run_in_executor(None, before)
+        tasks += [asyncio.ensure_future(batcher.score([list(t) for t in texts])) for texts in requests[1:]]
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
+    return asyncio.run(run())
 
 
 def test_an_error_fails_only_its_own_request():
@@ -304,15 +327,28 @@ def test_an_error_fails_only_its_own_request():
     scorer = FakeScorer()
     batcher = Batcher(scorer, max_batch_tokens=10000, max_wait_s=0.2)
     batcher.start()
-
-    async def requests():
-        return await asyncio.gather(batcher.score(["aa", "b" * 150]), batcher.score(["boom", "c"]),
-                                    batcher.score(["dddd"]), return_exceptions=True)
-    first, second, third = asyncio.run(requests())
+    first, second, third = score_concurrently(batcher, [["aa", "b" * 150], ["boom", "c"], ["dddd"]])
     batcher.stop()
-    assert first == ([2.0, 150.0], [False, True]) and third == ([4.0], [False])
+    assert first == [2.0, 150.0] and third == [4.0]
     assert isinstance(second, RuntimeError)
     assert scorer.batches[0] == ["b" * 150, "boom", "dddd", "aa", "c"]  # one merged batch, longest first
+
+
+def test_requests_queued_during_a_forward_share_the_next_and_a_lone_one_never_waits():
+    """With no wait (--max_wait_ms 0) a request at an idle server is scored at once, alone; the requests
+    that arrive while that forward runs are merged into the next one."""
+    from evaluation_scripts.batching import Batcher
+    scorer = FakeScorer(hold=True)
+    batcher = Batcher(scorer, max_batch_tokens=10000, max_wait_s=0.0)
+    batcher.start()
+
+    def while_the_first_runs():
+        assert scorer.started.wait(timeout=30)
+        threading.Timer(0.2, scorer.release.set).start()  # after the other requests are queued
+    results = score_concurrently(batcher, [["first"], ["bb"], ["ccc"], ["d"]], before=while_the_first_runs)
+    batcher.stop()
+    assert results == [[5.0], [2.0], [3.0], [1.0]]
+    assert scorer.batches == [["first"], ["ccc", "bb", "d"]]
 
 
 TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
