@@ -2,27 +2,35 @@
 next forwards (length-sorted, under a token budget), one forward at a time on a worker thread, and each
 request is answered with its own rewards as soon as its last text is scored."""
 import asyncio
+import math
 import queue
 import threading
 import time
 import traceback
 
 
-def length_batches(lengths, max_batch_tokens, max_padding=1.0):
-    """Cut rows sorted longest first into (start, end) runs whose rows x longest row fits the budget and
-    holds at most a `max_padding` share of padding (compute spent on padding is wasted on a CPU)."""
-    batches, start = [], 0
-    while start < len(lengths):
-        end, real = start + 1, lengths[start]
-        while end < len(lengths):
-            padded = (end - start + 1) * lengths[start]
-            if padded > max_batch_tokens or real + lengths[end] < (1 - max_padding) * padded:
+def cheapest_batches(lengths, max_batch_tokens, forward_cost):
+    """Cut rows sorted longest first into the (start, end) runs that cost least in all: a run of k rows
+    whose longest has L tokens costs k x L tokens (its padded rows) plus `forward_cost` tokens for the
+    forward itself, and holds at most `max_batch_tokens` of them (a longer row runs alone).
+
+    On a CPU a forward's cost grows with its padded tokens from the first one, so padding is paid in full
+    and merging saves only the per-forward cost: merging rows of very different lengths costs more than
+    it saves. One pass over the runs that fit the budget (dynamic programming, O(rows x rows per run)).
+    """
+    best, cut = [0.0] + [math.inf] * len(lengths), [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for start in range(end - 1, -1, -1):
+            if end - start > 1 and (end - start) * lengths[start] > max_batch_tokens:
                 break
-            real += lengths[end]
-            end += 1
-        batches.append((start, end))
-        start = end
-    return batches
+            price = best[start] + (end - start) * lengths[start] + forward_cost
+            if price < best[end]:
+                best[end], cut[end] = price, start
+    batches, end = [], len(lengths)
+    while end:
+        batches.append((cut[end], end))
+        end = cut[end]
+    return batches[::-1]
 
 
 class Job:
@@ -52,17 +60,17 @@ def _settle(future, result, error):
 class Batcher:
     """A single thread that merges queued requests into length-sorted batches and runs one forward at a time.
 
-    `score` maps rows of token ids to their rewards. The thread takes every request queued when it is free
-    (up to `max_batch_tokens`), so the requests that arrive while a forward runs share the next one; it
-    waits for more only while its first request is younger than `max_wait_s` (0: never, and a lone client
-    never waits). It sorts their rows by length, runs `length_batches` of them and answers each request
-    as soon as its last row is scored. A batch that raises is re-run one request at a time, so an error
-    fails only the requests that cause it.
+    `score` maps rows of token ids to their rewards. The thread takes the requests queued when it is free
+    (until they hold `max_batch_tokens`), so the requests that arrive while a forward runs share the next
+    ones; it waits for more only while its first request is younger than `max_wait_s` (0: never, and a lone
+    client never waits). It sorts their rows by length, runs the `cheapest_batches` of them and answers each
+    request as soon as its last row is scored. A batch that raises is re-run one request at a time, so an
+    error fails only the requests that cause it.
     """
 
-    def __init__(self, score, max_batch_tokens, max_wait_s=0.0, max_padding=1.0):
+    def __init__(self, score, max_batch_tokens, max_wait_s=0.0, forward_cost=0.0):
         self.score_rows, self.max_batch_tokens, self.max_wait_s = score, max_batch_tokens, max_wait_s
-        self.max_padding = max_padding
+        self.forward_cost = forward_cost
         self.queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         # forward_s: wall time in forwards; forward_cpu_s: this thread's CPU time in them (less when it was
@@ -111,7 +119,7 @@ class Batcher:
 
     def _process(self, jobs):
         rows = sorted(((len(row), job, i) for job in jobs for i, row in enumerate(job.rows)), key=lambda r: -r[0])
-        for start, end in length_batches([row[0] for row in rows], self.max_batch_tokens, self.max_padding):
+        for start, end in cheapest_batches([row[0] for row in rows], self.max_batch_tokens, self.forward_cost):
             batch = [(job, i) for _, job, i in rows[start:end] if not job.failed]
             try:
                 self._score(batch)

@@ -58,11 +58,10 @@ def parse_args(argv=None):
                          help="Return (r - reward_mean) / reward_std, the eval-set statistics saved in config.json.")
     rescale.add_argument("--center", action="store_true", help="Return r - reward_mean (as --center_rewards).")
     batching = parser.add_argument_group("batching and limits")
-    batching.add_argument("--max_batch_tokens", type=int, default=8192,
-                          help="Padded tokens (rows x longest row) per forward; a longer single text runs alone.")
-    batching.add_argument("--max_padding", type=float, default=0.25,
-                          help="Largest share of a forward's tokens that may be padding: a shorter text that would "
-                               "push it higher starts the next batch (1: only --max_batch_tokens cuts batches).")
+    batching.add_argument("--max_batch_tokens", type=int, default=2048,
+                          help="Padded tokens (texts x longest text) per forward; a longer single text runs alone. "
+                               "Within it, texts are cut into the batches that cost least (padding against one "
+                               "more forward).")
     batching.add_argument("--max_wait_ms", type=float, default=0.0,
                           help="How long the first request queued at an idle server waits for others to share its "
                                "forward (requests that arrive while a forward runs share the next one anyway; 0: a "
@@ -467,6 +466,14 @@ def classification(model_name, rewards, activation, tokens):
                       "prompt_tokens_details": None}}
 
 
+def forward_cost(model):
+    """What one more forward costs, in tokens of compute: training's per-forward charge (training/sub_batches.py);
+    measured again for scoring on the opt-125m shape: fp32 ~46 tokens, bf16 ~150, batches alike within 3% for
+    any charge from 50 to 400 (docs/serving.md)."""
+    from training.sub_batches import FORWARD_COST_X_WIDTH
+    return round(FORWARD_COST_X_WIDTH / model.config.hidden_size, 1)
+
+
 def server_info(scorer, args):
     import torch
     model = scorer.model
@@ -483,7 +490,7 @@ def server_info(scorer, args):
             "reward_mean": model.reward_stats.get("reward_mean"), "reward_std": model.reward_stats.get("reward_std"),
             "normalize": args.normalize, "center": args.center,
             "chat_template": bool(getattr(scorer.tokenizer, "chat_template", None)),
-            "max_batch_tokens": args.max_batch_tokens, "max_padding": args.max_padding,
+            "max_batch_tokens": args.max_batch_tokens, "forward_cost_tokens": forward_cost(model),
             "max_wait_ms": args.max_wait_ms,
             "max_texts_per_request": args.max_texts_per_request, "max_body_bytes": args.max_body_bytes}
 
@@ -499,9 +506,7 @@ def run(args):
         import torch
         torch.set_num_threads(args.threads)
     scorer = load_scorer(args)
-    if not 0 <= args.max_padding <= 1:
-        raise UserError(f"--max_padding is a share of a batch's tokens, from 0 to 1; got {args.max_padding}.")
-    batcher = Batcher(scorer, args.max_batch_tokens, args.max_wait_ms / 1000, args.max_padding)
+    batcher = Batcher(scorer, args.max_batch_tokens, args.max_wait_ms / 1000, forward_cost(scorer.model))
     app = build_app(scorer, batcher, args)
     print(f"serve: {args.model_dir} ({json.dumps(server_info(scorer, args))})", file=sys.stderr, flush=True)
     # uvicorn stops accepting on SIGTERM/SIGINT, finishes the requests it holds, runs the lifespan exit,

@@ -279,15 +279,17 @@ def test_normalize_and_center_use_the_saved_statistics(reward_dir, offline):
     assert centered == pytest.approx([r - REWARD_MEAN for r in raw], abs=1e-6)
 
 
-def test_length_batches_keep_the_token_budget():
-    from evaluation_scripts.batching import length_batches
-    lengths = [300, 100, 90, 90, 50, 10, 10, 1]
-    batches = length_batches(lengths, 200)
-    assert batches == [(0, 1), (1, 3), (3, 5), (5, 8)]
-    assert all((end - start) * lengths[start] <= 200 or end - start == 1 for start, end in batches)
-    # at most half padding: the short rows go into a batch of their own
-    assert length_batches([100, 20, 20, 20], 1000, max_padding=0.5) == [(0, 2), (2, 4)]
-    assert length_batches([100, 20, 20, 20], 1000, max_padding=1.0) == [(0, 4)]
+def test_cheapest_batches_weigh_padding_against_one_more_forward():
+    """Worked by hand for rows of 100, 20, 20, 20 tokens: apart they cost 100 + 60 tokens plus two forwards,
+    together 4 x 100 plus one, so they merge only when a forward costs more than the 240 padded tokens."""
+    from evaluation_scripts.batching import cheapest_batches
+    lengths = [100, 20, 20, 20]
+    assert cheapest_batches(lengths, 1000, forward_cost=10) == [(0, 1), (1, 4)]  # 110 + 70 < 410
+    assert cheapest_batches(lengths, 1000, forward_cost=300) == [(0, 4)]  # 700 < 400 + 360
+    assert cheapest_batches(lengths, 200, forward_cost=300) == [(0, 1), (1, 4)]  # 4 x 100 is over the budget
+    assert cheapest_batches(lengths, 1000, forward_cost=0) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert cheapest_batches([300, 10], 200, forward_cost=1000) == [(0, 1), (1, 2)]  # too long to share
+    assert cheapest_batches([], 200, forward_cost=10) == []
 
 
 class FakeScorer:
@@ -325,7 +327,7 @@ def score_concurrently(batcher, requests, before=None):
 def test_an_error_fails_only_its_own_request():
     from evaluation_scripts.batching import Batcher
     scorer = FakeScorer()
-    batcher = Batcher(scorer, max_batch_tokens=10000, max_wait_s=0.2)
+    batcher = Batcher(scorer, max_batch_tokens=10000, max_wait_s=0.2, forward_cost=1000)
     batcher.start()
     first, second, third = score_concurrently(batcher, [["aa", "b" * 150], ["boom", "c"], ["dddd"]])
     batcher.stop()
@@ -339,7 +341,7 @@ def test_requests_queued_during_a_forward_share_the_next_and_a_lone_one_never_wa
     that arrive while that forward runs are merged into the next one."""
     from evaluation_scripts.batching import Batcher
     scorer = FakeScorer(hold=True)
-    batcher = Batcher(scorer, max_batch_tokens=10000, max_wait_s=0.0)
+    batcher = Batcher(scorer, max_batch_tokens=10000, max_wait_s=0.0, forward_cost=1000)
     batcher.start()
 
     def while_the_first_runs():
