@@ -23,6 +23,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import sys
 import time
 import traceback
@@ -76,6 +77,9 @@ def parse_args(argv=None):
 
 # ---- scoring ------------------------------------------------------------------------------------
 
+CALIBRATION_TEXT = " Human: Could you tell me how to bake bread at home? Assistant: Mix flour, water, salt and yeast, " * 3
+
+
 class Scorer:
     """Token ids and rewards of texts. `encode` runs on the server's one tokenizer thread and `__call__` on
     the batching thread: only `encode` uses the Rust tokenizer, which must not be used from two threads at once."""
@@ -93,6 +97,23 @@ class Scorer:
         from model.scoring import score_ids
         rewards = score_ids(self.model, rows).tolist()
         return [(r - self.shift) / self.scale for r in rewards]
+
+    def forward_cost(self, max_tokens, rows=4, repeats=3):
+        """What one more forward costs, in tokens of compute, on this machine and dtype: a forward of T tokens
+        takes about (cost + T) x per-token time. Timed on 1 and on `rows` rows of up to 64 tokens, each shape
+        once untimed (first calls build kernels), then `repeats` times by turns; from the medians. Clamped
+        to 0..max_tokens (at max_tokens merging always pays)."""
+        row = self.encode([CALIBRATION_TEXT])[0][0][:64]
+        times = {1: [], rows: []}
+        for repeat in range(repeats + 1):
+            for batch in ([row], [row] * rows):
+                start = time.perf_counter()
+                self(batch)
+                if repeat:
+                    times[len(batch)].append(time.perf_counter() - start)
+        one, many = statistics.median(times[1]), statistics.median(times[rows])
+        per_token = (many - one) / ((rows - 1) * len(row))
+        return round(min(max(one / per_token - len(row), 0.0), max_tokens) if per_token > 0 else max_tokens, 1)
 
 
 def load_scorer(args):
@@ -380,7 +401,7 @@ def build_app(scorer, batcher, args):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     counts = {"accepted": 0, "answered": 0, "ok": 0}
-    info = server_info(scorer, args)
+    info = server_info(scorer, batcher, args)
     reader = Texts(ModelInputs(scorer.tokenizer, scorer.model.settings, scorer.max_seq_len),
                    args.max_texts_per_request)
     tokenizing = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")  # off the event loop; one thread
@@ -466,15 +487,7 @@ def classification(model_name, rewards, activation, tokens):
                       "prompt_tokens_details": None}}
 
 
-def forward_cost(model):
-    """What one more forward costs, in tokens of compute: training's per-forward charge (training/sub_batches.py);
-    measured again for scoring on the opt-125m shape: fp32 ~46 tokens, bf16 ~150, batches alike within 3% for
-    any charge from 50 to 400 (docs/serving.md)."""
-    from training.sub_batches import FORWARD_COST_X_WIDTH
-    return round(FORWARD_COST_X_WIDTH / model.config.hidden_size, 1)
-
-
-def server_info(scorer, args):
+def server_info(scorer, batcher, args):
     import torch
     model = scorer.model
     n = model.num_padding_at_beginning
@@ -490,7 +503,7 @@ def server_info(scorer, args):
             "reward_mean": model.reward_stats.get("reward_mean"), "reward_std": model.reward_stats.get("reward_std"),
             "normalize": args.normalize, "center": args.center,
             "chat_template": bool(getattr(scorer.tokenizer, "chat_template", None)),
-            "max_batch_tokens": args.max_batch_tokens, "forward_cost_tokens": forward_cost(model),
+            "max_batch_tokens": args.max_batch_tokens, "forward_cost_tokens": batcher.forward_cost,
             "max_wait_ms": args.max_wait_ms,
             "max_texts_per_request": args.max_texts_per_request, "max_body_bytes": args.max_body_bytes}
 
@@ -506,9 +519,10 @@ def run(args):
         import torch
         torch.set_num_threads(args.threads)
     scorer = load_scorer(args)
-    batcher = Batcher(scorer, args.max_batch_tokens, args.max_wait_ms / 1000, forward_cost(scorer.model))
+    cost = scorer.forward_cost(args.max_batch_tokens)
+    batcher = Batcher(scorer, args.max_batch_tokens, args.max_wait_ms / 1000, cost)
     app = build_app(scorer, batcher, args)
-    print(f"serve: {args.model_dir} ({json.dumps(server_info(scorer, args))})", file=sys.stderr, flush=True)
+    print(f"serve: {args.model_dir} ({json.dumps(server_info(scorer, batcher, args))})", file=sys.stderr, flush=True)
     # uvicorn stops accepting on SIGTERM/SIGINT, finishes the requests it holds, runs the lifespan exit,
     # then re-raises the signal it caught: these handlers make that last step a no-op, so we exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
