@@ -6,12 +6,12 @@
 
 Two servers run the same model on loopback: `batching` (the flags given) and `one-at-a-time` (each text in
 its own forward as soon as it arrives: --max_batch_tokens 1 --max_wait_ms 0). Texts are prompt + answer with
-HH-like lengths (benchmarks/hh_like.py). Each round gives every mode the same new texts, the modes taking
-turns (batching first in even rounds, one-at-a-time first in odd ones), so load from other work on the
-machine falls on all of them alike:
+HH-like lengths (benchmarks/hh_like.py). Each round gives each mode new texts, the same for both servers,
+the servers taking turns (batching first in even rounds, one-at-a-time first in odd ones), so load from
+other work on the machine falls on both alike:
 - one text, `--clients` clients: verl's payload (`/classify`, one text per request), as an RL loop's
   workers send it;
-- lone client: the same requests from one client, one after another (batching must not cost it);
+- lone client: such requests from one client, one after another (batching must not cost it);
 - rollout: `--rollout_clients` clients, each sending one /score request of `--rollout_texts` texts;
 - offline: in this process, `model.scoring.score_texts` on the one-text mode's texts, `--offline_batch` per
   call, and Hugging Face `AutoModelForSequenceClassification` on the model exported by export_hf.py, the
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     load = parser.add_argument_group("load")
     load.add_argument("--rounds", type=int, default=3, help="Rounds; every mode runs once per round, on new texts.")
     load.add_argument("--clients", type=int, default=16, help="Concurrent clients of the one-text mode.")
-    load.add_argument("--texts", type=int, default=32, help="Texts per round in the one-text and lone-client modes.")
+    load.add_argument("--texts", type=int, default=32, help="Texts per round in the one-text mode, and in the lone-client one.")
     load.add_argument("--rollout_clients", type=int, default=8, help="Concurrent clients of the rollout mode.")
     load.add_argument("--rollout_texts", type=int, default=32, help="Texts per rollout request.")
     load.add_argument("--offline_batch", type=int, default=16, help="Texts per offline call (ours and HF's).")
@@ -181,19 +181,21 @@ class Offline:
         return {"texts": len(texts), "seconds": time.perf_counter() - start}, rewards
 
 
-def run_round(r, urls, offline, texts, rollout_texts, args):
-    """Every mode once on this round's texts, the two servers' phases next to each other."""
+def run_round(r, urls, offline, texts, args):
+    """Every mode once on this round's texts, the two servers' phases next to each other. Each mode gets its
+    own texts: a server that has seen a text's shape before may reuse its kernels (bf16 on CPU)."""
     order = SERVERS if r % 2 == 0 else SERVERS[::-1]
-    rollouts = [("/score", {"texts": rollout_texts[s:s + args.rollout_texts]})
-                for s in range(0, len(rollout_texts), args.rollout_texts)]
+    one_text, lone, rollout = texts[:args.texts], texts[args.texts:2 * args.texts], texts[2 * args.texts:]
+    rollouts = [("/score", {"texts": rollout[s:s + args.rollout_texts]})
+                for s in range(0, len(rollout), args.rollout_texts)]
     phases = {}
-    for mode, requests, clients in [("one text", one_text_requests(texts), args.clients),
-                                    ("lone client", one_text_requests(texts), 1),
+    for mode, requests, clients in [("one text", one_text_requests(one_text), args.clients),
+                                    ("lone client", one_text_requests(lone), 1),
                                     ("rollout", rollouts, args.rollout_clients)]:
         for name in order:
             phases[(mode, name)] = served(urls[name], requests, clients)
-    phases[("offline", "ours (score_texts)")], ours = offline.timed(offline.ours, texts)
-    phases[("offline", "HF padded")], theirs = offline.timed(offline.huggingface, texts)
+    phases[("offline", "ours (score_texts)")], ours = offline.timed(offline.ours, one_text)
+    phases[("offline", "HF padded")], theirs = offline.timed(offline.huggingface, one_text)
     phases[("offline", "HF padded")]["max_abs_difference"] = max(abs(a - b) for a, b in zip(ours, theirs))
     return phases
 
@@ -251,7 +253,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     workdir = args.workdir or tempfile.mkdtemp(prefix="serve-load-")
-    per_round = args.texts + args.rollout_clients * args.rollout_texts
+    per_round = 2 * args.texts + args.rollout_clients * args.rollout_texts
     rows = hh_like.make_pairs(max(per_round * args.rounds, 2000), seed=args.seed)
     texts = [row["prompt"] + row["chosen"] for row in rows]
     model_dir = args.model_dir
@@ -267,8 +269,7 @@ def main(argv=None):
             asyncio.run(send_all(urls[name], one_text_requests(texts[-4:]), 2))  # warm-up, not counted
         rounds = []
         for r in range(args.rounds):
-            mine = texts[r * per_round:(r + 1) * per_round]
-            rounds.append(run_round(r, urls, offline, mine[:args.texts], mine[args.texts:], args))
+            rounds.append(run_round(r, urls, offline, texts[r * per_round:(r + 1) * per_round], args))
             print(f"serve_load: round {r + 1} of {args.rounds} done, load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         for process in processes.values():
