@@ -29,6 +29,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 def parse_args(argv=None):
+    from model.scoring import BATCH_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model_dir", help="A reward model folder written by main.py.")
@@ -44,7 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_len", type=int, default=None,
                         help="Tokens per text; longer texts are cut at the end (default: the model's "
                              "position limit). The number cut is reported.")
-    parser.add_argument("--batch_size", type=int, default=16, help="Texts per forward pass (length-sorted).")
+    parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS,
+                        help="Tokens per forward pass, counted as texts x the longest text: texts go longest first, "
+                             "each batch packed in one unpadded row where the model allows (model/scoring.py).")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="Weights dtype. auto: bf16 on a CUDA device that has it, else the saved dtype.")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -144,22 +147,6 @@ def encode(items, inputs, prompt_format):
     return inputs.encode(texts), lengths, cut
 
 
-def score_sequences(model, sequences, batch_size):
-    """Reward at each sequence's end token (model/scoring.py `score_ids`, as training reads it): (N,) floats.
-
-    Longest first, so the batches hold rows of similar length (little padding) and an out-of-memory
-    error shows in the first batch; no gradients."""
-    from tqdm import tqdm
-
-    from model.scoring import score_ids
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    scores = np.empty(len(sequences))
-    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch"):
-        batch = order[start:start + batch_size]
-        scores[batch] = score_ids(model, [sequences[i] for i in batch]).cpu().numpy()
-    return scores
-
-
 BENCHMARKS = {
     "rmbench": {"load": load_rmbench, "summarise": summarise_rmbench},
     "rewardbench": {"load": load_rewardbench, "summarise": summarise_rewardbench},
@@ -253,7 +240,7 @@ def write_plots(folder, files, chart, calibration):
 def check_args(args):
     from utils.errors import UserError
     problems = [f"--{k} {getattr(args, k)} must be >= {low}" for k, low in
-                (("batch_size", 1), ("ece_bins", 1), ("limit", 0)) if getattr(args, k) < low]
+                (("batch_tokens", 1), ("ece_bins", 1), ("limit", 0)) if getattr(args, k) < low]
     if args.max_seq_len is not None and args.max_seq_len < 2:
         problems.append(f"--max_seq_len {args.max_seq_len} must be >= 2")
     if args.output_name and (os.path.basename(args.output_name) != args.output_name or args.output_name in (".", "..")):
@@ -272,9 +259,13 @@ def max_len(args, positions):
 
 
 def run(args):
+    from tqdm import tqdm
+
     from data.inputs import ModelInputs
     from model.create import model_max_positions
     from model.io import read_reward_settings
+    from model.scoring import score_all, speed
+    from model.shared_prompt import packs
     check_args(args)
     read_reward_settings(args.model_dir)  # not a reward model folder: refused before any data is read
     items = load_items(args)
@@ -283,22 +274,25 @@ def run(args):
     max_seq_len = max_len(args, model_max_positions(args.model_dir))
     sequences, lengths, cut = encode(items, ModelInputs(tokenizer, model.settings, max_seq_len), prompt_format)
     start = time.perf_counter()
-    scores = score_sequences(model, sequences, args.batch_size)
+    scores = score_all(model, sequences, args.batch_tokens,
+                       lambda batches: tqdm(batches, desc="scoring", unit="batch")).double().numpy()
     seconds = time.perf_counter() - start
     scored = [(scores[item.chosen_at], scores[item.rejected_at]) for item in items]
     figures, tables, chart = BENCHMARKS[args.benchmark]["summarise"](items, scored)
     common, common_table = bias_and_calibration(items, scores, lengths, args.ece_bins)
     tokens = sum(len(s) for s in sequences)
-    speed = {"seconds": seconds, "texts": len(sequences), "tokens": tokens, "texts_per_s": len(sequences) / seconds,
+    packed = packs(model.config)
+    rates = {"seconds": seconds, "texts": len(sequences), "tokens": tokens, "texts_per_s": len(sequences) / seconds,
              "pairs_per_s": len(sequences) / 2 / seconds, "tokens_per_s": tokens / seconds,
-             "device": device, "dtype": dtype, "batch_size": args.batch_size}
+             "device": device, "dtype": dtype, "batch_tokens": args.batch_tokens, "packed": packed}
     report = {"benchmark": args.benchmark, "model": os.path.abspath(args.model_dir), "data": args.data,
               "prompt_format": prompt_format, "max_seq_len": max_seq_len, "texts_cut_at_max_seq_len": cut,
-              "items": len(items), "scores": figures, **common, "speed": speed}
+              "items": len(items), "scores": figures, **common, "speed": rates}
     for table in [*tables, common_table]:
         print(markdown(*table))
-    print(f"speed: {len(sequences)} texts ({tokens} tokens) in {seconds:.1f} s = {speed['pairs_per_s']:.1f} pairs/s "
-          f"on {device} ({dtype}, batch {args.batch_size}); {cut} texts cut at {max_seq_len} tokens")
+    print(f"speed: {speed(len(sequences), tokens, seconds)} on {device} ({dtype}, "
+          f"{'packed' if packed else 'padded'} batches of <= {args.batch_tokens} tokens); "
+          f"{cut} texts cut at {max_seq_len} tokens")
     out_dir = os.path.join(args.model_dir, "benchmarks")
     name = args.output_name or args.benchmark
     plots = None if args.no_plots else (chart, common["calibration"])

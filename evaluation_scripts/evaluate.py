@@ -42,6 +42,7 @@ SCORE_LAYOUTS = ("'text'; 'prompt' and 'answer' texts; 'messages' (a conversatio
 
 def parse_args(argv=None):
     from data.chat import PAIR_RULES
+    from model.scoring import BATCH_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model_dir", help="A reward model folder written by main.py.")
@@ -64,6 +65,10 @@ def parse_args(argv=None):
                              f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
                         help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
+    parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS,
+                        help="--score: tokens per forward pass, counted as texts x the longest text: texts go "
+                             "longest first, each batch packed in one unpadded row where the model allows "
+                             "(model/scoring.py).")
     parser.add_argument("--center_rewards", action="store_true",
                         help="Subtract the eval reward mean saved at training time from every score.")
     parser.add_argument("--no_plots", action="store_true",
@@ -86,12 +91,21 @@ def data_settings(args):
 
 
 def score_examples(model, tokenizer, max_seq_len):
-    from model.scoring import score_texts
+    """DeepSpeed-Chat's example prompts, their four answers scored as one packed batch."""
+    import time
+
+    from data.inputs import encode_texts
+    from model.scoring import score_ids, speed
     eot = model.end_of_conversation_token
-    for prompt, good, bad in EXAMPLES:
-        good_score, bad_score = score_texts(model, tokenizer, [prompt + good + eot, prompt + bad + eot],
-                                            max_seq_len).tolist()
+    ids = encode_texts(tokenizer, [prompt + answer + eot for prompt, *answers in EXAMPLES for answer in answers],
+                       max_seq_len)
+    start = time.perf_counter()
+    scores = score_ids(model, ids).tolist()
+    seconds = time.perf_counter() - start
+    for k, (prompt, _, _) in enumerate(EXAMPLES):
+        good_score, bad_score = scores[2 * k:2 * k + 2]
         print(f"prompt: {prompt.strip()}\n  good answer score: {good_score:.4f}\n  bad answer score:  {bad_score:.4f}")
+    print(f"examples scored: {speed(len(ids), sum(map(len, ids)), seconds)}")
 
 
 def evaluate_data(model, tokenizer, args, settings):
@@ -129,24 +143,25 @@ def write_results(output, metrics, scores, model_dir):
 
 
 def score_file(model, tokenizer, args, settings):
+    import time
+
     from tqdm import tqdm
 
     from data.inputs import ModelInputs
     from data.readers import read_rows
-    from model.scoring import score_texts
+    from model.scoring import score_all, speed
     from utils.io import atomic_file
     rows, where = read_rows(args.score, "--score")
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
     inputs = ModelInputs(tokenizer, model.settings, settings["max_seq_len"])
-    texts = [_row_text(row, args.score, where(i), inputs) for i, row in enumerate(rows)]  # all checked first
-    with atomic_file(output) as f:  # a bad row leaves no partial scores.jsonl
-        batch_size = settings["per_device_eval_batch_size"]
-        for start in tqdm(range(0, len(rows), batch_size), desc="scoring"):
-            chunk = rows[start:start + batch_size]
-            rewards = score_texts(model, tokenizer, texts[start:start + batch_size], settings["max_seq_len"])
-            for row, reward in zip(chunk, rewards.tolist()):
-                f.write(json.dumps(dict(row, reward=reward)) + "\n")
-    print(f"scored {len(rows)} rows -> {output}")
+    ids = inputs.encode([_row_text(row, args.score, where(i), inputs) for i, row in enumerate(rows)])  # all checked
+    start = time.perf_counter()
+    rewards = score_all(model, ids, args.batch_tokens, lambda batches: tqdm(batches, desc="scoring", unit="batch"))
+    seconds = time.perf_counter() - start
+    with atomic_file(output) as f:  # a failed run leaves no partial scores.jsonl
+        for row, reward in zip(rows, rewards.tolist()):
+            f.write(json.dumps(dict(row, reward=reward)) + "\n")
+    print(f"scored {len(rows)} rows -> {output}\nscoring: {speed(len(ids), sum(map(len, ids)), seconds)}")
 
 
 def _row_text(row, path, where, inputs):
@@ -173,6 +188,9 @@ def run(args):
     import torch
 
     from model.create import build_tokenizer, load_reward_model
+    from utils.errors import UserError
+    if args.batch_tokens < 1:
+        raise UserError(f"--batch_tokens {args.batch_tokens} must be >= 1.")
     model = load_reward_model(args.model_dir, center_rewards=args.center_rewards)
     if torch.cuda.is_available():
         model.cuda()

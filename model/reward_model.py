@@ -110,7 +110,16 @@ class RewardModel(nn.Module):
         else:
             outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
             values = self.v_head(outputs[0]).squeeze(-1)
+        return self._offset(values)
+
+    def _offset(self, values):
         return values - self.reward_offset if self.reward_offset else values
+
+    def packed_values(self, token_ids, lengths):
+        """(T,) ids of texts of `lengths` tokens, one after the other -> (T,) rewards, each text's as it gets
+        them alone (model/shared_prompt.py `packed_values`, for base models it `packs`; model/scoring.py)."""
+        from model.shared_prompt import packed_values
+        return self._offset(packed_values(self.rwtransformer, self.v_head, token_ids, lengths))
 
     def end_positions(self, input_ids, attention_mask=None):
         """(N, L) rows -> (N,) one past the token each row's score is read at (this model's rule)."""

@@ -8,17 +8,25 @@ row: every linear layer sees only the tokens the loss needs, none of them paddin
 padded rows (`pair_rows_attention`): the B shared starts, then the 2B rests, each attending to its pair's
 shared start and to itself, with the positions and padding mask the plain forward gives every token. The
 rewards where the loss reads them equal the plain forward's to float rounding (tests/test_shared_prompt.py). Dropout masks on the shared tokens are the same in both rows.
+
+Scoring packs texts the same way (`packed_values`, model/scoring.py): the texts of a batch one after the
+other in one row, no shared start, each text one attention row; each score equals the text's alone
+(tests/test_packed_scoring.py).
 """
 from dataclasses import dataclass
+import itertools
 import sys
 
 import torch
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from utils.versions import unverified_reason
+
 # Model types whose base model takes `position_ids`, keeps a prepared 4-D mask as it is and hands its
-# keyword arguments to the attention function, checked by tests/test_shared_prompt.py. Others (and
-# sliding-window attention) compute every token in each row.
+# keyword arguments to the attention function, checked by tests/test_shared_prompt.py and
+# tests/test_packed_scoring.py. Others (and, in training, sliding-window attention) compute every token in
+# each row.
 SUPPORTED = ("opt", "llama", "qwen2", "mistral", "gpt2")
 # The position a padding token gets where it is not its index (OPT counts attended tokens only). DeepSpeed-
 # Chat's loss span runs to the longer row's end, so it reads the shorter row's values on padding.
@@ -26,10 +34,20 @@ PADDING_POSITION = {"opt": -1}
 ATTENTION_NAME = "pair_rows"  # registered with transformers' AttentionInterface on first use
 
 
-def supports(config):
-    """True when the base model of `config` can run the shared-start forward."""
-    return (config.model_type in SUPPORTED and getattr(config, "sliding_window", None) is None
+def supports(config, sliding_window=False):
+    """True when the base model of `config` can run the one-row forward: full attention for training's shared
+    start; with `sliding_window`, also a window every layer uses (Mistral's), which the masks then apply."""
+    window = getattr(config, "sliding_window", None)
+    every_layer = set(getattr(config, "layer_types", None) or ["sliding_attention"]) == {"sliding_attention"}
+    return (config.model_type in SUPPORTED and (window is None or (sliding_window and every_layer))
             and not getattr(config, "reorder_and_upcast_attn", False))
+
+
+def packs(config):
+    """True when scoring packs texts for the base model of `config`: a supported model, sliding windows
+    included, and the transformers release series this layout was verified on (utils/versions.py: it relies
+    on transformers' attention interface and how each model hands masks and positions to it)."""
+    return supports(config, sliding_window=True) and unverified_reason("transformers") is None
 
 
 @dataclass
@@ -99,19 +117,53 @@ def padded(lists, device):
     return index, real
 
 
-def attention_rows(queries, keys, source_cols, token_mask, dtype):
+def attention_rows(queries, keys, source_cols, token_mask, dtype, window=None):
     """AttentionRows for lists of query and key token indices (a query attends to the keys at or before its
-    column that the plain forward attends to; padding queries attend to their row's first key: their
-    output is never read, and no row is all masked), its real queries' tokens and their flattened places."""
+    column that the plain forward attends to, less than `window` columns back when there is one; padding
+    queries attend to their row's first key: their output is never read, and no row is all masked), its
+    real queries' tokens and their flattened places."""
     device = source_cols.device
     query_index, query_real = padded(queries, device)
     key_index, key_real = padded(keys, device)
-    allowed = (key_real & (token_mask[key_index] != 0))[:, None, :] & query_real[:, :, None] \
-        & (source_cols[key_index][:, None, :] <= source_cols[query_index][:, :, None])
+    key_cols, query_cols = source_cols[key_index][:, None, :], source_cols[query_index][:, :, None]
+    allowed = (key_real & (token_mask[key_index] != 0))[:, None, :] & query_real[:, :, None] & (key_cols <= query_cols)
+    if window is not None:
+        allowed &= key_cols > query_cols - window
     allowed[:, :, 0] |= ~query_real
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
     flat_places = torch.arange(query_index.numel(), device=device).view_as(query_index)
     return AttentionRows(query_index, key_index, mask[:, None]), query_index[query_real], flat_places[query_real]
+
+
+def one_row_hidden(base, token_ids, token_mask, source_cols, row_groups):
+    """(T,) tokens of a one-row batch -> (T, width) last hidden states of `base`. `source_cols` (T,): each
+    token's position in the row it stands for, `token_mask` (T,): its padding mask there; `row_groups`:
+    (queries, keys) pairs of lists of token-index lists, one batched attention call each (`attention_rows`;
+    a pair whose queries are all empty is skipped). The linear layers see the T tokens, no padding."""
+    device = token_ids.device
+    positions = source_cols
+    if base.config.model_type in PADDING_POSITION:  # the loss reads some padding: its values must match too
+        positions = torch.where(token_mask != 0, source_cols, PADDING_POSITION[base.config.model_type])
+    dtype = base.get_input_embeddings().weight.dtype
+    window = getattr(base.config, "sliding_window", None)  # None unless `supports(config, sliding_window=True)`
+    groups, slot, offset = [], torch.empty(len(token_ids), dtype=torch.long, device=device), 0
+    for queries, keys in row_groups:
+        if any(queries):
+            group, tokens, places = attention_rows(queries, keys, source_cols, token_mask, dtype, window)
+            slot[tokens] = offset + places
+            offset += group.query_index.numel()
+            groups.append(group)
+    if ATTENTION_NAME not in ALL_ATTENTION_FUNCTIONS:  # registered on first use only
+        AttentionInterface.register(ATTENTION_NAME, pair_rows_attention)
+    previous = base.config._attn_implementation
+    layout = PairLayout(groups, slot, previous if previous in ("eager", "sdpa") else "sdpa")
+    placeholder = torch.zeros(1, 1, 1, 1, dtype=dtype, device=device)  # 4-D: the model passes it on unchanged
+    base.set_attn_implementation(ATTENTION_NAME)
+    try:
+        return base(token_ids[None], attention_mask=placeholder, position_ids=positions[None],
+                    pair_layout=layout)[0][0]
+    finally:
+        base.set_attn_implementation(previous)
 
 
 def shared_values(base, v_head, input_ids, attention_mask, shared):
@@ -123,29 +175,19 @@ def shared_values(base, v_head, input_ids, attention_mask, shared):
     source_rows, source_cols, prefixes, rests, rest_keys = token_layout(attention_mask, shared)
     source_rows, source_cols = torch.tensor(source_rows, device=device), torch.tensor(source_cols, device=device)
     token_ids, token_mask = input_ids[source_rows, source_cols], attention_mask[source_rows, source_cols]
-    positions = source_cols
-    if base.config.model_type in PADDING_POSITION:  # the loss reads some padding: its values must match too
-        positions = torch.where(token_mask != 0, source_cols, PADDING_POSITION[base.config.model_type])
-    dtype = base.get_input_embeddings().weight.dtype
-    groups, slot, offset = [], torch.empty(len(source_rows), dtype=torch.long, device=device), 0
-    for queries, keys in ((prefixes, prefixes), (rests, rest_keys)):
-        if any(queries):  # no pair may share a start
-            group, tokens, places = attention_rows(queries, keys, source_cols, token_mask, dtype)
-            slot[tokens] = offset + places
-            offset += group.query_index.numel()
-            groups.append(group)
-    if ATTENTION_NAME not in ALL_ATTENTION_FUNCTIONS:  # registered only by runs that share prompts
-        AttentionInterface.register(ATTENTION_NAME, pair_rows_attention)
-    previous = base.config._attn_implementation
-    layout = PairLayout(groups, slot, previous if previous in ("eager", "sdpa") else "sdpa")
-    placeholder = torch.zeros(1, 1, 1, 1, dtype=dtype, device=device)  # 4-D: the model passes it on unchanged
-    base.set_attn_implementation(ATTENTION_NAME)
-    try:
-        hidden = base(token_ids[None], attention_mask=placeholder, position_ids=positions[None],
-                      pair_layout=layout)[0]
-    finally:
-        base.set_attn_implementation(previous)
-    values = v_head(hidden[0]).squeeze(-1)
+    hidden = one_row_hidden(base, token_ids, token_mask, source_cols, ((prefixes, prefixes), (rests, rest_keys)))
+    values = v_head(hidden).squeeze(-1)
     rest = source_cols >= shared.to(device).repeat(2)[source_rows]
     flat = values.new_zeros(rows * length).index_put((source_rows[rest] * length + source_cols[rest],), values[rest])
     return flat.view(rows, length)
+
+
+def packed_values(base, v_head, token_ids, lengths):
+    """Texts of `lengths` tokens, their (T,) `token_ids` one after the other -> (T,) rewards through `base` and
+    `v_head`, each text's as it gets them alone in a batch of one: causal attention within the text only,
+    positions from 0. The packed layout is the shared-start one with no shared start and one row per text."""
+    starts = itertools.accumulate(lengths, initial=0)
+    texts = [list(range(start, start + length)) for start, length in zip(starts, lengths)]
+    source_cols = torch.cat([torch.arange(length, device=token_ids.device) for length in lengths])
+    hidden = one_row_hidden(base, token_ids, torch.ones_like(token_ids), source_cols, ((texts, texts),))
+    return v_head(hidden).squeeze(-1)

@@ -127,7 +127,7 @@ def reward_model(tiny_opt, tmp_path_factory):
 
 
 def run_benchmark(model, name, *data, extra=()):
-    report = benchmark.main([model, "--benchmark", name, "--data", *map(str, data), "--batch_size", "4", *extra])
+    report = benchmark.main([model, "--benchmark", name, "--data", *map(str, data), "--batch_tokens", "128", *extra])
     scores_file = os.path.join(model, "benchmarks", f"{name}_scores.jsonl")
     with open(scores_file) as f:
         rows = [json.loads(line) for line in f]
@@ -244,16 +244,16 @@ def test_a_rerun_replaces_every_output_of_the_previous_one(reward_model, tmp_pat
     assert json.load(open(os.path.join(folder, "rerun.json")))["items"] == 1 != json.loads(first)["items"]
 
 
-def test_score_sequences_matches_score_texts_when_cut(reward_model):
+def test_batched_scores_match_score_texts_when_cut(reward_model):
     from transformers import AutoTokenizer
 
     from model.reward_model import RewardModel
-    from model.scoring import score_texts
+    from model.scoring import score_all, score_texts
     model = RewardModel.from_pretrained(reward_model)
     tokenizer = AutoTokenizer.from_pretrained(reward_model)
     texts = [" Human: hi Assistant: great" + " and kind" * k + "<|endoftext|>" for k in (0, 3, 30)]
     ids = [row[:24] for row in tokenizer(texts)["input_ids"]]
-    got = benchmark.score_sequences(model, ids, batch_size=2)
+    got = score_all(model, ids, batch_tokens=48).numpy()
     np.testing.assert_allclose(got, score_texts(model, tokenizer, texts, 24).numpy(), atol=1e-5)
 
 

@@ -6,8 +6,8 @@ once the engine exists) and logs one line, `cpu accelerations: ...`. `--cpu_acce
 plain forward / backward / step on CPU too; off CPU none applies (their costs were measured on CPU only).
 
 Those that rely on another library's internals state the release series they were verified on
-(`VERIFIED`); with any other installed version they stay off, with the reason in that log line, and the
-run takes the plain path.
+(utils/versions.py); with any other installed version they stay off, with the reason in that log line,
+and the run takes the plain path.
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -18,10 +18,8 @@ import torch
 from training import bf16_step, cpu_speed, embedding_grad, sub_batches
 from training.evaluation import to_device
 from utils.errors import UserError
+from utils.versions import unverified_reason
 
-# Release series the internals-dependent accelerations were verified on (with torch 2.13.0,
-# transformers 5.24.0 and deepspeed 0.19.8, the versions requirements.txt pins).
-VERIFIED = {"torch": "2.13", "transformers": "5.24", "deepspeed": "0.19"}
 # name -> (what it does, the libraries whose internals it relies on)
 ACCELERATIONS = {
     "sub_batches": ("each micro batch as sub-batches of pairs of similar length, one optimizer step "
@@ -50,13 +48,13 @@ def installed_version(package):
 
 
 def unverified(names):
-    """{acceleration: why it is off} for those relying on a library outside its `VERIFIED` series."""
+    """{acceleration: why it is off} for those relying on a library outside its verified series."""
     reasons = {}
     for name in names:
         for package in ACCELERATIONS[name][1]:
-            found = installed_version(package)
-            if not (found == VERIFIED[package] or found.startswith(VERIFIED[package] + ".")):
-                reasons[name] = f"verified on {package} {VERIFIED[package]}.x, found {found}"
+            why = unverified_reason(package, installed_version(package))
+            if why:
+                reasons[name] = why
                 break
     return reasons
 
