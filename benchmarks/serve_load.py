@@ -13,9 +13,10 @@ other work on the machine falls on both alike:
   workers send it;
 - lone client: such requests from one client, one after another (batching must not cost it);
 - rollout: `--rollout_clients` clients, each sending one /score request of `--rollout_texts` texts;
-- offline: in this process, `model.scoring.score_texts` on the one-text mode's texts, `--offline_batch` per
-  call, and Hugging Face `AutoModelForSequenceClassification` on the model exported by export_hf.py, the
-  same texts in right-padded batches of `--offline_batch`.
+- offline: in this process, on the one-text mode's texts: `model.scoring.score_texts`, `--offline_batch`
+  texts per call in their order; `score_all` (length-sorted batches, as evaluate.py --score); and Hugging
+  Face `AutoModelForSequenceClassification` on the model exported by export_hf.py, right-padded batches of
+  `--offline_batch` in their order (what a user of the export would write).
 """
 import argparse
 import asyncio
@@ -159,10 +160,16 @@ class Offline:
         self.batch, self.max_seq_len = args.offline_batch, args.max_seq_len
 
     def ours(self, texts):
+        """score_texts on the batches Hugging Face gets (packed where the model allows)."""
         from model.scoring import score_texts
         texts = [self.inputs.answer_text("", text) for text in texts]
         return [r for s in range(0, len(texts), self.batch)
                 for r in score_texts(self.model, self.tokenizer, texts[s:s + self.batch], self.max_seq_len).tolist()]
+
+    def ours_sorted(self, texts):
+        """As evaluate.py --score scores a file: all texts encoded, then score_all's length-sorted batches."""
+        from model.scoring import score_all
+        return score_all(self.model, self.inputs.encode([self.inputs.answer_text("", t) for t in texts])).tolist()
 
     def huggingface(self, texts):
         import torch
@@ -195,6 +202,7 @@ def run_round(r, urls, offline, texts, args):
         for name in order:
             phases[(mode, name)] = served(urls[name], requests, clients)
     phases[("offline", "ours (score_texts)")], ours = offline.timed(offline.ours, one_text)
+    phases[("offline", "ours sorted (score_all)")], _ = offline.timed(offline.ours_sorted, one_text)
     phases[("offline", "HF padded")], theirs = offline.timed(offline.huggingface, one_text)
     phases[("offline", "HF padded")]["max_abs_difference"] = max(abs(a - b) for a, b in zip(ours, theirs))
     return phases
