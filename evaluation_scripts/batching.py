@@ -8,10 +8,6 @@ import threading
 import time
 import traceback
 
-# The model thread takes queued requests until they hold this many batches' tokens, and cuts them together:
-# more texts to choose from make batches of closer lengths.
-POOL_BATCHES = 4
-
 
 def cheapest_batches(lengths, max_batch_tokens, forward_cost):
     """Cut rows sorted longest first into the (start, end) runs that cost least in all: a run of k rows
@@ -111,7 +107,7 @@ class Batcher:
             return [], True
         jobs, tokens = [first], first.tokens
         deadline = first.arrived + self.max_wait_s
-        while tokens < POOL_BATCHES * self.max_batch_tokens:
+        while tokens < self.max_batch_tokens:
             try:
                 job = self.queue.get(timeout=max(deadline - time.monotonic(), 0.0))
             except queue.Empty:
