@@ -101,16 +101,18 @@ class Scorer:
     def forward_cost(self, max_tokens, rows=4, repeats=3):
         """What one more forward costs, in tokens of compute, on this machine and dtype: a forward of T tokens
         takes about (cost + T) x per-token time. Timed on 1 and on `rows` rows of up to 64 tokens, each shape
-        once untimed (first calls build kernels), then `repeats` times by turns; from the medians. Clamped
-        to 0..max_tokens (at max_tokens merging always pays)."""
+        once untimed (first calls build kernels), then `repeats` times by turns; from the medians. On CPU the
+        clock is this process's CPU time, which other work on the machine does not inflate. Clamped to
+        0..max_tokens (at max_tokens merging always pays)."""
+        now = time.process_time if self.model.v_head.weight.device.type == "cpu" else time.perf_counter
         row = self.encode([CALIBRATION_TEXT])[0][0][:64]
         times = {1: [], rows: []}
         for repeat in range(repeats + 1):
             for batch in ([row], [row] * rows):
-                start = time.perf_counter()
+                start = now()
                 self(batch)
                 if repeat:
-                    times[len(batch)].append(time.perf_counter() - start)
+                    times[len(batch)].append(now() - start)
         one, many = statistics.median(times[1]), statistics.median(times[rows])
         per_token = (many - one) / ((rows - 1) * len(row))
         return round(min(max(one / per_token - len(row), 0.0), max_tokens) if per_token > 0 else max_tokens, 1)

@@ -1,6 +1,7 @@
 """The HTTP scoring server under seeded random client mistakes: random JSON shapes, wrong types, invalid
-Unicode, deep nesting, huge numbers, broken conversations and padded OpenRLHF queries, sent to one
-server (a tiny Llama-style chat reward model, PAD `<|pad|>`, last_token rule) on a loopback port.
+Unicode, deep nesting, huge numbers, broken conversations and padded OpenRLHF queries, sent to /score,
+/get_reward and /classify of one server (a tiny Llama-style chat reward model, PAD `<|pad|>`, last_token
+rule) on a loopback port.
 
 Run: python -m pytest tests/test_serve_fuzz.py -q      (about 30 s on 2 cores)
 """
@@ -115,7 +116,16 @@ def valid_body(rng):
                     "answers": [random_text(rng) for _ in range(n)]}),
         ("/score", {"conversations": [random_conversation(rng) for _ in range(n)]}),
         ("/get_reward", {"query": [random_text(rng) + "q" for _ in range(n)], "prompts": [""] * n, "labels": [""] * n}),
+        ("/classify", {"input": [random_text(rng) + "c" for _ in range(n)], "model": "rm",
+                       rng.choice(["activation", "use_activation"]): rng.choice([True, False, None])}),
     ])
+
+
+def wrong_field(rng, endpoint, key):
+    """A value of the wrong type for body[key]: a list of texts is right for every field but 'conversations',
+    and one text is right for /classify's 'input'."""
+    choices = [value for value in NOT_TEXT + ["text"] if key == "conversations" or value != ["a"]]
+    return rng.choice([value for value in choices if endpoint != "/classify" or value != "text"])
 
 
 def json_bytes(value):
@@ -145,7 +155,7 @@ def mistake(rng):
         "deep nesting inside": lambda: json_bytes(body).replace(b"[", b"[" + deep + b", ", 1),
         "deep nesting": lambda: deep,
         "huge or non-finite number": lambda: json_bytes(body).replace(b"[", b"[" + number + b", ", 1),
-        "field of a wrong type": lambda: json_bytes({**body, key: rng.choice(NOT_TEXT + ["text"])}),
+        "field of a wrong type": lambda: json_bytes({**body, key: wrong_field(rng, endpoint, key)}),
         "item of a wrong type": lambda: json_bytes(dict(body, **{key: [rng.choice(NOT_TEXT)] + body[key][1:]})),
         "not an object": lambda: json_bytes(random_value(rng) if rng.random() < 0.7 else [body]),
         "too many items": lambda: json_bytes({key: body[key] * (LIMIT + 1)}),
@@ -171,7 +181,7 @@ def check_answer(response, what, sent):
         assert "Traceback" not in detail, (what, detail)
         return
     assert what == "valid", (f"a client mistake ({what}) was scored", response.text[:300], sent[:300])
-    rewards = body["rewards"]
+    rewards = [item["probs"][0] for item in body["data"]] if "data" in body else body["rewards"]
     assert rewards and all(isinstance(r, float) and math.isfinite(r) for r in rewards), body
 
 
