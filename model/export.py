@@ -40,7 +40,7 @@ def check_export_target(output_dir, model_dir, overwrite):
     held = [name for name in MODEL_FILES if os.path.exists(os.path.join(output_dir, name))]
     if held:
         raise UserError(f"{output_dir} already holds a model ({', '.join(held)}): pick another folder, or pass "
-                        "--overwrite to replace it.")
+                        "export_hf.py --overwrite to replace it.")
 
 
 def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR_TRANSFORMER_KEY):
@@ -58,8 +58,8 @@ def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR
     if settings.end_token_rule == LAST_TOKEN:
         raise UserError(f"{model_dir} reads its score at the last attended token (end_token_rule last_token: a chat "
                         "template, or EOS inside the texts), but DeepSpeed-Chat's step 3 reads it before the first "
-                        "PAD = EOS, which in these texts ends an earlier turn. Export it with --format hf and use "
-                        "it where the classifier pools at the last non-PAD token (TRL, OpenRLHF).")
+                        "PAD = EOS, which in these texts ends an earlier turn. Export it with export_hf.py --format hf "
+                        "and use it where the classifier pools at the last non-PAD token (TRL, OpenRLHF).")
     renamed = {(key if key == HEAD_KEY else transformer_key + key[len(OUR_TRANSFORMER_KEY):]): tensor.contiguous()
                for key, tensor in state.items()}
     output_dir = output_dir or model_dir
