@@ -49,7 +49,8 @@ def parse_args(argv=None):
     load = parser.add_argument_group("load")
     load.add_argument("--rounds", type=int, default=3, help="Rounds; every mode runs once per round, on new texts.")
     load.add_argument("--clients", type=int, default=16, help="Concurrent clients of the one-text mode.")
-    load.add_argument("--texts", type=int, default=32, help="Texts per round in the one-text mode, and in the lone-client one.")
+    load.add_argument("--texts", type=int, default=32,
+                      help="Texts per round in the one-text mode, and in the lone-client one.")
     load.add_argument("--rollout_clients", type=int, default=8, help="Concurrent clients of the rollout mode.")
     load.add_argument("--rollout_texts", type=int, default=32, help="Texts per rollout request.")
     load.add_argument("--offline_batch", type=int, default=16, help="Texts per offline call (ours and HF's).")

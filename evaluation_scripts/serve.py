@@ -77,7 +77,7 @@ def parse_args(argv=None):
 
 # ---- scoring ------------------------------------------------------------------------------------
 
-CALIBRATION_TEXT = " Human: Could you tell me how to bake bread at home? Assistant: Mix flour, water, salt and yeast, " * 3
+CALIBRATION_TEXT = " Human: Could you tell me how to bake bread? Assistant: Mix flour, water, salt and yeast, " * 3
 
 
 class Scorer:
@@ -311,7 +311,8 @@ class Texts:
         if isinstance(body.get("input"), str):
             texts = with_text([body["input"]], "input")
         elif "input" in body and not isinstance(body["input"], list):
-            raise BadRequest(422, f"'input' must be a text or a non-empty list of texts; got {json_type(body['input'])}.")
+            raise BadRequest(422, "'input' must be a text or a non-empty list of texts; got "
+                                  f"{json_type(body['input'])}.")
         else:
             texts = with_text(items_of(body, "input", self.limit, str), "input")
         return [self.inputs.answer_text("", text) for text in texts]
