@@ -30,6 +30,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 def parse_args(argv=None):
     from model.scoring import BATCH_TOKENS
+    default_tokens = ', '.join(f'{n:,} on {d}' for d, n in BATCH_TOKENS.items())
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model_dir", help="A reward model folder written by main.py.")
@@ -45,9 +46,10 @@ def parse_args(argv=None):
     parser.add_argument("--max_seq_len", type=int, default=None,
                         help="Tokens per text; longer texts are cut at the end (default: the model's "
                              "position limit). The number cut is reported.")
-    parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS,
+    parser.add_argument("--batch_tokens", type=int, default=None,
                         help="Tokens per forward pass, counted as texts x the longest text: texts go longest first, "
-                             "each batch packed in one unpadded row where the model allows (model/scoring.py).")
+                             "each batch packed in one unpadded row where the model allows (model/scoring.py). "
+                             f"Default: {default_tokens}.")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="Weights dtype. auto: bf16 on a CUDA device that has it, else the saved dtype.")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -240,7 +242,7 @@ def write_plots(folder, files, chart, calibration):
 def check_args(args):
     from utils.errors import UserError
     problems = [f"--{k} {getattr(args, k)} must be >= {low}" for k, low in
-                (("batch_tokens", 1), ("ece_bins", 1), ("limit", 0)) if getattr(args, k) < low]
+                (("batch_tokens", 1), ("ece_bins", 1), ("limit", 0)) if (getattr(args, k) or low) < low]
     if args.max_seq_len is not None and args.max_seq_len < 2:
         problems.append(f"--max_seq_len {args.max_seq_len} must be >= 2")
     if args.output_name and (os.path.basename(args.output_name) != args.output_name or args.output_name in (".", "..")):
@@ -264,7 +266,7 @@ def run(args):
     from data.inputs import ModelInputs
     from model.create import model_max_positions
     from model.io import read_reward_settings
-    from model.scoring import score_all, speed
+    from model.scoring import batch_tokens_for, score_all, speed
     from model.shared_prompt import packs
     check_args(args)
     read_reward_settings(args.model_dir)  # not a reward model folder: refused before any data is read
@@ -273,6 +275,7 @@ def run(args):
     prompt_format = resolve_format(args, tokenizer)
     max_seq_len = max_len(args, model_max_positions(args.model_dir))
     sequences, lengths, cut = encode(items, ModelInputs(tokenizer, model.settings, max_seq_len), prompt_format)
+    args.batch_tokens = args.batch_tokens or batch_tokens_for(device)
     start = time.perf_counter()
     scores = score_all(model, sequences, args.batch_tokens,
                        lambda batches: tqdm(batches, desc="scoring", unit="batch")).double().numpy()

@@ -43,6 +43,7 @@ SCORE_LAYOUTS = ("'text'; 'prompt' and 'answer' texts; 'messages' (a conversatio
 def parse_args(argv=None):
     from data.chat import PAIR_RULES
     from model.scoring import BATCH_TOKENS
+    default_tokens = ', '.join(f'{n:,} on {d}' for d, n in BATCH_TOKENS.items())
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model_dir", help="A reward model folder written by main.py.")
@@ -65,10 +66,10 @@ def parse_args(argv=None):
                              f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
                         help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
-    parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS,
+    parser.add_argument("--batch_tokens", type=int, default=None,
                         help="--score: tokens per forward pass, counted as texts x the longest text: texts go "
                              "longest first, each batch packed in one unpadded row where the model allows "
-                             "(model/scoring.py).")
+                             f"(model/scoring.py). Default: {default_tokens}.")
     parser.add_argument("--center_rewards", action="store_true",
                         help="Subtract the eval reward mean saved at training time from every score.")
     parser.add_argument("--no_plots", action="store_true",
@@ -189,7 +190,7 @@ def run(args):
 
     from model.create import build_tokenizer, load_reward_model
     from utils.errors import UserError
-    if args.batch_tokens < 1:
+    if args.batch_tokens is not None and args.batch_tokens < 1:
         raise UserError(f"--batch_tokens {args.batch_tokens} must be >= 1.")
     model = load_reward_model(args.model_dir, center_rewards=args.center_rewards)
     if torch.cuda.is_available():

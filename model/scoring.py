@@ -6,7 +6,7 @@ one row, so the linear layers see no padding, and attention per text with the po
 alone, through the model's own eager or SDPA attention. Base models that shared_prompt `packs` (OPT, GPT-2,
 Llama, Qwen2, Mistral with full attention or one sliding window in every layer, on the transformers series
 it was verified on) are packed; others (and `pack=False`) run right-padded rows. `score_all` scores a list
-of any size in length-sorted batches of about `BATCH_TOKENS`.
+of any size in length-sorted batches of about `batch_tokens_for` its device.
 """
 import contextlib
 
@@ -17,8 +17,14 @@ from model.shared_prompt import packs
 from utils.errors import UserError
 
 # Tokens per scoring batch, counted as texts x longest text (the padded rows attention runs on, packed or
-# not): 32 texts of 512 tokens, 8 of 2048.
-BATCH_TOKENS = 16384
+# not). On a CPU a forward costs least per token near 2,048 (bigger ones leave the caches: docs/serving.md,
+# docs/benchmarks.md); a GPU wants more work per forward: 32 texts of 512 tokens, 8 of 2048.
+BATCH_TOKENS = {"cpu": 2048, "cuda": 16384}
+
+
+def batch_tokens_for(device):
+    """The default tokens per scoring batch on `device` (a torch.device or its name)."""
+    return BATCH_TOKENS.get(torch.device(device).type, BATCH_TOKENS["cuda"])
 
 
 @torch.no_grad()
@@ -77,7 +83,7 @@ def eval_mode(model):
         model.train(training)
 
 
-def length_batches(lengths, batch_tokens=BATCH_TOKENS):
+def length_batches(lengths, batch_tokens):
     """Indices of texts of `lengths` tokens in scoring batches: longest first, each batch as many texts as
     fit `batch_tokens` counted as texts x its longest (a text longer than that goes alone)."""
     batches = []
@@ -89,12 +95,14 @@ def length_batches(lengths, batch_tokens=BATCH_TOKENS):
     return batches
 
 
-def score_all(model, ids, batch_tokens=BATCH_TOKENS, progress=iter):
-    """(N,) fp32 rewards of every row of `ids`, in their order, scored in `length_batches`. `progress`
-    wraps the list of batches (e.g. tqdm)."""
+def score_all(model, ids, batch_tokens=None, progress=iter, pack=None):
+    """(N,) fp32 rewards of every row of `ids`, in their order, scored in `length_batches` of `batch_tokens`
+    (default: `batch_tokens_for` the model's device). `progress` wraps the list of batches (e.g. tqdm); `pack`
+    as `score_ids`'."""
+    batch_tokens = batch_tokens or batch_tokens_for(model.v_head.weight.device)
     scores = torch.empty(len(ids))
     for batch in progress(length_batches([len(row) for row in ids], batch_tokens)):
-        scores[batch] = score_ids(model, [ids[i] for i in batch]).cpu()
+        scores[batch] = score_ids(model, [ids[i] for i in batch], pack).cpu()
     return scores
 
 
