@@ -21,7 +21,7 @@ from data import PairCollator, build_pair_datasets
 from data.chat import PAIR_RULES, set_chat_template
 from data.end_token import AUTO, RULES
 from data.formats import ReadOptions
-from data.mix import parse_weights, source_names, weighted_train_set
+from data.mix import eval_sets, parse_weights, source_names, weighted_train_set
 from data.pairs import build_held_out_set, build_info
 from data.sampler import train_sampler
 from model.create import (build_reward_model, build_tokenizer, check_model_folder, distinct_pad_token,
@@ -137,18 +137,13 @@ def setup_held_out(args, tokenizer, num_padding, settings):
     """{NAME: pairs} of the --eval_data_path sets: every pair of each, tokenised like the training data and
     scored under the end-token rule the training data resolved."""
     held_out = {}
-    for name, path in parse_eval_sets(args.eval_data_path or []).items():
+    for name, path in eval_sets(args.eval_data_path).items():
         held_out[name] = build_held_out_set(
             path, args.seed, tokenizer, args.max_seq_len, args.data_output_path, settings.end_of_conversation_token,
             num_padding, args.drop_identical_pairs, settings.end_token_rule,
             ReadOptions(args.pairs_from_ratings, args.rating_field))
         print_rank0(f"data: held-out set {name}: {len(held_out[name]):,} pairs from {path}")
     return held_out
-
-
-def parse_eval_sets(values):
-    """['NAME=PATH', ...] -> {NAME: PATH} (validated in utils/validate.py)."""
-    return dict(value.split("=", 1) for value in values)
 
 
 def eval_loaders(args, held_out, tokenizer):

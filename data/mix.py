@@ -1,4 +1,5 @@
-"""Which source a pair came from: short source names, and `--data_weights`, the per-source training mix.
+"""Which source a pair came from: short source names, `--data_weights` (the per-source training mix) and
+`--eval_data_path` (named held-out sets).
 
 Every tokenised pair carries `source`, the index of its `--data_path` value (data/pairs.py). Evaluation
 reports metrics per source under the names `source_names` gives; `--data_weights` re-draws the training
@@ -26,6 +27,11 @@ def source_names(data_paths):
     """One distinct name per `--data_path` value (the values themselves where short names would clash)."""
     names = [source_name(p) for p in data_paths]
     return names if len(set(names)) == len(names) else [str(p) for p in data_paths]
+
+
+def eval_sets(values):
+    """--eval_data_path ['NAME=PATH', ...] -> {NAME: PATH} (utils/validate.py checks them first)."""
+    return dict(value.split("=", 1) for value in values or [])
 
 
 def parse_weights(values, data_paths):

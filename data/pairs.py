@@ -173,8 +173,8 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
     if cache.is_complete(folder):
         meta, problem = cache.verify_cache(folder)
         if problem is None:
-            print_rank0(f"data: reusing the tokenised pairs in {folder} ({meta['rows']['train']:,} train, "
-                        f"{meta['rows']['eval']:,} eval)")
+            counts = ", ".join(f"{rows:,} {split}" for split, rows in meta["rows"].items())
+            print_rank0(f"data: reusing the tokenised pairs in {folder} ({counts})")
             return folder
         print_rank0(f"data: the tokenised pairs in {folder} are damaged ({problem}); rebuilding them")
         cache.discard(folder, tmp)

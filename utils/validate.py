@@ -63,14 +63,14 @@ def flag_problems(args):
     if args.only_optimize_lora and not args.lora_dim:
         problems.append("--only_optimize_lora needs --lora_dim > 0.")
     problems += _output_dir_problems(args.output_dir) + _chat_template_problems(args.chat_template)
-    problems += _eval_set_problems(getattr(args, "eval_data_path", None), args.data_path)
+    problems += eval_set_problems(getattr(args, "eval_data_path", None), args.data_path)
     return problems + _weight_problems(getattr(args, "data_weights", None), args.data_path)
 
 
 EVAL_SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # it names log fields and TensorBoard tags
 
 
-def _eval_set_problems(values, data_paths):
+def eval_set_problems(values, data_paths):
     """--eval_data_path NAME=PATH ...: well formed, distinct names, readable paths not trained on."""
     from data.sources import names_a_source
     problems, names = [], set()
