@@ -250,7 +250,8 @@ def build_parser():
                            "sub-sampled (seeded by --seed). Off: the sources' pairs concatenated, as DeepSpeed-Chat.")
     data.add_argument("--eval_data_path", nargs="+", default=None, metavar="NAME=PATH",
                       help="Held-out pair sets evaluated at every evaluation and reported by NAME: every pair of "
-                           "PATH (a file, folder or hub name, in any --data_path layout) is eval data.")
+                           "PATH (a file, folder or hub name, in any --data_path layout) is eval data (--eval_iters "
+                           "caps them too).")
     data.add_argument("--data_split", default="2,4,4",
                       help="Shares of each dataset for steps 1,2,3; step 2 trains on the second share.")
     data.add_argument("--data_output_path", default="/tmp/data_files",

@@ -103,8 +103,11 @@ def build_held_out_set(path, seed, tokenizer, max_seq_len, cache_dir, end_of_con
     """Every pair of one source (a file's rows; a folder's or hub dataset's train and eval splits, in that
     order) as a held-out eval `datasets.Dataset`, tokenised, checked and cached as build_pair_datasets does.
     `end_token_rule` should be the one the training data resolved (not 'auto'), so both are scored alike."""
-    return build_pair_datasets([path], None, seed, tokenizer, max_seq_len, cache_dir, end_of_conversation_token,
-                               num_padding_at_beginning, drop_identical, end_token_rule, read_options, True)[0]
+    try:
+        return build_pair_datasets([path], None, seed, tokenizer, max_seq_len, cache_dir, end_of_conversation_token,
+                                   num_padding_at_beginning, drop_identical, end_token_rule, read_options, True)[0]
+    except UserError as error:  # its messages name --data_path, which reads sources the same way
+        raise UserError(f"held-out set {path!r} (--eval_data_path): {error}") from error
 
 
 def build_info(pairs):
