@@ -183,7 +183,8 @@ def command(tiny_opt, sources, held_out, out, weights=("1", "3"), *extra):
 def weighted_run(tiny_opt, small_pair_folder, kind_folder, held_out_file, tmp_path_factory):
     """(output folder, log) of an uninterrupted run: two sources weighted 1:3, one named held-out set."""
     out = tmp_path_factory.mktemp("weighted") / "out"
-    return out, finish(command(tiny_opt, [small_pair_folder, kind_folder], held_out_file, out))
+    return out, finish(command(tiny_opt, [small_pair_folder, kind_folder], held_out_file, out, ("1", "3"),
+                               "--log_rows"))
 
 
 def test_a_weighted_run_reports_sources_and_held_out_sets(weighted_run, small_pair_folder, kind_folder):
@@ -202,6 +203,13 @@ def test_a_weighted_run_reports_sources_and_held_out_sets(weighted_run, small_pa
         assert sum(p["num_pairs"] for p in parts) == entry["num_pairs"] == 32
         assert sum(p["accuracy"] * p["num_pairs"] for p in parts) / 32 == pytest.approx(entry["accuracy"])
         assert entry["eval_sets"]["hh_like"]["num_pairs"] == 20
+    trained = [row for line in (out / "rows_rank0.jsonl").read_text().splitlines() for row in json.loads(line)["rows"]]
+    cache = next(p for p in (out.parent / "cache").iterdir() if (p / "train").is_dir())
+    sources = np.asarray(datasets.load_from_disk(str(cache / "train"))["source"])  # rows of the cache
+    assert np.bincount(sources).tolist() == [64, 32]
+    assert np.bincount(sources[trained]).tolist() == [24, 72]  # the requested 1:3 of 96 pairs
+    uses = np.bincount(trained, minlength=len(sources))
+    assert sorted(set(uses[sources == 0])) == [0, 1] and sorted(set(uses[sources == 1])) == [2, 3]
     results = json.loads((out / "train_results.json").read_text())
     assert results["eval_sets"]["hh_like"] == evals[-1]["eval_sets"]["hh_like"]
     assert results["by_source"] == evals[-1]["by_source"]

@@ -220,6 +220,10 @@ class RowLog:
 
     def __init__(self, output_dir, train_loader, skip):
         self.order, self.skip, self.size = list(train_loader.sampler), skip, train_loader.batch_size
+        picked = getattr(train_loader.dataset, "_indices", None)  # a --data_weights mix: log rows of the cache
+        if picked is not None:
+            rows = picked.column(0).to_numpy()
+            self.order = [int(rows[i]) for i in self.order]
         os.makedirs(output_dir, exist_ok=True)
         self.file = open(os.path.join(output_dir, f"rows_rank{get_rank()}.jsonl"), "a")
 
