@@ -208,14 +208,14 @@ def run(args):
     from utils.validate import eval_set_problems
     if args.batch_tokens < 1:
         raise UserError(f"--batch_tokens {args.batch_tokens} must be >= 1.")
-    problems = eval_set_problems(args.eval_data_path, args.data_path or [])
+    settings = data_settings(args)
+    problems = eval_set_problems(args.eval_data_path, settings["data_path"], "the training run's --data_path")
     if problems:
         raise UserError(" ".join(problems))
     model = load_reward_model(args.model_dir, center_rewards=args.center_rewards)
     if torch.cuda.is_available():
         model.cuda()
     tokenizer = build_tokenizer(model.settings, source=args.model_dir)
-    settings = data_settings(args)
     score_examples(model, tokenizer, settings["max_seq_len"])
     if args.data_path or args.eval_data_path:
         evaluate_data(model, tokenizer, args, settings)

@@ -127,6 +127,9 @@ def test_the_training_sampler_sees_the_weighted_mix():
                     "(400 pairs per epoch)")
     sampled = [weighted[i]["source"] for i in train_sampler(weighted, 8, seed=1234, num_replicas=1, rank=0)]
     assert np.bincount(sampled).tolist() == [100, 300]
+    grouped = train_sampler(weighted, 8, group_by_length=True, seed=1234, num_replicas=1, rank=0)
+    lengths = [max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"])) for row in weighted]
+    assert grouped.lengths.tolist() == lengths  # --group_by_length sorts the mix's pairs, not the unweighted ones
     first_half = np.bincount(sampled[:200], minlength=2)[1] / 200  # shuffled, not one source after the other
     assert abs(first_half - 0.75) < 4 * (0.75 * 0.25 / 200) ** 0.5
 
@@ -213,6 +216,22 @@ def test_a_weighted_run_reports_sources_and_held_out_sets(weighted_run, small_pa
     results = json.loads((out / "train_results.json").read_text())
     assert results["eval_sets"]["hh_like"] == evals[-1]["eval_sets"]["hh_like"]
     assert results["by_source"] == evals[-1]["by_source"]
+
+
+def test_evaluate_py_reports_the_same_breakdown_and_held_out_sets(weighted_run, small_pair_folder, kind_folder,
+                                                                   held_out_file, clean_dist_env, capsys):
+    from evaluation_scripts import evaluate as evaluate_py
+    out = weighted_run[0]
+    evaluate_py.main([str(out), "--data_path", small_pair_folder, kind_folder, "--eval_data_path",
+                      f"hh_like={held_out_file}", "--no_plots"])
+    scored = json.loads((out / "eval_results.json").read_text())
+    trained = json.loads((out / "train_results.json").read_text())
+    for name, metrics in trained["by_source"].items():
+        assert scored["by_source"][name] == pytest.approx(metrics, abs=1e-5), name
+    assert scored["eval_sets"]["hh_like"] == pytest.approx(trained["eval_sets"]["hh_like"], abs=1e-5)
+    with pytest.raises(SystemExit):
+        evaluate_py.main([str(out), "--eval_data_path", f"train={kind_folder}"])
+    assert "is also the training run's --data_path" in capsys.readouterr().err
 
 
 def test_a_weighted_run_resumes_exactly_and_refuses_other_weights(weighted_run, tiny_opt, small_pair_folder,

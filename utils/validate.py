@@ -70,8 +70,9 @@ def flag_problems(args):
 EVAL_SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # it names log fields and TensorBoard tags
 
 
-def eval_set_problems(values, data_paths):
-    """--eval_data_path NAME=PATH ...: well formed, distinct names, readable paths not trained on."""
+def eval_set_problems(values, data_paths, trained_by="a --data_path"):
+    """--eval_data_path NAME=PATH ...: well formed, distinct names, readable paths not among `data_paths`,
+    the training data (`trained_by` says whose)."""
     from data.sources import names_a_source
     problems, names = [], set()
     trained = {os.path.realpath(p) for p in data_paths if os.path.exists(p)} | set(data_paths)
@@ -88,8 +89,8 @@ def eval_set_problems(values, data_paths):
         elif os.path.exists(path) and not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)):
             problems.append(f"--eval_data_path {value!r}: {path!r} cannot be read (permissions).")
         elif path in trained or os.path.realpath(path) in trained:
-            problems.append(f"--eval_data_path {value!r}: {path!r} is also a --data_path, so its pairs are trained "
-                            "on, not held out: give a set no --data_path reads.")
+            problems.append(f"--eval_data_path {value!r}: {path!r} is also {trained_by}, so its pairs are trained "
+                            "on, not held out: give a set the training does not read.")
         names.add(name)
     return problems
 
