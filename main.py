@@ -66,13 +66,13 @@ def run(args, typed):
     torch.manual_seed(args.seed)
     data_tokenizer, num_padding, train_set, eval_set = setup_data(args)
     settings = resolve_settings(args, ds_config, data_tokenizer, num_padding, build_info(train_set))
-    held_out = setup_held_out(args, data_tokenizer, num_padding, settings)
+    held_out_sets = setup_held_out(args, data_tokenizer, num_padding, settings)
     tokenizer = build_tokenizer(settings)
     identity = run_identity(args, settings, ds_config, data_fingerprint(train_set))
     train_set = setup_mix(args, train_set)
     train_loader, eval_batches, eval_real = setup_loaders(args, settings, tokenizer, train_set, eval_set,
                                                           ds_config["train_micro_batch_size_per_gpu"])
-    held_out = eval_loaders(args, held_out, tokenizer)
+    held_out = eval_loaders(args, held_out_sets, tokenizer)
     checkpoint = choose_checkpoint(args, identity)  # before the model loads: a refused resume costs nothing
     if checkpoint and needs_universal(checkpoint, ds_config):  # saved by another number of ranks
         checkpoint = to_universal(checkpoint, ds_config)

@@ -73,11 +73,11 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None, sour
         chosen = out["chosen_mean_scores"].double()
         rejected = out["rejected_mean_scores"].double()
         counted = (torch.arange(seen, seen + chosen.numel(), device=device) < num_real).double()
+        keep = counted.bool()
         if scores_out is not None:
-            keep = counted.bool()
             scores_out.extend(zip(chosen[keep].tolist(), rejected[keep].tolist()))
         if source_names and sources is not None:
-            kept.append((sources.to(device)[counted.bool()], chosen[counted.bool()], rejected[counted.bool()]))
+            kept.append((sources.to(device)[keep], chosen[keep], rejected[keep]))
         seen += chosen.numel()
         totals += pair_totals(chosen, rejected, counted)
     all_reduce(totals)
