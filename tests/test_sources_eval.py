@@ -187,7 +187,7 @@ def weighted_run(tiny_opt, small_pair_folder, kind_folder, held_out_file, tmp_pa
     """(output folder, log) of an uninterrupted run: two sources weighted 1:3, one named held-out set."""
     out = tmp_path_factory.mktemp("weighted") / "out"
     return out, finish(command(tiny_opt, [small_pair_folder, kind_folder], held_out_file, out, ("1", "3"),
-                               "--log_rows"))
+                               "--log_rows", "--enable_tensorboard", "--tensorboard_path", out.parent / "tb"))
 
 
 def test_a_weighted_run_reports_sources_and_held_out_sets(weighted_run, small_pair_folder, kind_folder):
@@ -215,6 +215,8 @@ def test_a_weighted_run_reports_sources_and_held_out_sets(weighted_run, small_pa
     assert sorted(set(uses[sources == 0])) == [0, 1] and sorted(set(uses[sources == 1])) == [2, 3]
     results = json.loads((out / "train_results.json").read_text())
     assert results["eval_sets"]["hh_like"] == evals[-1]["eval_sets"]["hh_like"]
+    assert f"rewards/by_source/{kind}/accuracy" in _tensorboard_tags(out.parent / "tb")
+    assert "rewards/eval_sets/hh_like/accuracy" in _tensorboard_tags(out.parent / "tb")
     assert results["by_source"] == evals[-1]["by_source"]
 
 
@@ -232,6 +234,13 @@ def test_evaluate_py_reports_the_same_breakdown_and_held_out_sets(weighted_run, 
     with pytest.raises(SystemExit):
         evaluate_py.main([str(out), "--eval_data_path", f"train={kind_folder}"])
     assert "is also the training run's --data_path" in capsys.readouterr().err
+
+
+def _tensorboard_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(next(folder.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    return events.Tags()["scalars"]
 
 
 def test_a_weighted_run_resumes_exactly_and_refuses_other_weights(weighted_run, tiny_opt, small_pair_folder,
