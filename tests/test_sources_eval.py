@@ -243,6 +243,14 @@ def _tensorboard_tags(folder):
     return events.Tags()["scalars"]
 
 
+def test_a_held_out_set_changes_no_training_number(weighted_run, tiny_opt, small_pair_folder, kind_folder, tmp_path):
+    out = tmp_path / "out"
+    cmd = command(tiny_opt, [small_pair_folder, kind_folder], "-", out)
+    finish([arg for arg in cmd if arg not in ("--eval_data_path", "hh_like=-")])
+    assert_same_model(weighted_run[0], out)  # dropout on: the eval passes of hh_like left the RNG as it was
+    assert "eval_sets" not in train_log(out, "rewards")[0]
+
+
 def test_a_weighted_run_resumes_exactly_and_refuses_other_weights(weighted_run, tiny_opt, small_pair_folder,
                                                                   kind_folder, held_out_file, tmp_path):
     out, sources = tmp_path / "out", [small_pair_folder, kind_folder]
