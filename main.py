@@ -21,7 +21,8 @@ from data import PairCollator, build_pair_datasets
 from data.chat import PAIR_RULES, set_chat_template
 from data.end_token import AUTO, RULES
 from data.formats import ReadOptions
-from data.pairs import build_info
+from data.mix import eval_sets, parse_weights, source_names, weighted_train_set
+from data.pairs import build_held_out_set, build_info
 from data.sampler import train_sampler
 from model.create import (build_reward_model, build_tokenizer, check_model_folder, distinct_pad_token,
                           load_tokenizer, model_max_positions, resolve_num_padding)
@@ -31,7 +32,7 @@ from training.accelerations import ACCELERATIONS, choose as choose_accelerations
 from training.accelerations import parse_setting as acceleration_setting
 from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, load_checkpoint, needs_universal,
                                  run_identity, to_universal)
-from training.evaluation import eval_loader, evaluate
+from training.evaluation import eval_loader, evaluate, evaluate_sets
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train, train_micro_batch
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
 from training.sub_batches import SHARE_SETTINGS, parse_setting as sub_batch_setting
@@ -65,10 +66,13 @@ def run(args, typed):
     torch.manual_seed(args.seed)
     data_tokenizer, num_padding, train_set, eval_set = setup_data(args)
     settings = resolve_settings(args, ds_config, data_tokenizer, num_padding, build_info(train_set))
+    held_out_sets = setup_held_out(args, data_tokenizer, num_padding, settings)
     tokenizer = build_tokenizer(settings)
+    identity = run_identity(args, settings, ds_config, data_fingerprint(train_set))
+    train_set = setup_mix(args, train_set)
     train_loader, eval_batches, eval_real = setup_loaders(args, settings, tokenizer, train_set, eval_set,
                                                           ds_config["train_micro_batch_size_per_gpu"])
-    identity = run_identity(args, settings, ds_config, data_fingerprint(train_set))
+    held_out = eval_loaders(args, held_out_sets, tokenizer)
     checkpoint = choose_checkpoint(args, identity)  # before the model loads: a refused resume costs nothing
     if checkpoint and needs_universal(checkpoint, ds_config):  # saved by another number of ranks
         checkpoint = to_universal(checkpoint, ds_config)
@@ -78,7 +82,10 @@ def run(args, typed):
     print_rank0(accelerations.describe())
 
     def run_eval():
-        return evaluate(engine, eval_batches, engine.device, eval_real)
+        metrics = evaluate(engine, eval_batches, engine.device, eval_real, source_names=source_names(args.data_path))
+        if held_out:
+            metrics["eval_sets"] = evaluate_sets(engine, held_out, engine.device)
+        return metrics
     position = load_checkpoint(engine, checkpoint, ds_config) if checkpoint else FRESH_START
     if checkpoint is None:
         log.eval("before training", run_eval(), 0)
@@ -124,6 +131,35 @@ def setup_data(args):
     if args.use_margin and np.isnan(train_set.with_format("numpy")["margin"]).any():
         raise UserError("--use_margin needs a numeric 'margin' column in every training pair; some have none.")
     return tokenizer, num_padding, train_set, eval_set
+
+
+def setup_held_out(args, tokenizer, num_padding, settings):
+    """{NAME: pairs} of the --eval_data_path sets: every pair of each, tokenised like the training data and
+    scored under the end-token rule the training data resolved."""
+    held_out = {}
+    for name, path in eval_sets(args.eval_data_path).items():
+        held_out[name] = build_held_out_set(
+            path, args.seed, tokenizer, args.max_seq_len, args.data_output_path, settings.end_of_conversation_token,
+            num_padding, args.drop_identical_pairs, settings.end_token_rule,
+            ReadOptions(args.pairs_from_ratings, args.rating_field))
+        print_rank0(f"data: held-out set {name}: {len(held_out[name]):,} pairs from {path}")
+    return held_out
+
+
+def eval_loaders(args, held_out, tokenizer):
+    """{NAME: (eval DataLoader, real rows on this rank)} of the held-out sets; --eval_iters caps them too."""
+    return {name: eval_loader(pairs, args.per_device_eval_batch_size, tokenizer.pad_token_id,
+                              args.pad_to_multiple_of, args.eval_iters) for name, pairs in held_out.items()}
+
+
+def setup_mix(args, train_set):
+    """The training pairs, re-drawn per --data_weights (data/mix.py) when given."""
+    if not args.data_weights:
+        return train_set
+    weighted, line = weighted_train_set(train_set, parse_weights(args.data_weights, args.data_path),
+                                        source_names(args.data_path), args.seed)
+    print_rank0(line)
+    return weighted
 
 
 def resolve_settings(args, ds_config, tokenizer, num_padding, info):
@@ -208,6 +244,14 @@ def build_parser():
     data = parser.add_argument_group("data")
     data.add_argument("--data_path", nargs="+", default=["Dahoas/rm-static"],
                       help="Registry names (hub datasets, synthetic/preference), local files or folders.")
+    data.add_argument("--data_weights", nargs="+", default=None,
+                      help="Per-source training mix, one weight per --data_path (W1 W2 ... or NAME=W): an epoch keeps "
+                           "the same number of pairs, source s gets that many x w_s / sum(w), its pairs repeated or "
+                           "sub-sampled (seeded by --seed). Off: the sources' pairs concatenated, as DeepSpeed-Chat.")
+    data.add_argument("--eval_data_path", nargs="+", default=None, metavar="NAME=PATH",
+                      help="Held-out pair sets evaluated at every evaluation and reported by NAME: every pair of "
+                           "PATH (a file, folder or hub name, in any --data_path layout) is eval data (--eval_iters "
+                           "caps them too).")
     data.add_argument("--data_split", default="2,4,4",
                       help="Shares of each dataset for steps 1,2,3; step 2 trains on the second share.")
     data.add_argument("--data_output_path", default="/tmp/data_files",

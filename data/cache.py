@@ -33,7 +33,10 @@ def is_complete(folder):
 
 
 def open_cache(folder):
-    return tuple(datasets.load_from_disk(os.path.join(folder, split)) for split in ("train", "eval"))
+    """The splits meta.json lists, in order: (train, eval), or (eval,) for a held-out set."""
+    with open(os.path.join(folder, "meta.json")) as f:
+        splits = json.load(f)["rows"]
+    return tuple(datasets.load_from_disk(os.path.join(folder, split)) for split in ("train", "eval") if split in splits)
 
 
 def verify_cache(folder):

@@ -30,13 +30,15 @@ class PairCollator:
             [2, 7, 1, 1, 1, 1, 1, 1]])
     """
 
-    def __init__(self, pad_token_id, pad_to_multiple_of=None, pad_to_length=None, with_margin=False):
+    def __init__(self, pad_token_id, pad_to_multiple_of=None, pad_to_length=None, with_margin=False,
+                 with_source=False):
         if pad_to_multiple_of is not None and pad_to_length is not None:
             raise ValueError("PairCollator: give pad_to_multiple_of or pad_to_length, not both")
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pad_to_length = pad_to_length
         self.with_margin = with_margin  # also return 'margin' (B,) from the rows' margin column
+        self.with_source = with_source  # also return 'source' (B,) long: each pair's source index (evaluation)
 
     def __call__(self, rows):
         seqs = [r["chosen_input_ids"] for r in rows] + [r["rejected_input_ids"] for r in rows]
@@ -54,4 +56,6 @@ class PairCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.with_margin:
             batch["margin"] = torch.tensor([r["margin"] for r in rows], dtype=torch.float32)
+        if self.with_source:
+            batch["source"] = torch.tensor([r["source"] for r in rows], dtype=torch.long)
         return batch

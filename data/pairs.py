@@ -24,7 +24,7 @@ from utils.dist import barrier, get_rank, print_rank0
 from utils.errors import UserError
 from utils.spans import DEEPSPEED_CHAT, END_OF_CONVERSATION, loss_spans, pads_at_beginning
 
-CACHE_VERSION = 5  # bump when a change in this package changes the tokenised pairs or the cache layout
+CACHE_VERSION = 6  # bump when a change in this package changes the tokenised pairs or the cache layout
 LARGE = 100_000  # rows from which tokenisation uses several processes
 # What `_pair_codes` finds in a pair. Identical pairs train (ln 2, zero gradient) and count as wrong
 # in evaluation, as in DeepSpeed-Chat, unless --drop_identical_pairs; the others cannot be scored.
@@ -37,17 +37,21 @@ FEATURES = Features({"chosen_input_ids": List(Value("int32")),
                      "margin": Value("float32"),  # the source's `margin` column or rating difference, else NaN
                      "drop": Value("int8"),  # the code under DeepSpeed-Chat's end-token rule
                      "drop_last": Value("int8"),  # ... under the last_token rule
-                     "pad_inside": Value("int8")})  # a PAD-equal token inside a text (data.end_token)
+                     "pad_inside": Value("int8"),  # a PAD-equal token inside a text (data.end_token)
+                     "source": Value("int16")})  # which --data_path the pair came from: its index
 
 
 def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, cache_dir,
                         end_of_conversation_token=END_OF_CONVERSATION, num_padding_at_beginning=1,
-                        drop_identical=False, end_token_rule=DEEPSPEED_CHAT, read_options=ReadOptions()):
-    """(train, eval) `datasets.Dataset`s of phase-2 pairs, memory-mapped from the on-disk cache.
+                        drop_identical=False, end_token_rule=DEEPSPEED_CHAT, read_options=ReadOptions(),
+                        held_out=False):
+    """(train, eval) `datasets.Dataset`s of phase-2 pairs, memory-mapped from the on-disk cache; with
+    `held_out` (see `build_held_out_set`) a 1-tuple: every pair of the one source, unsplit.
 
-    Rows are {'chosen_input_ids': [...], 'rejected_input_ids': [...]}, unpadded, each the ids of
+    Rows are {'chosen_input_ids': [...], 'rejected_input_ids': [...], 'margin', 'source'}, unpadded, each the ids of
     `tokenizer(prompt + answer + end_of_conversation_token, truncation=True, max_length=max_seq_len)`;
     conversations are rendered with the tokenizer's chat template and get no end-of-conversation text.
+    `source` is the index in `data_paths` of the source the pair came from.
     Pairs the reward model cannot score (see `_pair_codes`; `end_token_rule`, `num_padding_at_beginning`
     and the tokenizer's pad id place the score) are dropped and counted; identical ones only with
     `drop_identical`. `end_token_rule` 'auto' picks one from the data; `build_info` says which and why.
@@ -62,7 +66,8 @@ def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, ca
         raise UserError(f"--max_seq_len {max_seq_len!r} must be an integer >= 2.")
     if not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise UserError(f"--seed {seed!r} must be an integer in [0, 2**32) (numpy's RandomState shuffles the data).")
-    settings = {"version": CACHE_VERSION, "data_split": parse_data_split(data_split), "seed": seed,
+    settings = {"version": CACHE_VERSION, "held_out": held_out,
+                "data_split": None if held_out else parse_data_split(data_split), "seed": None if held_out else seed,
                 "max_seq_len": max_seq_len, "end_of_conversation_token": end_of_conversation_token,
                 "tokenizer": tokenizer_identity(tokenizer), "pad_token_id": tokenizer.pad_token_id,
                 "num_padding_at_beginning": num_padding_at_beginning, "drop_identical": drop_identical,
@@ -86,18 +91,33 @@ def build_pair_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, ca
         raise UserError(f"{folder}: cannot load the tokenised pairs ({one_line(err)}); delete that folder "
                         "and run again.") from err
     info = build_info(pairs[0])
+    if held_out:
+        return pairs
     print_rank0(f"data: end-token rule {info['end_token_rule']}: {RULES[info['end_token_rule']]}; because "
                 f"{info['reason']}")
     return pairs
 
 
+def build_held_out_set(path, seed, tokenizer, max_seq_len, cache_dir, end_of_conversation_token,
+                       num_padding_at_beginning, drop_identical, end_token_rule, read_options=ReadOptions()):
+    """Every pair of one source (a file's rows; a folder's or hub dataset's train and eval splits, in that
+    order) as a held-out eval `datasets.Dataset`, tokenised, checked and cached as build_pair_datasets does.
+    `end_token_rule` should be the one the training data resolved (not 'auto'), so both are scored alike."""
+    try:
+        return build_pair_datasets([path], None, seed, tokenizer, max_seq_len, cache_dir, end_of_conversation_token,
+                                   num_padding_at_beginning, drop_identical, end_token_rule, read_options, True)[0]
+    except UserError as error:  # its messages name --data_path, which reads sources the same way
+        raise UserError(f"held-out set {path!r} (--eval_data_path): {error}") from error
+
+
 def build_info(pairs):
     """What building `pairs` (a split build_pair_datasets returned) decided, from its meta.json:
-    end_token_rule, reason, end_of_conversation_token (empty when a chat template rendered the texts)."""
+    end_token_rule, reason, end_of_conversation_token (empty when a chat template rendered the texts), and
+    sources: the name each `source` id stands for, as built (a path or hub name)."""
     folder = os.path.dirname(os.path.dirname(pairs.cache_files[0]["filename"]))
     with open(os.path.join(folder, "meta.json")) as f:
         meta = json.load(f)
-    return {key: meta[key] for key in ("end_token_rule", "reason", "end_of_conversation_token")}
+    return {key: meta[key] for key in ("end_token_rule", "reason", "end_of_conversation_token", "sources")}
 
 
 def _refuse_repeated_paths(data_paths):
@@ -156,8 +176,8 @@ def _build_or_reuse(data_paths, data_split, settings, tokenizer, cache_dir):
     if cache.is_complete(folder):
         meta, problem = cache.verify_cache(folder)
         if problem is None:
-            print_rank0(f"data: reusing the tokenised pairs in {folder} ({meta['rows']['train']:,} train, "
-                        f"{meta['rows']['eval']:,} eval)")
+            counts = ", ".join(f"{rows:,} {split}" for split, rows in meta["rows"].items())
+            print_rank0(f"data: reusing the tokenised pairs in {folder} ({counts})")
             return folder
         print_rank0(f"data: the tokenised pairs in {folder} are damaged ({problem}); rebuilding them")
         cache.discard(folder, tmp)
@@ -192,8 +212,9 @@ def _build(tmp, sources, data_split, settings, tokenizer, chat):
     encoders = {}  # the pair encoder picked for the first rows, reused for the rest (see _tokenize)
     lead = pads_at_beginning(tokenizer)
     splits, row_counts = {}, {}
-    for split in ("train", "eval"):
-        parts = [_phase2_rows(s, split, settings) for s in sources]
+    for split in ("eval",) if settings["held_out"] else ("train", "eval"):
+        indexed = _split_rows(sources, split, settings)  # [(source index, rows)]
+        parts = [rows for _, rows in indexed]
         row_counts[split] = (sum(map(len, parts)), _unpaired(parts))
         if row_counts[split][0] == 0:
             raise UserError(f"--data_split {data_split!r} leaves no {split} pairs for reward-model training "
@@ -201,16 +222,21 @@ def _build(tmp, sources, data_split, settings, tokenizer, chat):
                             f"Give share {PHASE} a positive value, e.g. '2,4,4'.")
         if sum(row_counts[split][1].values()) == row_counts[split][0]:
             raise _no_usable_pairs(split, sources, *row_counts[split])
-        tokenised = [_tokenize(rows, s.adapter, tokenizer, settings, os.path.join(scratch, f"{i}-{split}.arrow"),
-                               encoders, eot, lead) for i, (s, rows) in enumerate(zip(sources, parts)) if len(rows)]
-        splits[split] = _blend(tokenised, settings["seed"]) if len(sources) > 1 else tokenised[0]
+        tokenised = [_tokenize(rows, sources[i].adapter, tokenizer, settings,
+                               os.path.join(scratch, f"{k}-{split}.arrow"), encoders, eot, lead, i)
+                     for k, (i, rows) in enumerate(indexed) if len(rows)]
+        if settings["held_out"]:
+            splits[split] = datasets.concatenate_datasets(tokenised)
+        else:
+            splits[split] = _blend(tokenised, settings["seed"]) if len(sources) > 1 else tokenised[0]
     inside = sum(int(np.count_nonzero(pairs.with_format("numpy")["pad_inside"])) for pairs in splits.values())
     meta["end_token_rule"], meta["reason"] = choose(settings["end_token_rule"], chat, inside,
                                                     sum(map(len, splits.values())),
                                                     tokenizer.convert_ids_to_tokens(settings["pad_token_id"]))
     for split, pairs in splits.items():
         total = len(pairs)
-        pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, split, settings, tokenizer, meta["end_token_rule"])
+        pairs, meta["dropped"][split] = _drop_bad_pairs(pairs, "held-out" if settings["held_out"] else split,
+                                                        settings, tokenizer, meta["end_token_rule"])
         if sum(meta["dropped"][split].values()) == total:  # identical pairs are kept but do not count as usable
             raise _no_usable_pairs(split, sources, *row_counts[split], total, meta["dropped"][split])
         pairs.save_to_disk(os.path.join(tmp, split))
@@ -239,6 +265,14 @@ def _no_usable_pairs(split, sources, rows, unpaired, pairs=0, dropped=None):
                      f"{' '.join(fixes)}")
 
 
+def _split_rows(sources, split, settings):
+    """[(source index, rows)] for `split`: each source's phase-2 rows, or for a held-out set every row of its
+    one source (train, then eval where it has one)."""
+    if settings["held_out"]:
+        return [(0, rows) for rows in (sources[0].train, sources[0].eval) if rows is not None]
+    return [(i, _phase2_rows(s, split, settings)) for i, s in enumerate(sources)]
+
+
 def _phase2_rows(source, split, settings):
     """The rows of `source` reward-model training uses for `split` ('train' or 'eval'), in order."""
     seed = settings["seed"]
@@ -250,10 +284,10 @@ def _phase2_rows(source, split, settings):
     return rows.select(split_indices(len(rows), settings["data_split"], PHASE - 1, seed), keep_in_memory=True)
 
 
-def _tokenize(rows, adapter, tokenizer, settings, cache_file, encoders, eot, lead):
+def _tokenize(rows, adapter, tokenizer, settings, cache_file, encoders, eot, lead, source=0):
     """Map raw rows (each gives `adapter.pairs(row)`) to chosen/rejected token ids, the `drop` codes of
-    both end-token rules (KEEP or why the pair is unusable) and `pad_inside` (`lead` PAD-equal tokens
-    start every text).
+    both end-token rules (KEEP or why the pair is unusable), `pad_inside` (`lead` PAD-equal tokens
+    start every text) and the `source` index.
 
     `encoders` holds the pair encoder once the first batch has picked it; each worker of a
     multi-process map gets a copy of the empty dict and picks its own.
@@ -274,7 +308,7 @@ def _tokenize(rows, adapter, tokenizer, settings, cache_file, encoders, eot, lea
         drop, drop_last = (_pair_codes(texts, chosen, rejected, pad_id, n, answers, rule) for rule in DROP_COLUMNS)
         inside = [pad_inside(c, pad_id, lead) or pad_inside(r, pad_id, lead) for c, r in zip(chosen, rejected)]
         return {"chosen_input_ids": chosen, "rejected_input_ids": rejected, "margin": _margins([m for *_, m in parts]),
-                "drop": drop, "drop_last": drop_last, "pad_inside": inside}
+                "drop": drop, "drop_last": drop_last, "pad_inside": inside, "source": [source] * len(parts)}
 
     return rows.map(encode, batched=True, remove_columns=rows.column_names, features=FEATURES,
                     num_proc=min(os.cpu_count() or 1, 8) if len(rows) >= LARGE else None,

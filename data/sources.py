@@ -136,6 +136,12 @@ def load_source(path, options=formats.ReadOptions()):
                     "source is a file or folder with prompt/chosen/rejected columns (or see docs/data.md).")
 
 
+def names_a_source(path):
+    """True when `load_source` reads `path` (not an existing file or folder) as a synthetic or hub source."""
+    return (path.split(":")[0] in synthetic.SETS or path in REGISTRY
+            or bool(HUB_NAME.fullmatch(path) and not readers.has_data_suffix(path)))
+
+
 # ---------------------------------------------------------------- synthetic and hub sources
 
 def _load_synthetic(path):

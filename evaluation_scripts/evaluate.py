@@ -2,6 +2,7 @@
 
     python evaluation_scripts/evaluate.py MODEL_DIR                          # the two example prompts
     python evaluation_scripts/evaluate.py MODEL_DIR --data_path DATA ...     # + metrics -> eval_results.json
+    python evaluation_scripts/evaluate.py MODEL_DIR --eval_data_path NAME=PATH ...  # + held-out sets by name
     python evaluation_scripts/evaluate.py MODEL_DIR --score rows.jsonl       # one reward per row -> JSONL
 
 --data_path takes every layout main.py takes (strings, conversations, rated completions); conversations
@@ -48,6 +49,9 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model_dir", help="A reward model folder written by main.py.")
     parser.add_argument("--data_path", nargs="+", default=None, help="Eval data, as for main.py.")
+    parser.add_argument("--eval_data_path", nargs="+", default=None, metavar="NAME=PATH",
+                        help="Held-out pair sets, every pair of PATH scored, reported by NAME under 'eval_sets' "
+                             "(as for main.py).")
     parser.add_argument("--data_split", default=None, help="As for main.py (default: the training run's).")
     parser.add_argument("--max_seq_len", type=int, default=None, help="As for main.py (default: the training run's).")
     parser.add_argument("--seed", type=int, default=None, help="As for main.py (default: the training run's).")
@@ -110,18 +114,30 @@ def score_examples(model, tokenizer, max_seq_len):
 
 
 def evaluate_data(model, tokenizer, args, settings):
+    """Metrics of --data_path's eval split (per source under 'by_source') and of every --eval_data_path set
+    (under 'eval_sets'), scored as main.py scores them; the plots show the eval split's scores."""
     from data import build_pair_datasets
     from data.formats import ReadOptions
-    from training.evaluation import eval_loader, evaluate
-    _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
-                                      settings["max_seq_len"], settings["data_output_path"],
-                                      model.end_of_conversation_token, model.num_padding_at_beginning,
-                                      settings["drop_identical_pairs"], model.end_token_rule,
-                                      ReadOptions(settings["pairs_from_ratings"], settings["rating_field"]))
-    loader, num_real = eval_loader(eval_set, settings["per_device_eval_batch_size"], tokenizer.pad_token_id,
-                                   settings.get("pad_to_multiple_of"))
-    scores = []
-    metrics = evaluate(model, loader, model.v_head.weight.device, num_real, scores_out=scores)
+    from data.mix import eval_sets, source_names
+    from data.pairs import build_held_out_set
+    from training.evaluation import eval_loader, evaluate, evaluate_sets
+    device, read = model.v_head.weight.device, ReadOptions(settings["pairs_from_ratings"], settings["rating_field"])
+    shared = (tokenizer, settings["max_seq_len"], settings["data_output_path"], model.end_of_conversation_token,
+              model.num_padding_at_beginning, settings["drop_identical_pairs"], model.end_token_rule, read)
+
+    def loader(pairs):
+        return eval_loader(pairs, settings["per_device_eval_batch_size"], tokenizer.pad_token_id,
+                           settings.get("pad_to_multiple_of"))
+    metrics, scores = {}, None
+    if args.data_path:
+        _, eval_set = build_pair_datasets(args.data_path, settings["data_split"], settings["seed"], *shared)
+        (batches, num_real), scores = loader(eval_set), []
+        metrics = evaluate(model, batches, device, num_real, scores_out=scores,
+                           source_names=source_names(args.data_path))
+    if args.eval_data_path:
+        held_out = {name: loader(build_held_out_set(path, settings["seed"], *shared))
+                    for name, path in eval_sets(args.eval_data_path).items()}
+        metrics["eval_sets"] = evaluate_sets(model, held_out, device)
     print(json.dumps(metrics, indent=2))
     output = args.output or os.path.join(args.model_dir, "eval_results.json")
     for path in write_results(output, metrics, None if args.no_plots else scores, args.model_dir):
@@ -190,15 +206,19 @@ def run(args):
 
     from model.create import build_tokenizer, load_reward_model
     from utils.errors import UserError
+    from utils.validate import eval_set_problems
     if args.batch_tokens is not None and args.batch_tokens < 1:
         raise UserError(f"--batch_tokens {args.batch_tokens} must be >= 1.")
+    settings = data_settings(args)
+    problems = eval_set_problems(args.eval_data_path, settings["data_path"], "the training run's --data_path")
+    if problems:
+        raise UserError(" ".join(problems))
     model = load_reward_model(args.model_dir, center_rewards=args.center_rewards)
     if torch.cuda.is_available():
         model.cuda()
     tokenizer = build_tokenizer(model.settings, source=args.model_dir)
-    settings = data_settings(args)
     score_examples(model, tokenizer, settings["max_seq_len"])
-    if args.data_path:
+    if args.data_path or args.eval_data_path:
         evaluate_data(model, tokenizer, args, settings)
     if args.score:
         score_file(model, tokenizer, args, settings)

@@ -53,7 +53,7 @@ def test_phase2_rows_come_in_the_split_rules_order(opt_tokenizer, tmp_path):
     # 20 rows, "2,4,4": boundaries 0, 4, 12, 20; 10 rows: 0, 2, 6, 10.
     want_train = [train[i] for i in perm(1234, 20)[4:12]]
     want_eval = [test[i] for i in perm(1234, 10)[2:6]]
-    assert train_ds.column_names == ["chosen_input_ids", "rejected_input_ids", "margin"]
+    assert train_ds.column_names == ["chosen_input_ids", "rejected_input_ids", "margin", "source"]
     assert train_ds["chosen_input_ids"][:] == ids(opt_tokenizer, want_train, "chosen")
     assert train_ds["rejected_input_ids"][:] == ids(opt_tokenizer, want_train, "rejected")
     assert eval_ds["chosen_input_ids"][:] == ids(opt_tokenizer, want_eval, "chosen")

@@ -62,9 +62,9 @@ def checkpoint_steps(output_dir):
 
 # Flags whose change would make a resumed run train differently (checked on resume, named when they differ).
 # Training flags a resumed run must share with the saving one, besides the model's settings (utils/settings.py).
-IDENTITY_FLAGS = ("data_path", "data_split", "seed", "drop_identical_pairs", "group_by_length", "learning_rate",
-                  "weight_decay", "lr_scheduler_type", "num_warmup_steps", "num_train_epochs", "lora_learning_rate",
-                  "disable_cpu_speedups")
+IDENTITY_FLAGS = ("data_path", "data_weights", "data_split", "seed", "drop_identical_pairs", "group_by_length",
+                  "learning_rate", "weight_decay", "lr_scheduler_type", "num_warmup_steps", "num_train_epochs",
+                  "lora_learning_rate", "disable_cpu_speedups")
 
 
 def data_fingerprint(pairs):

@@ -28,8 +28,9 @@ def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max
     indices += indices[-1:] * (per_rank - num_real) if indices else [0] * per_rank
     # No generator of its own: each pass draws a seed from torch's global RNG, as DeepSpeed-Chat's eval
     # loader does, so the training dropout masks after an evaluation follow the same random stream.
+    with_source = "source" in getattr(eval_set, "column_names", ())  # for evaluate's per-source breakdown
     loader = DataLoader(Subset(eval_set, indices), batch_size=batch_size,
-                        collate_fn=PairCollator(pad_token_id, pad_to_multiple_of))
+                        collate_fn=PairCollator(pad_token_id, pad_to_multiple_of, with_source=with_source))
     return loader, num_real
 
 
@@ -52,38 +53,78 @@ def to_device(batch, device):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
+def evaluate(model, loader, device, num_real, desc="eval", scores_out=None, source_names=None):
     """Accuracy (chosen end score > rejected; ties count as wrong, as in DeepSpeed-Chat, and are also
     counted apart), mean scores, margin and reward mean/std, over all ranks.
 
     `model` is a RewardModel or a DeepSpeed engine wrapping one; `loader` yields this rank's shard,
     of which the first `num_real` rows count. `scores_out`, a list, receives this rank's
-    (chosen, rejected) end scores.
+    (chosen, rejected) end scores. With `source_names` (the name of each `source` id the batches carry,
+    see `eval_loader`) the same metrics per source go under 'by_source' {name: metrics}.
     """
     was_training = model.training
     model.eval()
     # correct, ties, pairs, sum chosen, sum rejected, sum of squared rewards (chosen and rejected)
     totals = torch.zeros(6, dtype=torch.float64, device=device)
-    seen = 0
+    seen, kept = 0, []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
+        sources = batch.pop("source", None)
         out = model(**to_device(batch, device))
         chosen = out["chosen_mean_scores"].double()
         rejected = out["rejected_mean_scores"].double()
         counted = (torch.arange(seen, seen + chosen.numel(), device=device) < num_real).double()
+        keep = counted.bool()
         if scores_out is not None:
-            keep = counted.bool()
             scores_out.extend(zip(chosen[keep].tolist(), rejected[keep].tolist()))
+        if source_names and sources is not None:
+            kept.append((sources.to(device)[keep], chosen[keep], rejected[keep]))
         seen += chosen.numel()
-        totals += torch.stack([((chosen > rejected).double() * counted).sum(),
-                               ((chosen == rejected).double() * counted).sum(), counted.sum(),
-                               (chosen * counted).sum(), (rejected * counted).sum(),
-                               ((chosen ** 2 + rejected ** 2) * counted).sum()])
+        totals += pair_totals(chosen, rejected, counted)
     all_reduce(totals)
     model.train(was_training)
-    correct, ties, pairs, chosen_sum, rejected_sum, square_sum = totals.tolist()
-    pairs = max(pairs, 1.0)
+    metrics = summarize(totals.tolist())
+    if source_names:
+        metrics["by_source"] = per_source(kept, source_names, device)
+    return metrics
+
+
+def pair_totals(chosen, rejected, weight):
+    """(6,) float64 sums over pairs with `weight` 1 (of 0/1): correct, ties, pairs, chosen, rejected,
+    squared rewards. chosen, rejected, weight: (B,) float64."""
+    return torch.stack([((chosen > rejected).double() * weight).sum(), ((chosen == rejected).double() * weight).sum(),
+                        weight.sum(), (chosen * weight).sum(), (rejected * weight).sum(),
+                        ((chosen ** 2 + rejected ** 2) * weight).sum()])
+
+
+def summarize(totals):
+    """The metrics dict from the 6 `pair_totals` sums (all ranks')."""
+    correct, ties, num_pairs, chosen_sum, rejected_sum, square_sum = totals
+    pairs = max(num_pairs, 1.0)
     reward_mean = (chosen_sum + rejected_sum) / (2 * pairs)
     return {"accuracy": correct / pairs, "ties": int(ties), "chosen_mean": chosen_sum / pairs,
             "rejected_mean": rejected_sum / pairs, "margin": (chosen_sum - rejected_sum) / pairs,
-            "num_pairs": int(pairs), "reward_mean": reward_mean,
+            "num_pairs": int(num_pairs), "reward_mean": reward_mean,
             "reward_std": math.sqrt(max(square_sum / (2 * pairs) - reward_mean ** 2, 0.0))}
+
+
+def per_source(kept, names, device):
+    """{name: metrics} over all ranks. `kept`: this rank's counted pairs as (source ids, chosen, rejected)
+    tensors per batch; every rank calls this (one all_reduce), with or without pairs."""
+    totals = torch.zeros(len(names), 6, dtype=torch.float64, device=device)
+    if kept:
+        sources, chosen, rejected = (torch.cat(parts) for parts in zip(*kept))
+        for s in range(len(names)):
+            totals[s] = pair_totals(chosen, rejected, (sources == s).double())
+    all_reduce(totals)
+    return {name: summarize(row) for name, row in zip(names, totals.tolist())}
+
+
+def evaluate_sets(model, sets, device):
+    """{name: metrics} of the named held-out sets (`sets`: {name: (loader, real rows on this rank)}).
+    torch's CPU RNG is restored afterwards: each eval pass draws a loader seed from it, and a held-out
+    set must not change the training's random stream (dropout masks) nor a resume's."""
+    state = torch.get_rng_state()
+    results = {name: evaluate(model, loader, device, num_real, desc=f"eval {name}")
+               for name, (loader, num_real) in sets.items()}
+    torch.set_rng_state(state)
+    return results

@@ -35,7 +35,7 @@ class Logger:
             self.jsonl.write(json.dumps({"kind": prefix, "step": step, **values}) + "\n")
             self.jsonl.flush()
         if self.writer:
-            for key, value in values.items():
+            for key, value in _flat_scalars(values).items():
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
 
@@ -44,10 +44,35 @@ class Logger:
         self.scalars("train", {"loss": loss, "lr": lr, "pairs_per_s": pairs_per_s}, step)
 
     def eval(self, tag, metrics, step):
-        print_rank0(f"eval ({tag}) | acc {metrics['accuracy']:.4f} | chosen {metrics['chosen_mean']:.4f} | "
-                    f"rejected {metrics['rejected_mean']:.4f} | margin {metrics['margin']:.4f} | "
-                    f"pairs {metrics['num_pairs']} | ties {metrics['ties']}")
+        """One line for the eval split (with accuracy (pairs) per source when it mixes several), one per named
+        held-out set (metrics['eval_sets'], --eval_data_path); all of it in train_log.jsonl."""
+        print_rank0(f"eval ({tag}) | {eval_text(metrics)}")
+        for name, held_out in metrics.get("eval_sets", {}).items():
+            print_rank0(f"eval ({tag}) {name} | {eval_text(held_out)}")
         self.scalars("rewards", metrics, step)
+
+
+def eval_text(metrics):
+    """'acc 0.7500 | chosen ... | ties 0', plus ' | by source: a 0.8125 (32), b 0.6250 (16)' for several sources."""
+    text = (f"acc {metrics['accuracy']:.4f} | chosen {metrics['chosen_mean']:.4f} | "
+            f"rejected {metrics['rejected_mean']:.4f} | margin {metrics['margin']:.4f} | "
+            f"pairs {metrics['num_pairs']} | ties {metrics['ties']}")
+    by_source = metrics.get("by_source", {})
+    if len(by_source) > 1:
+        text += " | by source: " + ", ".join(f"{name} {m['accuracy']:.4f} ({m['num_pairs']})"
+                                             for name, m in by_source.items())
+    return text
+
+
+def _flat_scalars(values, prefix=""):
+    """{'by_source': {'a': {'accuracy': x}}} -> {'by_source/a/accuracy': x}, for TensorBoard."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_scalars(value, f"{prefix}{key}/"))
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 class StopSignal:
@@ -195,6 +220,10 @@ class RowLog:
 
     def __init__(self, output_dir, train_loader, skip):
         self.order, self.skip, self.size = list(train_loader.sampler), skip, train_loader.batch_size
+        picked = getattr(train_loader.dataset, "_indices", None)  # a --data_weights mix: log rows of the cache
+        if picked is not None:
+            rows = picked.column(0).to_numpy()
+            self.order = [int(rows[i]) for i in self.order]
         os.makedirs(output_dir, exist_ok=True)
         self.file = open(os.path.join(output_dir, f"rows_rank{get_rank()}.jsonl"), "a")
 

@@ -5,6 +5,8 @@ config key, what is wrong and what to use instead.
 """
 import difflib
 import math
+import os
+import re
 
 from utils.errors import UserError
 from utils.io import output_folder_problem
@@ -61,7 +63,47 @@ def flag_problems(args):
     if args.only_optimize_lora and not args.lora_dim:
         problems.append("--only_optimize_lora needs --lora_dim > 0.")
     problems += _output_dir_problems(args.output_dir) + _chat_template_problems(args.chat_template)
+    problems += eval_set_problems(getattr(args, "eval_data_path", None), args.data_path)
+    return problems + _weight_problems(getattr(args, "data_weights", None), args.data_path)
+
+
+EVAL_SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # it names log fields and TensorBoard tags
+
+
+def eval_set_problems(values, data_paths, trained_by="a --data_path"):
+    """--eval_data_path NAME=PATH ...: well formed, distinct names, readable paths not among `data_paths`,
+    the training data (`trained_by` says whose)."""
+    from data.sources import names_a_source
+    problems, names = [], set()
+    trained = {os.path.realpath(p) for p in data_paths if os.path.exists(p)} | set(data_paths)
+    for value in values or []:
+        name, _, path = value.partition("=")
+        if not EVAL_SET_NAME.fullmatch(name) or not path:
+            problems.append(f"--eval_data_path {value!r} must be NAME=PATH, NAME made of letters, digits, '_', '.' "
+                            "or '-' (e.g. hh_test=data/hh_test.jsonl).")
+        elif name in names:
+            problems.append(f"--eval_data_path names {name!r} twice: give each held-out set its own name.")
+        elif not os.path.exists(path) and not names_a_source(path):
+            problems.append(f"--eval_data_path {value!r}: {path!r} is no file or folder (nor a hub or synthetic "
+                            "source name).")
+        elif os.path.exists(path) and not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)):
+            problems.append(f"--eval_data_path {value!r}: {path!r} cannot be read (permissions).")
+        elif path in trained or os.path.realpath(path) in trained:
+            problems.append(f"--eval_data_path {value!r}: {path!r} is also {trained_by}, so its pairs are trained "
+                            "on, not held out: give a set the training does not read.")
+        names.add(name)
     return problems
+
+
+def _weight_problems(values, data_paths):
+    if not values:
+        return []
+    from data.mix import parse_weights
+    try:
+        parse_weights(values, data_paths)
+    except UserError as error:
+        return [str(error)]
+    return []
 
 
 def _chat_template_problems(path):
