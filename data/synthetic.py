@@ -77,3 +77,40 @@ def make_splits(count, name=NAME):
     pairs = [SETS[name](rng) for _ in range(count)]
     test_size = max(1, count // 10)
     return pairs[:-test_size], pairs[-test_size:]
+
+
+# ---------------------------------------------------------------- rated single responses (--objective regression)
+
+RATED_NAME = "synthetic/rated"
+RATED_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")  # HelpSteer2's names
+MARKERS = {"helpfulness": "helpful", "correctness": "excellent", "coherence": "friendly", "complexity": "capital",
+           "verbosity": "wonderful"}  # attribute -> the word whose count (0-4) is its rating
+NEUTRAL = ["the", "it", "is", "that", "and", "this", "of", "a", "quick", "brown", "fox", "dog", "lazy"]
+RESPONSE_WORDS = 24  # every response has this many words, so a count is also a fixed fraction of the words
+DEFAULT_RATED_ROWS = 2000
+MISSING_LABEL = 0.05  # share of labels left null, as a rater who skipped an attribute
+
+
+def make_rated(rng, prompt):
+    """{'prompt', 'response', attribute: rating or None, ...}: each rating is how often the attribute's
+    marker word (`MARKERS`) occurs in the response, 0-4; the other words are neutral."""
+    ratings = {name: rng.randint(0, 4) for name in RATED_ATTRIBUTES}
+    words = [MARKERS[name] for name, count in ratings.items() for _ in range(count)]
+    words += [rng.choice(NEUTRAL) for _ in range(RESPONSE_WORDS - len(words))]
+    rng.shuffle(words)
+    row = {"prompt": prompt, "response": " " + " ".join(words) + "."}
+    row.update({name: None if rng.random() < MISSING_LABEL else value for name, value in ratings.items()})
+    return row
+
+
+def make_rated_splits(count=DEFAULT_RATED_ROWS):
+    """(train rows, test rows) of `count` rated responses from a fixed seed, two per prompt (as HelpSteer2
+    rates two responses per prompt); the last tenth of the prompts (at least one) for test."""
+    rng = random.Random(SEED)
+    rows = []
+    for prompt_index in range((count + 1) // 2):
+        prompt = f" Human: {rng.choice(ASKS).format(rng.choice(TASKS))} (question {prompt_index}) Assistant:"
+        rows += [make_rated(rng, prompt) for _ in range(2)]
+    rows = rows[:count]
+    test_size = max(2, count // 10 // 2 * 2)
+    return rows[:-test_size], rows[-test_size:]
