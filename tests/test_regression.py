@@ -1,0 +1,114 @@
+"""--objective regression: rated single responses, attribute heads, their metrics, export and serving.
+
+Run: python -m pytest tests/test_regression.py -q
+"""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from data.ratings import RatedCollator, build_rated_datasets, read_rated_file
+from data.synthetic import MARKERS, RATED_ATTRIBUTES, make_rated_splits
+from evaluation_scripts.rm_metrics import attribute_metrics, grouped_pair_accuracy, pearson, spearman
+from tests.fixtures import write_jsonl, write_rows
+from utils.errors import UserError
+from utils.spans import END_OF_CONVERSATION
+
+HELPSTEER2_ROW = {"prompt": "What is 2+2?", "response": " 4.", "helpfulness": 3, "correctness": 4, "coherence": 4,
+                  "complexity": 1, "verbosity": 0}
+
+
+# ---------------------------------------------------------------- data
+
+def test_helpsteer2_rows_read_with_missing_ratings_masked(tmp_path):
+    rows = [HELPSTEER2_ROW, dict(HELPSTEER2_ROW, correctness=None), {"prompt": "p", "response": " r", "helpfulness": 2}]
+    read = read_rated_file(write_jsonl(tmp_path / "train.jsonl", rows), ["helpfulness", "correctness"])
+    assert [r["labels"] for r in read] == [[3.0, 4.0], [3.0, 0.0], [2.0, 0.0]]
+    assert [r["label_mask"] for r in read] == [[True, True], [True, False], [True, False]]
+
+
+def test_csv_blank_cells_are_masked_and_text_is_refused_with_its_line(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("prompt,response,helpfulness,verbosity\nhi, there,3,\nyo, you,,1.5\n")
+    read = read_rated_file(str(good), ["helpfulness", "verbosity"])
+    assert [r["label_mask"] for r in read] == [[True, False], [False, True]]
+    assert read[1]["labels"] == [0.0, 1.5]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,response,helpfulness\nhi, there,3\nyo, you,great\n")
+    with pytest.raises(UserError, match=r"bad.csv, line 3: column 'helpfulness' holds 'great', not a number"):
+        read_rated_file(str(bad), ["helpfulness"])
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
+def test_an_attribute_absent_from_a_file_is_one_error_naming_file_and_column(tmp_path, suffix):
+    path = write_rows(tmp_path / f"train{suffix}", [HELPSTEER2_ROW])
+    with pytest.raises(UserError) as error:
+        read_rated_file(path, ["helpfulness", "safety"])
+    assert f"train{suffix}" in str(error.value) and "--attributes column(s) safety" in str(error.value)
+    assert "helpfulness" in str(error.value)  # the columns found
+
+
+def test_rated_datasets_tokenise_like_pairs_and_group_by_prompt(opt_tokenizer, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    train = [dict(HELPSTEER2_ROW, response=f" answer {i}", helpfulness=i % 5) for i in range(20)]
+    test = [dict(HELPSTEER2_ROW, prompt=f"Q{i // 2}?", response=f" a{i}", helpfulness=i % 5) for i in range(6)]
+    test.append(dict(HELPSTEER2_ROW, helpfulness=None))  # no rating of the attribute asked for: dropped
+    write_jsonl(folder / "train.jsonl", train)
+    write_jsonl(folder / "validation.jsonl", test)
+    train_set, eval_set = build_rated_datasets([str(folder)], "0,1,0", 1234, opt_tokenizer, 64, str(tmp_path / "c"),
+                                               ["helpfulness"], END_OF_CONVERSATION, 1, "auto")
+    assert (len(train_set), len(eval_set)) == (20, 6)
+    by_text = {tuple(r["input_ids"]): r for r in eval_set}
+    for row in test[:6]:
+        ids = opt_tokenizer(row["prompt"] + row["response"] + END_OF_CONVERSATION)["input_ids"]
+        assert by_text[tuple(ids)]["labels"] == [float(row["helpfulness"])]
+    groups = {}
+    for row in test[:6]:
+        ids = tuple(opt_tokenizer(row["prompt"] + row["response"] + END_OF_CONVERSATION)["input_ids"])
+        groups.setdefault(row["prompt"], set()).add(by_text[ids]["group"])
+    assert all(len(g) == 1 for g in groups.values()) and len(set.union(*groups.values())) == 3
+
+
+def test_collator_pads_rows_and_stacks_labels():
+    batch = RatedCollator(pad_token_id=1, pad_to_multiple_of=4)(
+        [{"input_ids": [2, 5, 6], "labels": [1.0, 0.0], "label_mask": [True, False]},
+         {"input_ids": [2], "labels": [2.0, 3.0], "label_mask": [True, True]}])
+    assert batch["input_ids"].tolist() == [[2, 5, 6, 1], [2, 1, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].shape == (2, 2)
+    assert batch["label_mask"].dtype == torch.bool and batch["label_mask"].tolist() == [[True, False], [True, True]]
+
+
+def test_synthetic_ratings_are_the_marker_counts():
+    train, test = make_rated_splits(100)
+    assert len(train) + len(test) == 100 and train[0]["prompt"] == train[1]["prompt"]
+    for row in train + test:
+        words = row["response"].strip(" .").split()
+        for name in RATED_ATTRIBUTES:
+            assert row[name] is None or row[name] == words.count(MARKERS[name])
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_attribute_metrics_by_hand():
+    predictions = np.array([[1.0, 0.0], [2.0, 9.0], [4.0, 1.0]])
+    labels = np.array([[1.0, 0.0], [3.0, 5.0], [3.0, 2.0]])
+    mask = np.array([[True, True], [True, False], [True, True]])
+    metrics = attribute_metrics(predictions, labels, mask, ["a", "b"])
+    assert metrics["a"]["rmse"] == pytest.approx(math.sqrt((0 + 1 + 1) / 3))
+    assert metrics["b"]["rmse"] == pytest.approx(math.sqrt((0 + 1) / 2)) and metrics["b"]["count"] == 2
+    assert metrics["a"]["pearson"] == pytest.approx(np.corrcoef([1, 2, 4], [1, 3, 3])[0, 1])
+    assert metrics["a"]["spearman"] == pytest.approx(np.corrcoef([1, 2, 3], [1, 2.5, 2.5])[0, 1])
+    assert pearson([1, 1], [1, 2]) is None and spearman([3, 1, 2], [30, 10, 20]) == pytest.approx(1.0)
+
+
+def test_grouped_pair_accuracy_counts_only_pairs_of_a_prompt_rated_apart():
+    rewards = [0.9, 0.1, 0.5, 0.5, 0.2, 0.3, 0.7]
+    labels = [4.0, 1.0, 2.0, 3.0, 2.0, 2.0, float("nan")]
+    groups = [0, 0, 1, 1, 2, 2, 0]
+    # group 0: right (row 6 has no label reward); group 1: equal rewards, wrong; group 2: rated alike, no pair
+    assert grouped_pair_accuracy(rewards, labels, groups) == {"pair_accuracy": 0.5, "num_pairs": 2}
