@@ -1,22 +1,24 @@
 """Pairwise evaluation shared by training (main.py) and evaluation_scripts/: same pairs, same numbers."""
 import math
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from data.collator import PairCollator
 from data.sampler import length_sorted_indices
-from utils.dist import all_reduce, get_rank, get_world_size, is_main_process
+from utils.dist import all_gather_rows, all_reduce, get_rank, get_world_size, is_main_process
 
 
-def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max_batches=0):
+def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max_batches=0, collate_fn=None):
     """(DataLoader over this rank's share of the pairs to score, number of real rows in it).
 
     The pairs: all of eval_set, or with `max_batches` the ones DeepSpeed-Chat's `--eval_iters` scores
     (`dschat_eval_subset`). Rows go longest first (little padding, and an out-of-memory error shows in
     the first batch), dealt to ranks in turn; each rank's share is padded by repeating a row so every
     rank runs the same number of forwards (ZeRO-3 needs that), and the padding is not counted.
-    main.py and evaluation_scripts/ both use this, so they see the same batches.
+    main.py and evaluation_scripts/ both use this, so they see the same batches. `collate_fn`: default
+    `PairCollator`; rated rows (--objective regression) pass a `data.ratings.RatedCollator`.
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -29,7 +31,7 @@ def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max
     # No generator of its own: each pass draws a seed from torch's global RNG, as DeepSpeed-Chat's eval
     # loader does, so the training dropout masks after an evaluation follow the same random stream.
     loader = DataLoader(Subset(eval_set, indices), batch_size=batch_size,
-                        collate_fn=PairCollator(pad_token_id, pad_to_multiple_of))
+                        collate_fn=collate_fn or PairCollator(pad_token_id, pad_to_multiple_of))
     return loader, num_real
 
 
@@ -87,3 +89,47 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
             "rejected_mean": rejected_sum / pairs, "margin": (chosen_sum - rejected_sum) / pairs,
             "num_pairs": int(pairs), "reward_mean": reward_mean,
             "reward_std": math.sqrt(max(square_sum / (2 * pairs) - reward_mean ** 2, 0.0))}
+
+
+@torch.no_grad()
+def evaluate_regression(model, loader, device, num_real, head, desc="eval"):
+    """Attribute heads (--objective regression) on rated rows, over all ranks: per attribute RMSE, Pearson and
+    Spearman against the present ratings; their means over the attributes; the combined reward's
+    (`head.attribute_weights` . outputs) mean/std; and its pairwise accuracy over the rows of one prompt whose
+    rated rewards (the same weights . ratings; rows missing a weighted rating left out) differ.
+
+    `loader` yields this rank's rows (a RatedCollator with groups), of which the first `num_real` count.
+    """
+    from evaluation_scripts.rm_metrics import attribute_metrics, grouped_pair_accuracy
+    was_training = model.training
+    model.eval()
+    parts, seen = [], 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
+        groups = batch.pop("group")
+        outputs = model(**to_device(batch, device))["attribute_scores"].double().cpu()  # (B, K)
+        counted = torch.arange(seen, seen + len(groups)) < num_real
+        seen += len(groups)
+        parts.append(torch.cat([outputs, batch["labels"].double(), batch["label_mask"].double(),
+                                groups[:, None].double(), counted[:, None].double()], dim=1))
+    model.train(was_training)
+    table = all_gather_rows(torch.cat(parts).to(device)).cpu().numpy()
+    table = table[table[:, -1] == 1]
+    count = len(head.attributes)
+    outputs, labels, mask = table[:, :count], table[:, count:2 * count], table[:, 2 * count:3 * count] == 1
+    weights = np.asarray(head.attribute_weights, dtype=float)
+    rewards = outputs @ weights
+    weighted = weights != 0
+    label_rewards = np.where(mask[:, weighted].all(axis=1), np.where(mask, labels, 0.0) @ weights, np.nan)
+    per_attribute = attribute_metrics(outputs, labels, mask, head.attributes)
+    metrics = {key: _mean([m[key] for m in per_attribute.values()]) for key in ("rmse", "pearson", "spearman")}
+    metrics.update(grouped_pair_accuracy(rewards, label_rewards, table[:, 3 * count]))
+    metrics.update(num_rows=len(table), reward_mean=float(rewards.mean()) if len(rewards) else 0.0,
+                   reward_std=float(rewards.std()) if len(rewards) else 0.0)
+    for name, values in per_attribute.items():
+        metrics.update({f"{name}/{key}": value for key, value in values.items()})
+    return metrics
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None

@@ -36,7 +36,8 @@ class Logger:
             self.jsonl.flush()
         if self.writer:
             for key, value in values.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+                if value is not None:  # a correlation of constant values
+                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
 
     def step(self, step, loss, lr, pairs_per_s, seconds):
@@ -44,10 +45,26 @@ class Logger:
         self.scalars("train", {"loss": loss, "lr": lr, "pairs_per_s": pairs_per_s}, step)
 
     def eval(self, tag, metrics, step):
+        if "rmse" in metrics:  # --objective regression (training/evaluation.py evaluate_regression)
+            return self.eval_regression(tag, metrics, step)
         print_rank0(f"eval ({tag}) | acc {metrics['accuracy']:.4f} | chosen {metrics['chosen_mean']:.4f} | "
                     f"rejected {metrics['rejected_mean']:.4f} | margin {metrics['margin']:.4f} | "
                     f"pairs {metrics['num_pairs']} | ties {metrics['ties']}")
         self.scalars("rewards", metrics, step)
+
+    def eval_regression(self, tag, metrics, step):
+        names = [key[:-len("/rmse")] for key in metrics if key.endswith("/rmse")]
+        print_rank0(f"eval ({tag}) | rmse {_figure(metrics['rmse'])} | pearson {_figure(metrics['pearson'])} | "
+                    f"spearman {_figure(metrics['spearman'])} | pair acc {_figure(metrics['pair_accuracy'])} "
+                    f"({metrics['num_pairs']} pairs) | rows {metrics['num_rows']}")
+        print_rank0(f"eval ({tag}) | " + " | ".join(
+            f"{name} rmse {_figure(metrics[name + '/rmse'])} r {_figure(metrics[name + '/pearson'])} "
+            f"rho {_figure(metrics[name + '/spearman'])}" for name in names))
+        self.scalars("rewards", metrics, step)
+
+
+def _figure(value):
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 class StopSignal:
@@ -141,8 +158,9 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state,
             step = engine.global_steps
             mean_loss = all_reduce(step_loss.clone()).item() / (accumulation * get_world_size())
             if not math.isfinite(mean_loss):
+                cause = BLOW_UP if "labels" in batch else nonfinite_cause(step_batches, engine.module)  # rows: no spans
                 raise UserError(f"training loss is {mean_loss} at optimizer step {step}: stopping without saving "
-                                f"a model. {nonfinite_cause(step_batches, engine.module)}")
+                                f"a model. {cause}")
             if rows:
                 rows.write(step, [index for index, _ in step_batches])
             elapsed = time.time() - step_start
@@ -217,5 +235,8 @@ def nonfinite_cause(step_batches, model):
         return (f"Data: {len(empty)} pair(s) are scored at or before the token where chosen and rejected first "
                 f"differ, so their loss span is empty (0/0): {', '.join(empty[:5])}. Check "
                 "--num_padding_at_beginning and whether the PAD/EOS token occurs inside the texts.")
-    return ("The rewards themselves are not finite (a numeric blow-up): resume from the last checkpoint "
-            "(--resume_from_checkpoint auto) with a lower --learning_rate, or train in bf16/fp32.")
+    return BLOW_UP
+
+
+BLOW_UP = ("The rewards themselves are not finite (a numeric blow-up): resume from the last checkpoint "
+           "(--resume_from_checkpoint auto) with a lower --learning_rate, or train in bf16/fp32.")

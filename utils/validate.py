@@ -61,6 +61,30 @@ def flag_problems(args):
     if args.only_optimize_lora and not args.lora_dim:
         problems.append("--only_optimize_lora needs --lora_dim > 0.")
     problems += _output_dir_problems(args.output_dir) + _chat_template_problems(args.chat_template)
+    problems += _objective_problems(args)
+    return problems
+
+
+def _objective_problems(args):
+    """--objective regression needs --attributes (and --attribute_weights, if given, one per attribute); the
+    flags of the pairwise loss and of chat data do not apply to it; the attribute flags need it."""
+    if args.objective != "regression":
+        return [f"{flag} needs --objective regression." for flag, value in
+                (("--attributes", args.attributes), ("--attribute_weights", args.attribute_weights)) if value]
+    problems = []
+    if not args.attributes:
+        problems.append("--objective regression needs --attributes, the rating columns to learn, e.g. "
+                        "--attributes helpfulness,correctness,coherence,complexity,verbosity (HelpSteer2's).")
+    elif len(set(args.attributes)) < len(args.attributes):
+        problems.append(f"--attributes {','.join(args.attributes)} names a column twice; give each once.")
+    if args.attributes and args.attribute_weights and len(args.attribute_weights) != len(args.attributes):
+        problems.append(f"--attribute_weights gives {len(args.attribute_weights)} weight(s) for "
+                        f"{len(args.attributes)} --attributes ({','.join(args.attributes)}); give one per attribute.")
+    pairwise_only = (("--use_margin", args.use_margin),
+                     ("--center_rewards_coefficient", args.center_rewards_coefficient),
+                     ("--drop_identical_pairs", args.drop_identical_pairs), ("--chat_template", args.chat_template))
+    problems += [f"{flag} does not apply to --objective regression (rated single responses, no pairs or chat "
+                 "template); leave it out." for flag, value in pairwise_only if value]
     return problems
 
 
