@@ -1,5 +1,6 @@
 """`synthetic/preference[:N]`: an offline demo set of N preference pairs, the same on every run;
-`synthetic/conversations[:N]`: the same rule in conversations of 2-4 user turns (message lists).
+`synthetic/conversations[:N]`: the same rule in conversations of 2-4 user turns (message lists);
+`synthetic/rated[:N]`: N rated single responses (main.py --objective regression), see `make_rated`.
 
 Both answers share the prompt and a pool of neutral advice sentences; the chosen answer opens
 and closes politely, the rejected one rudely (the opening keeps the signal under truncation).
@@ -84,20 +85,18 @@ def make_splits(count, name=NAME):
 RATED_NAME = "synthetic/rated"
 RATED_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")  # HelpSteer2's names
 MARKERS = {"helpfulness": "helpful", "correctness": "excellent", "coherence": "friendly", "complexity": "capital",
-           "verbosity": "wonderful"}  # attribute -> the word whose count (0-4) is its rating
-NEUTRAL = ["the", "it", "is", "that", "and", "this", "of", "a", "quick", "brown", "fox", "dog", "lazy"]
-RESPONSE_WORDS = 24  # every response has this many words, so a count is also a fixed fraction of the words
+           "verbosity": "wonderful"}  # attribute -> the word whose count (0-4) in its slot is its rating
+SLOT = 4  # words per attribute: its marker `rating` times, then "the"
 DEFAULT_RATED_ROWS = 2000
-MISSING_LABEL = 0.05  # share of labels left null, as a rater who skipped an attribute
+MISSING_LABEL = 0.05  # share of ratings left null, as a rater who skipped an attribute
 
 
 def make_rated(rng, prompt):
-    """{'prompt', 'response', attribute: rating or None, ...}: each rating is how often the attribute's
-    marker word (`MARKERS`) occurs in the response, 0-4; the other words are neutral."""
-    ratings = {name: rng.randint(0, 4) for name in RATED_ATTRIBUTES}
-    words = [MARKERS[name] for name, count in ratings.items() for _ in range(count)]
-    words += [rng.choice(NEUTRAL) for _ in range(RESPONSE_WORDS - len(words))]
-    rng.shuffle(words)
+    """{'prompt', 'response', attribute: rating or None, ...}. The response holds one slot of `SLOT` words per
+    attribute, in `RATED_ATTRIBUTES` order; a rating (0-4, drawn uniformly) is how often the attribute's marker
+    word (`MARKERS`) fills its slot, the rest of the slot is "the". A tiny model learns it in seconds."""
+    ratings = {name: rng.randint(0, SLOT) for name in RATED_ATTRIBUTES}
+    words = [word for name, count in ratings.items() for word in [MARKERS[name]] * count + ["the"] * (SLOT - count)]
     row = {"prompt": prompt, "response": " " + " ".join(words) + "."}
     row.update({name: None if rng.random() < MISSING_LABEL else value for name, value in ratings.items()})
     return row
@@ -105,11 +104,11 @@ def make_rated(rng, prompt):
 
 def make_rated_splits(count=DEFAULT_RATED_ROWS):
     """(train rows, test rows) of `count` rated responses from a fixed seed, two per prompt (as HelpSteer2
-    rates two responses per prompt); the last tenth of the prompts (at least one) for test."""
+    rates two responses per prompt); the last tenth (at least two rows) for test."""
     rng = random.Random(SEED)
     rows = []
     for prompt_index in range((count + 1) // 2):
-        prompt = f" Human: {rng.choice(ASKS).format(rng.choice(TASKS))} (question {prompt_index}) Assistant:"
+        prompt = f" Human: Rate item {prompt_index:04d}. Assistant:"
         rows += [make_rated(rng, prompt) for _ in range(2)]
     rows = rows[:count]
     test_size = max(2, count // 10 // 2 * 2)
