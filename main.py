@@ -39,7 +39,7 @@ from utils import validate
 from utils.dist import get_world_size, init_distributed, print_rank0, set_single_process_defaults
 from utils.ds_config import load_ds_config, resolve_ds_config
 from utils.errors import UserError, exit_on_user_error
-from utils.settings import LossOptions, Settings
+from utils.settings import HeadOptions, LossOptions, Settings
 from utils.spans import END_OF_CONVERSATION, LAST_TOKEN, pads_at_beginning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -145,10 +145,18 @@ def resolve_settings(args, ds_config, tokenizer, num_padding, info):
         chat_template=tokenizer.chat_template if args.chat_template else None, dtype=training_dtype(ds_config),
         dropout=args.dropout, loss=LossOptions(args.compute_fp32_loss, args.use_margin,
                                                args.center_rewards_coefficient),
+        head=head_options(args),
         lora_dim=args.lora_dim, lora_module_name=args.lora_module_name, only_optimize_lora=args.only_optimize_lora)
     shown = dict(settings.to_dict(), chat_template=args.chat_template and f"from {args.chat_template}")
     print_rank0(f"settings: {json.dumps(shown, sort_keys=True)}")
     return settings
+
+
+def head_options(args):
+    """The value head's HeadOptions from the flags (--num_heads, --head_bootstrap, --conservative_lambda,
+    --seed)."""
+    return HeadOptions(num_heads=args.num_heads, bootstrap=args.head_bootstrap,
+                       conservative_lambda=args.conservative_lambda, seed=args.seed)
 
 
 def training_dtype(ds_config):
@@ -250,6 +258,16 @@ def build_parser():
                        help="Loss -logsigmoid(r_c - r_j - margin) with each pair's 'margin' column (TRL-style).")
     model.add_argument("--center_rewards_coefficient", type=float, default=0.0,
                        help="Add c * mean((s_c + s_j)^2) over end scores to keep rewards centred (0: off).")
+    model.add_argument("--num_heads", type=int, default=1,
+                       help="Value heads on the shared backbone: 1 is DeepSpeed-Chat's head; K > 1 trains an "
+                            "ensemble of K heads (own seeded init each), reward = their mean, uncertainty = their "
+                            "std (docs/ensembles.md).")
+    model.add_argument("--head_bootstrap", action="store_true",
+                       help="Ensemble (--num_heads > 1): weigh each pair's loss in each head by its own Poisson(1) "
+                            "draw, fixed per (seed, pair, head): a bootstrap, so heads disagree where data is thin.")
+    model.add_argument("--conservative_lambda", type=float, default=0.0,
+                       help="Ensemble (--num_heads > 1): scoring also reports mean - lambda * std (saved with "
+                            "the model; 0: off).")
     model.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute activations in backward to save memory.")
     model.add_argument("--lora_dim", type=int, default=0, help="LoRA rank (0: no LoRA).")

@@ -12,9 +12,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.settings import LossOptions, Settings
+from utils.settings import REGRESSION, HeadOptions, LossOptions, Settings
 from utils.spans import (DEEPSPEED_CHAT, END_OF_CONVERSATION, END_TOKEN_RULES, LAST_TOKEN, LN2,  # noqa: F401
                          end_indices, last_token_indices, loss_spans, row_ends, shared_lengths)
+
+
+def combine(outputs, head=HeadOptions()):
+    """(..., K) value-head outputs -> (...) rewards under `head` (utils/settings.py HeadOptions): one output
+    is the reward itself (DeepSpeed-Chat's head, bit for bit); a pairwise ensemble's reward is the mean of its
+    heads; under regression it is attribute_weights . outputs (equal weights summing to 1 when none given)."""
+    if outputs.size(-1) == 1:
+        return outputs.squeeze(-1)
+    if head.objective != REGRESSION:
+        return outputs.mean(dim=-1)
+    count = outputs.size(-1)
+    weights = head.attribute_weights or (1.0 / count,) * count
+    if len(weights) != count:
+        raise ValueError(f"{len(weights)} attribute weights for {count} head outputs")
+    return outputs @ torch.tensor(weights, dtype=outputs.dtype, device=outputs.device)
+
+
+def head_seed(seed, head):
+    """The seed of ensemble head `head`'s own random draws (its init): one per (seed, head), so a head's init
+    is the same whatever the number of heads, ranks or processes."""
+    return (seed * 1_000_003 + head) % 2 ** 63
+
+
+def init_heads(weight, seed):
+    """Fill (K, width) head weights in place, row k from a generator seeded with `head_seed(seed, k)`, with
+    nn.Linear's default distribution U(-1/sqrt(width), 1/sqrt(width)). Used for K > 1 only: one head keeps
+    nn.Linear's draw from torch's global RNG (DeepSpeed-Chat's init)."""
+    bound = weight.size(1) ** -0.5
+    with torch.no_grad():
+        for k in range(weight.size(0)):
+            generator = torch.Generator().manual_seed(head_seed(seed, k))
+            row = torch.rand(weight.size(1), generator=generator, dtype=torch.float64) * 2 * bound - bound
+            weight[k].copy_(row)
+
 
 def pairwise_loss(chosen_rewards, rejected_rewards, spans, options=LossOptions(), fields=None):
     """DeepSpeed-Chat's pairwise ranking loss for B pairs at once, plus the optional terms of `options`.
@@ -83,7 +117,12 @@ class RewardModel(nn.Module):
         super().__init__()
         self.config = base_model.config
         width = getattr(self.config, "word_embed_proj_dim", None) or self.config.hidden_size
-        self.v_head = nn.Linear(width, 1, bias=False)
+        outputs = settings.head.outputs
+        if outputs == 1:  # DeepSpeed-Chat's head, drawn from torch's global RNG
+            self.v_head = nn.Linear(width, 1, bias=False)
+        else:  # each row from its own seeded generator (none from the global RNG)
+            self.v_head = nn.Linear(width, outputs, bias=False, device="meta").to_empty(device="cpu")
+            init_heads(self.v_head.weight, settings.head.seed)
         self.rwtransformer = base_model
         self.settings = settings
         self.PAD_ID = settings.pad_token_id  # DeepSpeed-Chat's names, read by its step 3
@@ -100,26 +139,38 @@ class RewardModel(nn.Module):
     def gradient_checkpointing_disable(self):
         self.rwtransformer.activation_checkpointing_disable()
 
+    def head_outputs(self, input_ids, attention_mask, use_cache=False, shared=None, **kwargs):
+        """(N, L) ids -> (N, L, K) raw value-head outputs (no reward_offset), K = settings.head.outputs. Same
+        arguments as `_values`."""
+        return self._head_values(input_ids, attention_mask, use_cache, shared, None, **kwargs)
+
     def _values(self, input_ids, attention_mask, use_cache=False, shared=None, **kwargs):
-        """(N, L) ids -> (N, L) per-token rewards. kwargs (head_mask, ...) go to the base model. `shared`
-        (N/2,): compute each pair's first `shared` tokens once (model/shared_prompt.py; those values are 0;
-        training only: `use_cache` and kwargs do not apply)."""
+        """(N, L) ids -> (N, L) per-token rewards (the head outputs `combine`d, less reward_offset). kwargs
+        (head_mask, ...) go to the base model. `shared` (N/2,): compute each pair's first `shared` tokens once
+        (model/shared_prompt.py; those values are 0; training only: `use_cache` and kwargs do not apply)."""
+        return self._offset(self._head_values(input_ids, attention_mask, use_cache, shared, self.settings.head,
+                                              **kwargs))
+
+    def _head_values(self, input_ids, attention_mask, use_cache, shared, head, **kwargs):
+        """The head outputs combined under `head` (HeadOptions): (N, L); or raw (N, L, K) with head None."""
         if shared is not None:
             from model.shared_prompt import shared_values  # an acceleration (training/accelerations.py)
-            values = shared_values(self.rwtransformer, self.v_head, input_ids, attention_mask, shared)
-        else:
-            outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
-            values = self.v_head(outputs[0]).squeeze(-1)
-        return self._offset(values)
+            return shared_values(self.rwtransformer, self.v_head, input_ids, attention_mask, shared, head)
+        outputs = self.rwtransformer(input_ids, attention_mask=attention_mask, use_cache=use_cache, **kwargs)
+        values = self.v_head(outputs[0])
+        return values if head is None else combine(values, head)
 
     def _offset(self, values):
         return values - self.reward_offset if self.reward_offset else values
 
-    def packed_values(self, token_ids, lengths):
+    def packed_values(self, token_ids, lengths, per_head=False):
         """(T,) ids of texts of `lengths` tokens, one after the other -> (T,) rewards, each text's as it gets
-        them alone (model/shared_prompt.py `packed_values`, for base models it `packs`; model/scoring.py)."""
+        them alone (model/shared_prompt.py `packed_values`, for base models it `packs`; model/scoring.py);
+        `per_head`: the raw (T, K) head outputs instead."""
         from model.shared_prompt import packed_values
-        return self._offset(packed_values(self.rwtransformer, self.v_head, token_ids, lengths))
+        if per_head:
+            return packed_values(self.rwtransformer, self.v_head, token_ids, lengths, None)
+        return self._offset(packed_values(self.rwtransformer, self.v_head, token_ids, lengths, self.settings.head))
 
     def end_positions(self, input_ids, attention_mask=None):
         """(N, L) rows -> (N,) one past the token each row's score is read at (this model's rule)."""

@@ -19,6 +19,7 @@ FLAG_RULES = {  # flag -> what its value must be (None values mean "use the defa
     "eval_interval": NON_NEGATIVE_INT, "eval_iters": NON_NEGATIVE_INT, "loss_plateau_warning": NON_NEGATIVE_INT,
     "lora_dim": NON_NEGATIVE_INT, "learning_rate": NON_NEGATIVE, "lora_learning_rate": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE, "center_rewards_coefficient": NON_NEGATIVE, "dropout": PROBABILITY,
+    "num_heads": POSITIVE_INT, "conservative_lambda": NON_NEGATIVE,
 }
 
 # DeepSpeed's documented top-level keys (https://www.deepspeed.ai/docs/config-json/); the runtime's own
@@ -60,6 +61,7 @@ def flag_problems(args):
                 if getattr(args, flag, None) is not None and not _fits(getattr(args, flag), rule)]
     if args.only_optimize_lora and not args.lora_dim:
         problems.append("--only_optimize_lora needs --lora_dim > 0.")
+    problems += _head_problems(args)
     problems += _output_dir_problems(args.output_dir) + _chat_template_problems(args.chat_template)
     problems += _objective_problems(args)
     return problems
@@ -86,6 +88,15 @@ def _objective_problems(args):
     problems += [f"{flag} does not apply to --objective regression (rated single responses, no pairs or chat "
                  "template); leave it out." for flag, value in pairwise_only if value]
     return problems
+
+
+def _head_problems(args):
+    """The ensemble flags that need one: --head_bootstrap and --conservative_lambda act on K >= 2 heads."""
+    if args.num_heads >= 2:
+        return []
+    needs = [flag for flag, on in (("--head_bootstrap", args.head_bootstrap),
+                                   ("--conservative_lambda", args.conservative_lambda)) if on]
+    return [f"{flag} needs an ensemble: add --num_heads 2 or more (now {args.num_heads})." for flag in needs]
 
 
 def _chat_template_problems(path):
