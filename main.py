@@ -22,6 +22,7 @@ from data.chat import PAIR_RULES, set_chat_template
 from data.end_token import AUTO, RULES
 from data.formats import ReadOptions
 from data.pairs import build_info
+from data.ratings import RatedCollator, build_rated_datasets
 from data.sampler import train_sampler
 from model.create import (build_reward_model, build_tokenizer, check_model_folder, distinct_pad_token,
                           load_tokenizer, model_max_positions, resolve_num_padding)
@@ -31,7 +32,7 @@ from training.accelerations import ACCELERATIONS, choose as choose_accelerations
 from training.accelerations import parse_setting as acceleration_setting
 from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, load_checkpoint, needs_universal,
                                  run_identity, to_universal)
-from training.evaluation import eval_loader, evaluate
+from training.evaluation import eval_loader, evaluate, evaluate_regression
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train, train_micro_batch
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
 from training.sub_batches import SHARE_SETTINGS, parse_setting as sub_batch_setting
@@ -39,7 +40,7 @@ from utils import validate
 from utils.dist import get_world_size, init_distributed, print_rank0, set_single_process_defaults
 from utils.ds_config import load_ds_config, resolve_ds_config
 from utils.errors import UserError, exit_on_user_error
-from utils.settings import HeadOptions, LossOptions, Settings
+from utils.settings import PAIRWISE, REGRESSION, HeadOptions, LossOptions, Settings
 from utils.spans import END_OF_CONVERSATION, LAST_TOKEN, pads_at_beginning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,6 +79,8 @@ def run(args, typed):
     print_rank0(accelerations.describe())
 
     def run_eval():
+        if settings.head.objective == REGRESSION:
+            return evaluate_regression(engine, eval_batches, engine.device, eval_real, settings.head)
         return evaluate(engine, eval_batches, engine.device, eval_real)
     position = load_checkpoint(engine, checkpoint, ds_config) if checkpoint else FRESH_START
     if checkpoint is None:
@@ -109,14 +112,20 @@ def setup_config(args, typed):
 
 
 def setup_data(args):
-    """(tokenizer, num_padding_at_beginning, train pairs, eval pairs): the pairs are tokenised before the model
-    loads, with DeepSpeed-Chat's tokenizer conventions (PAD = EOS)."""
+    """(tokenizer, num_padding_at_beginning, train pairs, eval pairs): the pairs (rated rows under --objective
+    regression, data/ratings.py) are tokenised before the model loads, with DeepSpeed-Chat's tokenizer
+    conventions (PAD = EOS)."""
     tokenizer = load_tokenizer(args.model_name_or_path, args.add_eot_token)  # PAD = EOS, as DeepSpeed-Chat's
     if args.chat_template:
         set_chat_template(tokenizer, args.chat_template)
     num_padding, note = resolve_num_padding(args.num_padding_at_beginning, tokenizer)
     if note:
         print_rank0(note)
+    if args.objective == REGRESSION:
+        train_set, eval_set = build_rated_datasets(args.data_path, args.data_split, args.seed, tokenizer,
+                                                   args.max_seq_len, args.data_output_path, args.attributes,
+                                                   END_OF_CONVERSATION, num_padding, args.end_token_rule)
+        return tokenizer, num_padding, train_set, eval_set
     train_set, eval_set = build_pair_datasets(
         args.data_path, args.data_split, args.seed, tokenizer, args.max_seq_len, args.data_output_path,
         END_OF_CONVERSATION, num_padding, args.drop_identical_pairs, args.end_token_rule,
@@ -154,9 +163,12 @@ def resolve_settings(args, ds_config, tokenizer, num_padding, info):
 
 def head_options(args):
     """The value head's HeadOptions from the flags (--num_heads, --head_bootstrap, --conservative_lambda,
-    --seed)."""
+    --seed; --objective, --attributes, --attribute_weights, whose default is 1/K each: the attributes' mean)."""
+    attributes = tuple(args.attributes or ()) if args.objective == REGRESSION else ()
+    weights = tuple(args.attribute_weights or (1.0 / len(attributes),) * len(attributes))
     return HeadOptions(num_heads=args.num_heads, bootstrap=args.head_bootstrap,
-                       conservative_lambda=args.conservative_lambda, seed=args.seed)
+                       conservative_lambda=args.conservative_lambda, objective=args.objective,
+                       attributes=attributes, attribute_weights=weights, seed=args.seed)
 
 
 def training_dtype(ds_config):
@@ -166,10 +178,14 @@ def training_dtype(ds_config):
 def setup_loaders(args, settings, tokenizer, train_set, eval_set, micro_batch):
     """(train DataLoader, eval DataLoader, real eval rows on this rank)."""
     sampler = train_sampler(train_set, micro_batch, args.group_by_length, args.seed)
-    collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=settings.loss.use_margin)
+    pad, multiple = tokenizer.pad_token_id, args.pad_to_multiple_of
+    if settings.head.objective == REGRESSION:  # rated rows: one per response, with their (K,) ratings
+        collator, eval_collator = RatedCollator(pad, multiple), RatedCollator(pad, multiple, with_groups=True)
+    else:
+        collator, eval_collator = PairCollator(pad, multiple, with_margin=settings.loss.use_margin), None
     train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
-    eval_batches, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id,
-                                          args.pad_to_multiple_of, args.eval_iters)
+    eval_batches, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, pad, multiple, args.eval_iters,
+                                          eval_collator)
     return train_loader, eval_batches, eval_real
 
 
@@ -268,6 +284,16 @@ def build_parser():
     model.add_argument("--conservative_lambda", type=float, default=0.0,
                        help="Ensemble (--num_heads > 1): scoring also reports mean - lambda * std (saved with "
                             "the model; 0: off).")
+    model.add_argument("--objective", choices=[PAIRWISE, REGRESSION], default=PAIRWISE,
+                       help="pairwise: DeepSpeed-Chat's ranking loss on preference pairs; regression: one head output "
+                            "per rated attribute (--attributes), trained with a masked MSE on rated single responses "
+                            "(prompt, response, one column per attribute; docs/regression.md).")
+    model.add_argument("--attributes", type=_names, default=None,
+                       help="--objective regression: the rating columns to learn, comma-separated, e.g. "
+                            "helpfulness,correctness,coherence,complexity,verbosity (HelpSteer2's).")
+    model.add_argument("--attribute_weights", type=_numbers, default=None,
+                       help="--objective regression: the reward is these weights . the attributes, one weight per "
+                            "--attributes name, comma-separated (default: 1/K each, the attributes' mean).")
     model.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute activations in backward to save memory.")
     model.add_argument("--lora_dim", type=int, default=0, help="LoRA rank (0: no LoRA).")
@@ -348,6 +374,23 @@ def _count_or_auto(value):
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r} is neither 'auto' nor a count >= 0")
     return int(value)
+
+
+def _names(value):
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{value!r}: give column names separated by commas, e.g. helpfulness,verbosity")
+    return tuple(names)
+
+
+def _numbers(value):
+    try:
+        numbers = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        numbers = ()
+    if not numbers or not all(map(math.isfinite, numbers)):
+        raise argparse.ArgumentTypeError(f"{value!r}: give finite numbers separated by commas, e.g. 0.5,0.5")
+    return numbers
 
 
 def parse_args(argv=None):

@@ -82,6 +82,15 @@ def pairwise_loss(chosen_rewards, rejected_rewards, spans, options=LossOptions()
     return loss, chosen_scores, rejected_scores
 
 
+def regression_loss(scores, labels, label_mask):
+    """--objective regression's loss: the mean squared error of (B, K) end outputs against (B, K) ratings over
+    the present ones only (`label_mask`, (B, K) bool; a masked rating adds nothing, not even a zero), in fp32.
+    A batch without any rating gives 0 (still a graph, so every rank runs the same backward)."""
+    present = label_mask.bool()
+    squared = (scores.float() - labels.float()) ** 2
+    return torch.where(present, squared, 0.0).sum() / present.sum().clamp(min=1)
+
+
 def center_rewards_term(options, chosen_scores, rejected_scores, fields):
     """c * mean((s_c + s_j)^2) over the end scores: keeps rewards centred on 0 (--center_rewards_coefficient)."""
     if not options.center_rewards_coefficient:
@@ -176,10 +185,14 @@ class RewardModel(nn.Module):
         """(N, L) rows -> (N,) one past the token each row's score is read at (this model's rule)."""
         return row_ends(input_ids, attention_mask, self.PAD_ID, self.num_padding_at_beginning, self.end_token_rule)
 
-    def forward(self, input_ids=None, attention_mask=None, share_prompt=False, **pair_fields):
+    def forward(self, input_ids=None, attention_mask=None, share_prompt=False, labels=None, label_mask=None,
+                **pair_fields):
         """Loss and end scores of 2B rows (B pairs). `pair_fields`: the batch's per-pair tensors, (B,) each
         (e.g. `margin`), handed to the loss. `share_prompt`: each pair's shared start goes through the model
-        once (`shared_lengths`; same values where the loss reads them)."""
+        once (`shared_lengths`; same values where the loss reads them). A batch of rated rows (`labels`, see
+        `rated_forward`) takes the regression objective instead."""
+        if labels is not None:
+            return self.rated_forward(input_ids, attention_mask, labels, label_mask)
         shared = None
         if share_prompt:
             shared = shared_lengths(input_ids, attention_mask, self.PAD_ID, self.num_padding_at_beginning,
@@ -192,6 +205,16 @@ class RewardModel(nn.Module):
         loss, chosen_scores, rejected_scores = pairwise_loss(rewards[:pairs], rewards[pairs:], spans,
                                                              self.settings.loss, pair_fields)
         return {"loss": loss, "chosen_mean_scores": chosen_scores, "rejected_mean_scores": rejected_scores}
+
+    def rated_forward(self, input_ids, attention_mask, labels, label_mask):
+        """--objective regression on B rated rows: (B, L) ids and mask, (B, K) `labels` and `label_mask`.
+        Returns `loss` (`regression_loss`), `attribute_scores` (B, K), the head outputs at each row's end token
+        (the pairs' end-token rule), and `rewards` (B,), those `combine`d with the attribute weights."""
+        outputs = self.head_outputs(input_ids, attention_mask)
+        ends = self.end_positions(input_ids, attention_mask)
+        scores = outputs[torch.arange(outputs.size(0), device=outputs.device), ends - 1]
+        return {"loss": regression_loss(scores, labels, label_mask), "attribute_scores": scores,
+                "rewards": self._offset(combine(scores, self.settings.head))}
 
     def forward_value(self, input_ids=None, attention_mask=None, return_value_only=False,
                       prompt_length=0, **kwargs):

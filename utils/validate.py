@@ -84,7 +84,8 @@ def _objective_problems(args):
                         f"{len(args.attributes)} --attributes ({','.join(args.attributes)}); give one per attribute.")
     pairwise_only = (("--use_margin", args.use_margin),
                      ("--center_rewards_coefficient", args.center_rewards_coefficient),
-                     ("--drop_identical_pairs", args.drop_identical_pairs), ("--chat_template", args.chat_template))
+                     ("--drop_identical_pairs", args.drop_identical_pairs), ("--chat_template", args.chat_template),
+                     ("--num_heads", args.num_heads != 1))
     problems += [f"{flag} does not apply to --objective regression (rated single responses, no pairs or chat "
                  "template); leave it out." for flag, value in pairwise_only if value]
     return problems
