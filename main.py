@@ -59,7 +59,6 @@ def run(args, typed):
     set_single_process_defaults()
     ds_config, notes = setup_config(args, typed)
     init_distributed()
-    log = Logger(args.output_dir, args.tensorboard_path if args.enable_tensorboard else None)
     for note in notes:
         print_rank0(f"config: {note}")
     print_rank0("DeepSpeed config: " + json.dumps(ds_config, sort_keys=True))
@@ -69,6 +68,7 @@ def run(args, typed):
     tokenizer = build_tokenizer(settings)
     train_loader, eval_batches, eval_real = setup_loaders(args, settings, tokenizer, train_set, eval_set,
                                                           ds_config["train_micro_batch_size_per_gpu"])
+    log = Logger(args.output_dir, args.tensorboard_path if args.enable_tensorboard else None)  # once data is read
     identity = run_identity(args, settings, ds_config, data_fingerprint(train_set))
     checkpoint = choose_checkpoint(args, identity)  # before the model loads: a refused resume costs nothing
     if checkpoint and needs_universal(checkpoint, ds_config):  # saved by another number of ranks
