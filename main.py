@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import SchedulerType
 
 from data import PairCollator, build_pair_datasets
+from data.collator import IndexedPairs
 from data.chat import PAIR_RULES, set_chat_template
 from data.end_token import AUTO, RULES
 from data.formats import ReadOptions
@@ -166,8 +167,12 @@ def training_dtype(ds_config):
 def setup_loaders(args, settings, tokenizer, train_set, eval_set, micro_batch):
     """(train DataLoader, eval DataLoader, real eval rows on this rank)."""
     sampler = train_sampler(train_set, micro_batch, args.group_by_length, args.seed)
-    collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=settings.loss.use_margin)
-    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
+    head = settings.head
+    bootstrap = (head.seed, head.num_heads) if head.bootstrap else None
+    collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=settings.loss.use_margin,
+                            bootstrap=bootstrap)
+    pairs = IndexedPairs(train_set) if bootstrap else train_set  # the weights follow each pair's index
+    train_loader = DataLoader(pairs, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
     eval_batches, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id,
                                           args.pad_to_multiple_of, args.eval_iters)
     return train_loader, eval_batches, eval_real
