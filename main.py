@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import SchedulerType
 
 from data import PairCollator, build_pair_datasets
+from data.collator import IndexedPairs
 from data.chat import PAIR_RULES, set_chat_template
 from data.end_token import AUTO, RULES
 from data.formats import ReadOptions
@@ -178,12 +179,15 @@ def training_dtype(ds_config):
 def setup_loaders(args, settings, tokenizer, train_set, eval_set, micro_batch):
     """(train DataLoader, eval DataLoader, real eval rows on this rank)."""
     sampler = train_sampler(train_set, micro_batch, args.group_by_length, args.seed)
-    pad, multiple = tokenizer.pad_token_id, args.pad_to_multiple_of
-    if settings.head.objective == REGRESSION:  # rated rows: one per response, with their (K,) ratings
+    pad, multiple, head = tokenizer.pad_token_id, args.pad_to_multiple_of, settings.head
+    if head.objective == REGRESSION:  # rated rows: one per response, with their (K,) ratings
         collator, eval_collator = RatedCollator(pad, multiple), RatedCollator(pad, multiple, with_groups=True)
+        rows = train_set
     else:
-        collator, eval_collator = PairCollator(pad, multiple, with_margin=settings.loss.use_margin), None
-    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
+        bootstrap = (head.seed, head.num_heads) if head.bootstrap else None
+        collator = PairCollator(pad, multiple, with_margin=settings.loss.use_margin, bootstrap=bootstrap)
+        eval_collator, rows = None, IndexedPairs(train_set) if bootstrap else train_set  # weights follow the index
+    train_loader = DataLoader(rows, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
     eval_batches, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, pad, multiple, args.eval_iters,
                                           eval_collator)
     return train_loader, eval_batches, eval_real

@@ -50,14 +50,14 @@ def init_heads(weight, seed):
             weight[k].copy_(row)
 
 
-def pairwise_loss(chosen_rewards, rejected_rewards, spans, options=LossOptions(), fields=None):
+def pairwise_loss(chosen_rewards, rejected_rewards, spans, options=LossOptions(), fields=None, weights=None):
     """DeepSpeed-Chat's pairwise ranking loss for B pairs at once, plus the optional terms of `options`.
 
     chosen_rewards, rejected_rewards: (B, L) per-token rewards; spans: `loss_spans`' (start, end, chosen_end,
     rejected_end), (B,) each; fields: the batch's per-pair tensors by name, (B,) each (e.g. `margin`). Each
     pair's loss is the mean of -logsigmoid(r_c - r_j) over [start, end); with `use_margin` the term is
-    -logsigmoid(r_c - r_j - margin). The loss is the mean over pairs plus every `EXTRA_TERMS` term.
-    Returns (loss, chosen end scores (B,), rejected end scores (B,)): the rewards at chosen_end - 1 and
+    -logsigmoid(r_c - r_j - margin). The loss is the mean over pairs (with `weights` (B,), of weight x pair
+    loss) plus every `EXTRA_TERMS` term. Returns (loss, chosen end scores (B,), rejected end scores (B,)): the rewards at chosen_end - 1 and
     rejected_end - 1.
     """
     fields = fields or {}
@@ -74,7 +74,7 @@ def pairwise_loss(chosen_rewards, rejected_rewards, spans, options=LossOptions()
     pair_loss = per_token.sum(dim=1) / in_span.sum(dim=1)
     chosen_scores = chosen_rewards.gather(1, (chosen_end - 1)[:, None]).squeeze(1)
     rejected_scores = rejected_rewards.gather(1, (rejected_end - 1)[:, None]).squeeze(1)
-    loss = pair_loss.mean()
+    loss = pair_loss.mean() if weights is None else (pair_loss * weights.to(pair_loss.dtype)).mean()
     for term in EXTRA_TERMS:
         extra = term(options, chosen_scores, rejected_scores, fields)
         if extra is not None:
@@ -89,6 +89,29 @@ def regression_loss(scores, labels, label_mask):
     present = label_mask.bool()
     squared = (scores.float() - labels.float()) ** 2
     return torch.where(present, squared, 0.0).sum() / present.sum().clamp(min=1)
+
+
+def ensemble_loss(chosen_heads, rejected_heads, spans, options=LossOptions(), fields=None):
+    """`pairwise_loss` of every head of an ensemble on its own rewards, averaged over the K heads, computed as
+    one batch of K x B pairs (head-major, spans and per-pair fields repeated).
+
+    chosen_heads, rejected_heads: (B, L, K) per-token head outputs; spans and fields as `pairwise_loss`'s; a
+    `bootstrap_weights` field (B, K) (data/collator.py) weighs pair i's loss in head k. The weighted mean over
+    pairs keeps E[weight] = 1 in the denominator (B, not the sum of weights), so a micro batch cut into
+    sub-batches (training/sub_batches.py) sums to the same loss. Returns (loss, chosen end scores (B, K),
+    rejected end scores (B, K))."""
+    fields = dict(fields or {})
+    weights = fields.pop("bootstrap_weights", None)
+    pairs, length, heads = chosen_heads.shape
+
+    def per_head(values):  # (B, L, K) -> (K * B, L), head 0's pairs first
+        return values.permute(2, 0, 1).reshape(heads * pairs, length)
+    spans = tuple(span.repeat(heads) for span in spans)
+    fields = {key: value.repeat(heads, *[1] * (value.dim() - 1)) for key, value in fields.items()}
+    weights = None if weights is None else weights.t().reshape(heads * pairs)
+    loss, chosen, rejected = pairwise_loss(per_head(chosen_heads), per_head(rejected_heads), spans, options,
+                                           fields, weights)
+    return loss, chosen.view(heads, pairs).t(), rejected.view(heads, pairs).t()
 
 
 def center_rewards_term(options, chosen_scores, rejected_scores, fields):
@@ -189,19 +212,23 @@ class RewardModel(nn.Module):
                 **pair_fields):
         """Loss and end scores of 2B rows (B pairs). `pair_fields`: the batch's per-pair tensors, (B,) each
         (e.g. `margin`), handed to the loss. `share_prompt`: each pair's shared start goes through the model
-        once (`shared_lengths`; same values where the loss reads them). A batch of rated rows (`labels`, see
-        `rated_forward`) takes the regression objective instead."""
+        once (`shared_lengths`; same values where the loss reads them). An ensemble (num_heads > 1) trains each
+        head on its own outputs (`ensemble_loss`); its scores are the combined reward's, and `chosen_head_scores`
+        / `rejected_head_scores` (B, K) hold each head's. A batch of rated rows (`labels`, see `rated_forward`)
+        takes the regression objective instead."""
         if labels is not None:
             return self.rated_forward(input_ids, attention_mask, labels, label_mask)
         shared = None
         if share_prompt:
             shared = shared_lengths(input_ids, attention_mask, self.PAD_ID, self.num_padding_at_beginning,
                                     self.end_token_rule)
-        rewards = self._values(input_ids, attention_mask, shared=shared)
         pairs = input_ids.size(0) // 2
         masks = (None, None) if attention_mask is None else (attention_mask[:pairs], attention_mask[pairs:])
         spans = loss_spans(input_ids[:pairs], input_ids[pairs:], self.PAD_ID, self.num_padding_at_beginning,
                            *masks, self.end_token_rule)
+        if self.settings.head.num_heads > 1:
+            return self._ensemble_forward(input_ids, attention_mask, shared, spans, pair_fields)
+        rewards = self._values(input_ids, attention_mask, shared=shared)
         loss, chosen_scores, rejected_scores = pairwise_loss(rewards[:pairs], rewards[pairs:], spans,
                                                              self.settings.loss, pair_fields)
         return {"loss": loss, "chosen_mean_scores": chosen_scores, "rejected_mean_scores": rejected_scores}
@@ -215,6 +242,14 @@ class RewardModel(nn.Module):
         scores = outputs[torch.arange(outputs.size(0), device=outputs.device), ends - 1]
         return {"loss": regression_loss(scores, labels, label_mask), "attribute_scores": scores,
                 "rewards": self._offset(combine(scores, self.settings.head))}
+
+    def _ensemble_forward(self, input_ids, attention_mask, shared, spans, pair_fields):
+        heads = self._offset(self.head_outputs(input_ids, attention_mask, shared=shared))  # (2B, L, K)
+        pairs = input_ids.size(0) // 2
+        loss, chosen, rejected = ensemble_loss(heads[:pairs], heads[pairs:], spans, self.settings.loss, pair_fields)
+        return {"loss": loss, "chosen_mean_scores": combine(chosen, self.settings.head),
+                "rejected_mean_scores": combine(rejected, self.settings.head),
+                "chosen_head_scores": chosen, "rejected_head_scores": rejected}
 
     def forward_value(self, input_ids=None, attention_mask=None, return_value_only=False,
                       prompt_length=0, **kwargs):

@@ -7,6 +7,7 @@ from tqdm import tqdm
 
 from data.collator import PairCollator
 from data.sampler import length_sorted_indices
+from training.ensemble import head_metrics, head_sums
 from utils.dist import all_gather_rows, all_reduce, get_rank, get_world_size, is_main_process
 
 
@@ -60,12 +61,13 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
 
     `model` is a RewardModel or a DeepSpeed engine wrapping one; `loader` yields this rank's shard,
     of which the first `num_real` rows count. `scores_out`, a list, receives this rank's
-    (chosen, rejected) end scores.
+    (chosen, rejected) end scores. An ensemble (--num_heads > 1) adds training/ensemble.py's `head_metrics`.
     """
     was_training = model.training
     model.eval()
     # correct, ties, pairs, sum chosen, sum rejected, sum of squared rewards (chosen and rejected)
     totals = torch.zeros(6, dtype=torch.float64, device=device)
+    heads = None  # an ensemble's `head_sums`, over its batches
     seen = 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
         out = model(**to_device(batch, device))
@@ -76,19 +78,26 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
             keep = counted.bool()
             scores_out.extend(zip(chosen[keep].tolist(), rejected[keep].tolist()))
         seen += chosen.numel()
+        if "chosen_head_scores" in out:
+            sums = head_sums(out["chosen_head_scores"], out["rejected_head_scores"], (chosen <= rejected).double(),
+                             counted)
+            heads = sums if heads is None else heads + sums
         totals += torch.stack([((chosen > rejected).double() * counted).sum(),
                                ((chosen == rejected).double() * counted).sum(), counted.sum(),
                                (chosen * counted).sum(), (rejected * counted).sum(),
                                ((chosen ** 2 + rejected ** 2) * counted).sum()])
     all_reduce(totals)
+    if heads is not None:
+        all_reduce(heads)
     model.train(was_training)
     correct, ties, pairs, chosen_sum, rejected_sum, square_sum = totals.tolist()
     pairs = max(pairs, 1.0)
     reward_mean = (chosen_sum + rejected_sum) / (2 * pairs)
+    ensemble = {} if heads is None else head_metrics(heads)
     return {"accuracy": correct / pairs, "ties": int(ties), "chosen_mean": chosen_sum / pairs,
             "rejected_mean": rejected_sum / pairs, "margin": (chosen_sum - rejected_sum) / pairs,
             "num_pairs": int(pairs), "reward_mean": reward_mean,
-            "reward_std": math.sqrt(max(square_sum / (2 * pairs) - reward_mean ** 2, 0.0))}
+            "reward_std": math.sqrt(max(square_sum / (2 * pairs) - reward_mean ** 2, 0.0))} | ensemble
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ class Logger:
             return self.eval_regression(tag, metrics, step)
         print_rank0(f"eval ({tag}) | acc {metrics['accuracy']:.4f} | chosen {metrics['chosen_mean']:.4f} | "
                     f"rejected {metrics['rejected_mean']:.4f} | margin {metrics['margin']:.4f} | "
-                    f"pairs {metrics['num_pairs']} | ties {metrics['ties']}")
+                    f"pairs {metrics['num_pairs']} | ties {metrics['ties']}{ensemble_line(metrics)}")
         self.scalars("rewards", metrics, step)
 
     def eval_regression(self, tag, metrics, step):
@@ -65,6 +65,17 @@ class Logger:
 
 def _figure(value):
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def ensemble_line(metrics):
+    """The eval line's end for an ensemble (training/ensemble.py `head_metrics`): each head's accuracy, the
+    heads' mean margin std and its correlation with the mean's errors; '' for one head."""
+    heads = [metrics[f"accuracy_head_{k}"] for k in range(len(metrics)) if f"accuracy_head_{k}" in metrics]
+    if not heads:
+        return ""
+    corr = metrics.get("margin_std_error_corr")
+    return (f" | heads acc {' '.join(f'{a:.4f}' for a in heads)} | margin std {metrics['margin_std']:.4f} | "
+            f"std-error corr {'n/a' if corr is None else f'{corr:.3f}'}")
 
 
 class StopSignal:
