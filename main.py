@@ -166,7 +166,7 @@ def head_options(args):
     """The value head's HeadOptions from the flags (--num_heads, --head_bootstrap, --conservative_lambda,
     --seed; --objective, --attributes, --attribute_weights, whose default is 1/K each: the attributes' mean)."""
     attributes = tuple(args.attributes or ()) if args.objective == REGRESSION else ()
-    weights = tuple(args.attribute_weights or (1.0 / len(attributes),) * len(attributes))
+    weights = tuple(args.attribute_weights or [1.0 / len(attributes)] * len(attributes)) if attributes else ()
     return HeadOptions(num_heads=args.num_heads, bootstrap=args.head_bootstrap,
                        conservative_lambda=args.conservative_lambda, objective=args.objective,
                        attributes=attributes, attribute_weights=weights, seed=args.seed)
