@@ -94,12 +94,10 @@ def read_rated_file(file, attributes):
     missing_text = [c for c in TEXT_FIELDS if c not in columns]
     missing = [a for a in attributes if a not in columns]
     if missing_text or missing:
-        needs = (f"text column(s) {', '.join(missing_text)}" if missing_text else "") + (
-            " and " if missing_text and missing else "") + (
-            f"the --attributes column(s) {', '.join(missing)}" if missing else "")
-        raise UserError(f"{file}: no {needs} (columns found: {', '.join(map(str, columns)) or 'none'}). "
-                        "--objective regression reads prompt, response and one numeric column per --attributes "
-                        "name; rename the columns or change --attributes.")
+        named = f" ({', '.join(missing)} named by --attributes)" if missing else ""
+        raise UserError(f"{file}: missing column(s) {', '.join(missing_text + missing)}{named}; columns found: "
+                        f"{', '.join(map(str, columns))}. --objective regression reads prompt, response and one "
+                        "numeric column per --attributes name: rename the columns or change --attributes.")
     return labelled(rows, attributes, lambda i: f"{file}, {where(i)}")
 
 

@@ -13,8 +13,10 @@ import torch
 from data.ratings import RatedCollator, build_rated_datasets, read_rated_file
 from data.synthetic import MARKERS, RATED_ATTRIBUTES, make_rated_splits
 from evaluation_scripts.rm_metrics import attribute_metrics, grouped_pair_accuracy, pearson, spearman
-from tests.fixtures import write_jsonl, write_rows
+from model.reward_model import regression_loss
+from tests.fixtures import reward_model, run_main, train_log, write_jsonl, write_rows
 from utils.errors import UserError
+from utils.settings import REGRESSION, HeadOptions
 from utils.spans import END_OF_CONVERSATION
 
 HELPSTEER2_ROW = {"prompt": "What is 2+2?", "response": " 4.", "helpfulness": 3, "correctness": 4, "coherence": 4,
@@ -47,7 +49,7 @@ def test_an_attribute_absent_from_a_file_is_one_error_naming_file_and_column(tmp
     path = write_rows(tmp_path / f"train{suffix}", [HELPSTEER2_ROW])
     with pytest.raises(UserError) as error:
         read_rated_file(path, ["helpfulness", "safety"])
-    assert f"train{suffix}" in str(error.value) and "--attributes column(s) safety" in str(error.value)
+    assert f"train{suffix}: missing column(s) safety (safety named by --attributes)" in str(error.value)
     assert "helpfulness" in str(error.value)  # the columns found
 
 
@@ -112,3 +114,111 @@ def test_grouped_pair_accuracy_counts_only_pairs_of_a_prompt_rated_apart():
     groups = [0, 0, 1, 1, 2, 2, 0]
     # group 0: right (row 6 has no label reward); group 1: equal rewards, wrong; group 2: rated alike, no pair
     assert grouped_pair_accuracy(rewards, labels, groups) == {"pair_accuracy": 0.5, "num_pairs": 2}
+
+
+# ---------------------------------------------------------------- the loss and the model
+
+def test_regression_loss_by_hand():
+    scores = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    labels = torch.tensor([[0.0, 2.0], [5.0, 100.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    loss = regression_loss(scores, labels, mask)
+    assert loss.item() == pytest.approx((1.0 + 0.0 + 4.0) / 3)  # (1-0)^2, (2-2)^2, (3-5)^2; 100 is masked
+    loss.backward()
+    assert scores.grad[1, 1] == 0  # a masked rating pulls nothing
+    assert scores.grad.flatten().tolist() == pytest.approx([2 / 3, 0.0, -4 / 3, 0.0])  # 2 (s - y) / 3
+    none = regression_loss(scores, labels, torch.zeros_like(mask))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def regression_model(tiny_opt, tokenizer, attributes=("helpfulness", "verbosity"), weights=(0.75, 0.25)):
+    head = HeadOptions(objective=REGRESSION, attributes=attributes, attribute_weights=weights, seed=3)
+    return reward_model(tiny_opt, tokenizer, head=head).eval()
+
+
+def test_rated_forward_reads_each_row_at_its_end_token(tiny_opt, opt_tokenizer):
+    model = regression_model(tiny_opt, opt_tokenizer)
+    assert model.v_head.weight.shape == (2, 32)
+    texts = [" Human: hi Assistant: great, thanks!" + END_OF_CONVERSATION, " no" + END_OF_CONVERSATION]
+    rows = [{"input_ids": opt_tokenizer(t)["input_ids"], "labels": [1.0, 2.0], "label_mask": [True, True]}
+            for t in texts]
+    batch = RatedCollator(opt_tokenizer.pad_token_id)(rows)
+    with torch.no_grad():
+        out = model(**batch)
+        for i, row in enumerate(rows):  # alone, unpadded: the score is the last token's
+            alone = model.head_outputs(torch.tensor([row["input_ids"]]), None)[0, -1]
+            assert out["attribute_scores"][i].tolist() == pytest.approx(alone.tolist(), abs=1e-5)
+    assert out["rewards"].tolist() == pytest.approx((out["attribute_scores"] @ torch.tensor([0.75, 0.25])).tolist())
+    assert out["loss"].item() == pytest.approx(((out["attribute_scores"] - batch["labels"]) ** 2).mean().item())
+
+
+# ---------------------------------------------------------------- main.py
+
+TRAIN_FLAGS = ["--objective", "regression", "--attributes", ",".join(RATED_ATTRIBUTES), "--data_split", "0,1,0",
+               "--max_seq_len", "64", "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "1",
+               "--per_device_eval_batch_size", "64", "--learning_rate", "2e-3", "--lr_scheduler_type", "constant",
+               "--dropout", "0.0", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def rated_run(tiny_opt, tmp_path_factory):
+    """main.py trained 3 epochs (~340 steps, ~10 s) on synthetic/rated:2000: (output folder, its log)."""
+    out = tmp_path_factory.mktemp("rated") / "model"
+    result = run_main(["--model_name_or_path", tiny_opt, "--data_path", "synthetic/rated:2000", "--output_dir", out,
+                       "--data_output_path", out.parent / "cache", "--num_train_epochs", "3", *TRAIN_FLAGS])
+    assert result.returncode == 0, result.stdout[-3000:]
+    return out, result.stdout
+
+
+def test_attributes_that_are_functions_of_the_text_are_recovered(rated_run):
+    out, log = rated_run
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["num_rows"] == 200  # the held-out split: rows the model never trained on
+    for name in RATED_ATTRIBUTES:
+        assert results[f"{name}/pearson"] >= 0.9, (name, results)
+        assert results[f"{name}/rmse"] < 0.6 and results[f"{name}/count"] >= 180  # ~5% of ratings are missing
+    assert results["pair_accuracy"] >= 0.9 and results["num_pairs"] >= 40
+    before = [e for e in train_log(out, "rewards") if e["step"] == 0][0]
+    assert before["pearson"] < 0.5  # it was learnt, not there from the start
+    assert "eval (epoch 3) | rmse" in log and "helpfulness rmse" in log and "pair acc" in log
+    head = json.loads((out / "config.json").read_text())["reward_model"]["head"]
+    assert head["attributes"] == list(RATED_ATTRIBUTES) and head["attribute_weights"] == [0.2] * 5
+
+
+@pytest.mark.usefixtures("clean_dist_env")
+@pytest.mark.parametrize("flags, expected", [
+    (["--objective", "regression"], "--objective regression needs --attributes"),
+    (["--objective", "regression", "--attributes", "a,b", "--attribute_weights", "1"],
+     "--attribute_weights gives 1 weight(s) for 2 --attributes (a,b)"),
+    (["--attributes", "a,b"], "--attributes needs --objective regression"),
+    (["--objective", "regression", "--attributes", "a,a"], "names a column twice"),
+    (["--objective", "regression", "--attributes", "a", "--use_margin"], "--use_margin does not apply"),
+    (["--objective", "regression", "--attributes", "a", "--num_heads", "2"], "--num_heads does not apply"),
+])
+def test_flags_are_checked_together_before_anything_loads(flags, expected, tiny_opt, tmp_path, capsys):
+    import main
+    argv = ["--model_name_or_path", tiny_opt, "--output_dir", str(tmp_path / "out"), "--data_path",
+            "synthetic/rated:100", "--data_output_path", str(tmp_path / "cache"), *flags]
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and err[-1].startswith("error: ") and expected in err[-1], err[-3:]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.usefixtures("clean_dist_env")
+def test_a_missing_attribute_column_stops_main_before_the_model_with_nothing_written(tiny_opt, tmp_path, capsys):
+    import main
+    folder = tmp_path / "helpsteer2"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [HELPSTEER2_ROW] * 8)
+    write_jsonl(folder / "validation.jsonl", [{k: v for k, v in HELPSTEER2_ROW.items() if k != "verbosity"}] * 2)
+    argv = ["--model_name_or_path", tiny_opt, "--output_dir", str(tmp_path / "out"), "--data_path", str(folder),
+            "--data_output_path", str(tmp_path / "cache"), "--objective", "regression", "--attributes",
+            "helpfulness,verbosity"]
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 1
+    assert f"{folder / 'validation.jsonl'}: missing column(s) verbosity (verbosity named by --attributes)" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
