@@ -109,6 +109,9 @@ def score_examples(model, tokenizer, max_seq_len):
 
 
 def evaluate_data(model, tokenizer, args, settings):
+    from utils.settings import REGRESSION
+    if model.settings.head.objective == REGRESSION:
+        return evaluate_rated(model, tokenizer, args, settings)
     from data import build_pair_datasets
     from data.formats import ReadOptions
     from training.evaluation import eval_loader, evaluate
@@ -124,6 +127,26 @@ def evaluate_data(model, tokenizer, args, settings):
     print(json.dumps(metrics, indent=2))
     output = args.output or os.path.join(args.model_dir, "eval_results.json")
     for path in write_results(output, metrics, None if args.no_plots else scores, args.model_dir):
+        print(f"wrote {path}")
+
+
+def evaluate_rated(model, tokenizer, args, settings):
+    """A model trained with main.py --objective regression on rated rows: per-attribute RMSE / Pearson /
+    Spearman and the combined reward's pairwise accuracy (training/evaluation.py `evaluate_regression`)."""
+    from data.ratings import RatedCollator, build_rated_datasets
+    from training.evaluation import eval_loader, evaluate_regression
+    head = model.settings.head
+    _, eval_set = build_rated_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
+                                       settings["max_seq_len"], settings["data_output_path"], head.attributes,
+                                       model.end_of_conversation_token, model.num_padding_at_beginning,
+                                       model.end_token_rule)
+    multiple = settings.get("pad_to_multiple_of")
+    loader, num_real = eval_loader(eval_set, settings["per_device_eval_batch_size"], tokenizer.pad_token_id, multiple,
+                                   collate_fn=RatedCollator(tokenizer.pad_token_id, multiple, with_groups=True))
+    metrics = evaluate_regression(model, loader, model.v_head.weight.device, num_real, head)
+    print(json.dumps(metrics, indent=2))
+    output = args.output or os.path.join(args.model_dir, "eval_results.json")
+    for path in write_results(output, metrics, None, args.model_dir):
         print(f"wrote {path}")
 
 

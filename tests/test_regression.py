@@ -222,3 +222,14 @@ def test_a_missing_attribute_column_stops_main_before_the_model_with_nothing_wri
     assert exit_info.value.code == 1
     assert f"{folder / 'validation.jsonl'}: missing column(s) verbosity (verbosity named by --attributes)" in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_evaluate_py_reproduces_the_training_metrics(rated_run):
+    from evaluation_scripts import evaluate
+    out, _ = rated_run
+    evaluate.main([str(out), "--data_path", "synthetic/rated:2000", "--no_plots"])
+    reloaded = json.loads((out / "eval_results.json").read_text())
+    trained = json.loads((out / "train_results.json").read_text())
+    assert reloaded["num_rows"] == trained["num_rows"] and reloaded["num_pairs"] == trained["num_pairs"]
+    for key in ("rmse", "pearson", "spearman", "pair_accuracy", "reward_mean", "helpfulness/rmse"):
+        assert reloaded[key] == pytest.approx(trained[key], abs=1e-5), key
