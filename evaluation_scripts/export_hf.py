@@ -8,6 +8,8 @@ its bias-free `score` layer, pad_token_id = eos): plain transformers then scores
 prompt + answer + end-of-conversation texts with the same reward as this project's RewardModel.
 `deepspeed_chat` writes `pytorch_model.bin` with DeepSpeed-Chat's RewardModel keys next to config.json
 and the tokenizer: pass OUT_DIR as step 3's --critic_model_name_or_path (OUT_DIR may be MODEL_DIR).
+An attribute model (main.py --objective regression) exports as num_labels=K: logit k is attribute k (id2label
+names it) and config.json's `attribute_weights` . logits is the reward (docs/regression.md).
 """
 import argparse
 import os
@@ -50,7 +52,9 @@ def run(args):
         if args.format == "hf":
             dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
             name = export_sequence_classification(model_dir, args.output_dir, dtype)
-            print(f"wrote {name} (num_labels=1) to {args.output_dir}: load it with "
+            from transformers import AutoConfig
+            labels = AutoConfig.from_pretrained(args.output_dir).num_labels  # K for an attribute model
+            print(f"wrote {name} (num_labels={labels}) to {args.output_dir}: load it with "
                   "AutoModelForSequenceClassification.from_pretrained and AutoTokenizer.from_pretrained")
         else:
             path = write_deepspeed_chat_weights(model_dir, args.output_dir, args.dschat_key)

@@ -11,6 +11,7 @@ from model.create import build_tokenizer
 from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, WRITE_ERRORS, read_reward_model_dir
 from utils.spans import LAST_TOKEN, row_ends
 from utils.errors import UserError
+from utils.settings import REGRESSION
 from utils.io import STAGING, is_disk_full, output_folder_problem, publish, staging_folder
 
 
@@ -157,6 +158,8 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
 
     config = AutoConfig.from_pretrained(model_dir)
     config.num_labels = 1
+    if settings.head.objective == REGRESSION:
+        label_attributes(config, settings.head)
     config.pad_token_id = settings.pad_token_id
     try:
         model = AutoModelForSequenceClassification.from_config(config)
@@ -181,6 +184,16 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
         tokenizer.save_pretrained(staging)
     write_folder(output_dir, write)
     return type(model).__name__
+
+
+def label_attributes(config, head):
+    """An attribute model's classifier config (main.py --objective regression): num_labels = K logits, logit k
+    the rating of attribute k (id2label), and the weights whose dot product with the logits is the reward."""
+    config.num_labels = len(head.attributes)
+    config.id2label = dict(enumerate(head.attributes))
+    config.label2id = {name: k for k, name in enumerate(head.attributes)}
+    config.problem_type = "regression"
+    config.attribute_weights = list(head.attribute_weights)  # reward = attribute_weights . logits
 
 
 def write_folder(output_dir, write):

@@ -233,3 +233,42 @@ def test_evaluate_py_reproduces_the_training_metrics(rated_run):
     assert reloaded["num_rows"] == trained["num_rows"] and reloaded["num_pairs"] == trained["num_pairs"]
     for key in ("rmse", "pearson", "spearman", "pair_accuracy", "reward_mean", "helpfulness/rmse"):
         assert reloaded[key] == pytest.approx(trained[key], abs=1e-5), key
+
+
+# ---------------------------------------------------------------- export and serving
+
+SCORED = [(" Human: Rate item 0001. Assistant:", " helpful the the the excellent excellent the the friendly the the "
+           "the the the the the wonderful wonderful wonderful the."),
+          (" Human: hi Assistant:", " capital."), (" Human: Rate item 7. Assistant:", " the the helpful.")]
+
+
+def attribute_outputs(model_dir, texts):
+    """(N, K) attribute outputs of our RewardModel for each text alone, at its end token."""
+    from transformers import AutoTokenizer
+
+    from model.reward_model import RewardModel
+    model = RewardModel.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with torch.no_grad():
+        return torch.stack([model.head_outputs(torch.tensor([tokenizer(t)["input_ids"]]), None)[0, -1]
+                            for t in texts])
+
+
+def test_export_has_one_logit_per_attribute_equal_to_the_model_outputs(rated_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from evaluation_scripts.export_hf import main as export_main
+    out, _ = rated_run
+    export_main([str(out), str(tmp_path / "hf")])
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["id2label"] == {str(k): name for k, name in enumerate(RATED_ATTRIBUTES)}
+    assert config["attribute_weights"] == [0.2] * 5 and config["problem_type"] == "regression"
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    texts = [p + r + END_OF_CONVERSATION for p, r in SCORED]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")  # right-padded: HF pools at the last non-pad
+    with torch.no_grad():
+        logits = classifier(**batch).logits
+    ours = attribute_outputs(out, texts)
+    assert logits.shape == (3, 5)
+    assert torch.allclose(logits, ours, atol=1e-5), (logits, ours)
