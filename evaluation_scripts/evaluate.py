@@ -36,8 +36,8 @@ EXAMPLES = [
 ]
 DATA_FLAGS = ("data_split", "max_seq_len", "seed", "data_output_path", "per_device_eval_batch_size",
               "drop_identical_pairs", "pairs_from_ratings", "rating_field")
-SCORE_LAYOUTS = ("'text'; 'prompt' and 'answer' texts; 'messages' (a conversation ending with the assistant's "
-                 "answer); or 'prompt' and 'completion', texts or message lists")
+SCORE_LAYOUTS = ("'text'; 'prompt' and 'answer' (or 'response') texts; 'messages' (a conversation ending with the "
+                 "assistant's answer); or 'prompt' and 'completion', texts or message lists")
 
 
 def parse_args(argv=None):
@@ -64,7 +64,9 @@ def parse_args(argv=None):
                         help=f"A .jsonl/.json/.csv/.parquet file of rows to score one by one, each with "
                              f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
-                        help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
+                        help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl); "
+                             "an attribute model's (main.py --objective regression) also get 'attributes' "
+                             "({name: value}; the reward is attribute_weights . them).")
     parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS,
                         help="--score: tokens per forward pass, counted as texts x the longest text: texts go "
                              "longest first, each batch packed in one unpadded row where the model allows "
@@ -172,18 +174,28 @@ def score_file(model, tokenizer, args, settings):
 
     from data.inputs import ModelInputs
     from data.readers import read_rows
-    from model.scoring import score_all, speed
+    from model.scoring import attribute_scores, score_all, speed
     from utils.io import atomic_file
+    from utils.settings import REGRESSION
     rows, where = read_rows(args.score, "--score")
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
     inputs = ModelInputs(tokenizer, model.settings, settings["max_seq_len"])
     ids = inputs.encode([_row_text(row, args.score, where(i), inputs) for i, row in enumerate(rows)])  # all checked
     start = time.perf_counter()
-    rewards = score_all(model, ids, args.batch_tokens, lambda batches: tqdm(batches, desc="scoring", unit="batch"))
+    head = model.settings.head
+
+    def progress(batches):
+        return tqdm(batches, desc="scoring", unit="batch")
+    if head.objective == REGRESSION:  # an attribute model: each row's attributes, and their combined reward
+        scores = attribute_scores(model, score_all(model, ids, args.batch_tokens, progress, per_head=True))
+        fields = [{"reward": r, "attributes": dict(zip(head.attributes, a))}
+                  for r, a in zip(scores["reward"].tolist(), scores["attributes"].tolist())]
+    else:
+        fields = [{"reward": r} for r in score_all(model, ids, args.batch_tokens, progress).tolist()]
     seconds = time.perf_counter() - start
     with atomic_file(output) as f:  # a failed run leaves no partial scores.jsonl
-        for row, reward in zip(rows, rewards.tolist()):
-            f.write(json.dumps(dict(row, reward=reward)) + "\n")
+        for row, scored in zip(rows, fields):
+            f.write(json.dumps(dict(row, **scored)) + "\n")
     print(f"scored {len(rows)} rows -> {output}\nscoring: {speed(len(ids), sum(map(len, ids)), seconds)}")
 
 
@@ -197,6 +209,8 @@ def _row_text(row, path, where, inputs):
         return inputs.answer_text("", row["text"])
     if isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str):
         return inputs.answer_text(row["prompt"], row["answer"])
+    if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):  # HelpSteer2's rated rows
+        return inputs.answer_text(row["prompt"], row["response"])
     try:
         if "messages" in row:
             return inputs.conversation_text("", row["messages"])

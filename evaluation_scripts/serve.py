@@ -5,7 +5,8 @@
          -d '{"prompts": ["Human: Hi! Assistant:"], "answers": [" Hello, how can I help?"]}'
 
 POST /score       {"texts": [...]} | {"prompts": [...], "answers": [...]} | {"conversations": [[{"role", "content"}, ...]]}
-                  -> {"rewards": [...], "truncated": [indices of texts cut at max_seq_len]}
+                  -> {"rewards": [...], "truncated": [indices of texts cut at max_seq_len]}; an attribute model
+                  (main.py --objective regression) adds "attributes": [{name: value}, ...] (rewards: the combined)
 POST /get_reward  {"query": [...]} -> {"rewards": [...], "scores": [...], "extra_logs": {...}}  (OpenRLHF's remote RM)
 POST /classify, /v1/classify  {"input": text or [texts], "model", "use_activation" | "activation"}  (vLLM's, as verl
                   sends it) -> {"data": [{"index", "label", "probs": [reward or its sigmoid], "num_classes": 1}], ...}
@@ -32,6 +33,7 @@ import uuid
 from data.chat import PROBE, RowError
 from data.inputs import ModelInputs, encode_marking_cuts
 from evaluation_scripts.batching import Batcher
+from utils.settings import REGRESSION
 from utils.spans import LAST_TOKEN
 
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -93,8 +95,14 @@ class Scorer:
         return encode_marking_cuts(self.tokenizer, texts, self.max_seq_len)
 
     def __call__(self, rows):
-        """Rewards of rows of token ids, rescaled as the flags ask."""
-        from model.scoring import score_ids
+        """Rewards of rows of token ids, rescaled as the flags ask: floats; for an attribute model (main.py
+        --objective regression) {"reward": the combined reward, rescaled, "attributes": {name: output}}."""
+        from model.scoring import attribute_scores, score_ids
+        head = self.model.settings.head
+        if head.objective == REGRESSION:
+            scores = attribute_scores(self.model, score_ids(self.model, rows, per_head=True))
+            return [{"reward": (r - self.shift) / self.scale, "attributes": dict(zip(head.attributes, a))}
+                    for r, a in zip(scores["reward"].tolist(), scores["attributes"].tolist())]
         rewards = score_ids(self.model, rows).tolist()
         return [(r - self.shift) / self.scale for r in rewards]
 
@@ -446,23 +454,24 @@ def build_app(scorer, batcher, args):
     @app.post("/score")
     async def score(request: Request):
         return await answer(request, reader.score,
-                            lambda body, rewards, cut, tokens: {"rewards": rewards,
-                                                                "truncated": [i for i, c in enumerate(cut) if c]})
+                            lambda body, scored, cut, tokens: {"rewards": rewards_of(scored), **attributes_of(scored),
+                                                               "truncated": [i for i, c in enumerate(cut) if c]})
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
         """OpenRLHF's remote reward model protocol: its client also sends prompts and labels (ignored)."""
         return await answer(request, reader.get_reward,
-                            lambda body, rewards, cut, tokens: {"rewards": rewards, "scores": rewards,
-                                                                "extra_logs": {"truncated": [float(c) for c in cut]}})
+                            lambda body, scored, cut, tokens: {"rewards": rewards_of(scored),
+                                                               "scores": rewards_of(scored),
+                                                               "extra_logs": {"truncated": [float(c) for c in cut]}})
 
     @app.post("/classify")
     @app.post("/v1/classify")
     async def classify(request: Request):
         """vLLM's classification API (SGLang's path too), as verl's reward loop calls it."""
         return await answer(request, reader.classify,
-                            lambda body, rewards, cut, tokens: classification(args.model_dir, rewards,
-                                                                              use_activation(body), tokens))
+                            lambda body, scored, cut, tokens: classification(args.model_dir, rewards_of(scored),
+                                                                             use_activation(body), tokens))
 
     @app.get("/v1/models")
     async def models():
@@ -479,6 +488,16 @@ def build_app(scorer, batcher, args):
         return info
 
     return app
+
+
+def rewards_of(scored):
+    """The reward of each text the Scorer scored (an attribute model's: the combined one)."""
+    return [s["reward"] if isinstance(s, dict) else s for s in scored]
+
+
+def attributes_of(scored):
+    """/score's "attributes" field for an attribute model, one {name: value} per text; {} for others."""
+    return {"attributes": [s["attributes"] for s in scored]} if scored and isinstance(scored[0], dict) else {}
 
 
 def classification(model_name, rewards, activation, tokens):
@@ -504,6 +523,8 @@ def server_info(scorer, batcher, args):
                   f"num_padding_at_beginning={n} skips a pad-equal BOS), or at the last token"),
             "end_of_conversation_token": model.end_of_conversation_token,
             "reward_mean": model.reward_stats.get("reward_mean"), "reward_std": model.reward_stats.get("reward_std"),
+            "attributes": list(model.settings.head.attributes),
+            "attribute_weights": list(model.settings.head.attribute_weights),
             "normalize": args.normalize, "center": args.center,
             "chat_template": bool(getattr(scorer.tokenizer, "chat_template", None)),
             "max_batch_tokens": args.max_batch_tokens, "forward_cost_tokens": batcher.forward_cost,

@@ -272,3 +272,35 @@ def test_export_has_one_logit_per_attribute_equal_to_the_model_outputs(rated_run
     ours = attribute_outputs(out, texts)
     assert logits.shape == (3, 5)
     assert torch.allclose(logits, ours, atol=1e-5), (logits, ours)
+
+
+def test_score_file_and_server_give_the_attributes_and_one_combined_reward(rated_run, tmp_path):
+    import httpx
+
+    from evaluation_scripts import evaluate
+    from tests.test_serve import MAX_SEQ_LEN, Server
+    out, _ = rated_run
+    ours = attribute_outputs(out, [p + r + END_OF_CONVERSATION for p, r in SCORED])
+    combined = (ours @ torch.full((5,), 0.2)).tolist()
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": p, "response": r} for p, r in SCORED])
+    evaluate.main([str(out), "--score", rows, "--score_output", str(tmp_path / "scored.jsonl")])
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    for row, expected, reward in zip(scored, ours.tolist(), combined):
+        assert list(row["attributes"]) == list(RATED_ATTRIBUTES)
+        assert list(row["attributes"].values()) == pytest.approx(expected, abs=1e-4)
+        assert row["reward"] == pytest.approx(reward, abs=1e-4)
+    server = Server(str(out), tmp_path)
+    try:
+        body = {"prompts": [p for p, _ in SCORED], "answers": [r for _, r in SCORED]}
+        answer = httpx.post(server.url + "/score", json=body, timeout=60).json()
+        texts = [p + r for p, r in SCORED]
+        openrlhf = httpx.post(server.url + "/get_reward", json={"query": texts}, timeout=60).json()
+        verl = httpx.post(server.url + "/classify", json={"input": texts, "use_activation": False}, timeout=60).json()
+        info = httpx.get(server.url + "/info", timeout=60).json()
+    finally:
+        assert server.stop() == 0, server.log()
+    assert MAX_SEQ_LEN >= 64 and answer["rewards"] == pytest.approx(combined, abs=1e-4)
+    assert [list(a.values()) for a in answer["attributes"]] == [pytest.approx(o, abs=1e-4) for o in ours.tolist()]
+    assert openrlhf["rewards"] == pytest.approx(combined, abs=1e-4)  # one reward per text: the combined one
+    assert [d["probs"] for d in verl["data"]] == [[pytest.approx(r, abs=1e-4)] for r in combined]
+    assert info["attributes"] == list(RATED_ATTRIBUTES) and info["attribute_weights"] == [0.2] * 5
