@@ -383,7 +383,8 @@ def _count_or_auto(value):
 def _names(value):
     names = [name.strip() for name in value.split(",")]
     if not all(names):
-        raise argparse.ArgumentTypeError(f"{value!r}: give column names separated by commas, e.g. helpfulness,verbosity")
+        raise argparse.ArgumentTypeError(f"{value!r}: give column names separated by commas, e.g. "
+                                         "helpfulness,verbosity")
     return tuple(names)
 
 

@@ -278,7 +278,8 @@ class RatedCollator:
 
     def __call__(self, rows):
         longest = max(len(r["input_ids"]) for r in rows)
-        length = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of if self.pad_to_multiple_of else longest
+        multiple = self.pad_to_multiple_of or 1
+        length = -(-longest // multiple) * multiple
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
