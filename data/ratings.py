@@ -59,9 +59,9 @@ def load_rated_source(path, attributes):
         return _synthetic_source(path, attributes)
     else:
         raise UserError(f"--data_path {path!r} is neither an existing file or folder nor {synthetic.RATED_NAME}[:N]. "
-                        "--objective regression reads local files of rated responses (columns prompt, response "
-                        "and the --attributes columns), e.g. HelpSteer2's train.jsonl.gz and validation.jsonl.gz "
-                        "in one folder.")
+                        "main.py --objective regression reads local files of rated responses (columns prompt, "
+                        "response and the main.py --attributes columns), e.g. HelpSteer2's train.jsonl.gz and "
+                        "validation.jsonl.gz in one folder.")
     parts = {role: _rows_table(read_rated_file(file, attributes), file) for role, file in files.items()}
     return RatedSource(path, parts["train"], parts.get("eval"), "local:" + readers.hash_files(files),
                        tuple(os.path.realpath(f) for f in files.values()))
@@ -74,7 +74,7 @@ def _synthetic_source(path, attributes):
         raise UserError(f"--data_path {path!r}: the row count after ':' must be an integer >= 8, e.g. {name}:2000.")
     unknown = [a for a in attributes if a not in synthetic.RATED_ATTRIBUTES]
     if unknown:
-        raise UserError(f"--data_path {path}: no column {', '.join(map(repr, unknown))} (--attributes); its "
+        raise UserError(f"--data_path {path}: no column {', '.join(map(repr, unknown))} (main.py --attributes); its "
                         f"attributes are {', '.join(synthetic.RATED_ATTRIBUTES)}.")
     train, test = synthetic.make_rated_splits(int(count))
     identity = hashlib.sha256(repr((train, test)).encode()).hexdigest()
@@ -94,10 +94,10 @@ def read_rated_file(file, attributes):
     missing_text = [c for c in TEXT_FIELDS if c not in columns]
     missing = [a for a in attributes if a not in columns]
     if missing_text or missing:
-        named = f" ({', '.join(missing)} named by --attributes)" if missing else ""
+        named = f" ({', '.join(missing)} named by main.py --attributes)" if missing else ""
         raise UserError(f"{file}: missing column(s) {', '.join(missing_text + missing)}{named}; columns found: "
-                        f"{', '.join(map(str, columns))}. --objective regression reads prompt, response and one "
-                        "numeric column per --attributes name: rename the columns or change --attributes.")
+                        f"{', '.join(map(str, columns))}. main.py --objective regression reads prompt, response "
+                        "and one numeric column per attribute: rename the columns or change main.py --attributes.")
     return labelled(rows, attributes, lambda i: f"{file}, {where(i)}")
 
 
@@ -224,7 +224,7 @@ def _build(tmp, sources, settings, tokenizer):
         splits[split], meta["dropped"][split] = tokenize_rows(rows.to_list(), tokenizer, settings["max_seq_len"], eot)
         if not splits[split]:
             raise UserError(f"--data_path {', '.join(s.name for s in sources)}: no {split} row has any rating of "
-                            f"--attributes {','.join(settings['attributes'])}.")
+                            f"main.py --attributes {','.join(settings['attributes'])}.")
         inside += sum(pad_inside(ids, settings["pad_token_id"], lead) for ids in splits[split]["input_ids"])
     meta["end_token_rule"], meta["reason"] = choose(
         settings["end_token_rule"], False, inside, sum(len(s["input_ids"]) for s in splits.values()),
@@ -233,7 +233,7 @@ def _build(tmp, sources, settings, tokenizer):
         datasets.Dataset.from_dict(columns, features=FEATURES).save_to_disk(os.path.join(tmp, split))
         meta["rows"][split] = len(columns["input_ids"])
         print_rank0(f"data: {split}: kept {meta['rows'][split]:,} rated rows; dropped {meta['dropped'][split]:,} "
-                    "with no rating of the --attributes")
+                    "with no rating of the attributes")
     meta["files"] = cache.file_records(tmp)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)

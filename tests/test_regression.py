@@ -49,7 +49,7 @@ def test_an_attribute_absent_from_a_file_is_one_error_naming_file_and_column(tmp
     path = write_rows(tmp_path / f"train{suffix}", [HELPSTEER2_ROW])
     with pytest.raises(UserError) as error:
         read_rated_file(path, ["helpfulness", "safety"])
-    assert f"train{suffix}: missing column(s) safety (safety named by --attributes)" in str(error.value)
+    assert f"train{suffix}: missing column(s) safety (safety named by main.py --attributes)" in str(error.value)
     assert "helpfulness" in str(error.value)  # the columns found
 
 
@@ -220,7 +220,7 @@ def test_a_missing_attribute_column_stops_main_before_the_model_with_nothing_wri
         main.main(argv)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 1
-    assert f"{folder / 'validation.jsonl'}: missing column(s) verbosity (verbosity named by --attributes)" in err, err
+    assert f"{folder / 'validation.jsonl'}: missing column(s) verbosity (verbosity named by main.py --attributes)" in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
