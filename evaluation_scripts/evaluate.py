@@ -64,7 +64,12 @@ def parse_args(argv=None):
                         help=f"A .jsonl/.json/.csv/.parquet file of rows to score one by one, each with "
                              f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
-                        help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
+                        help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl); "
+                             "an ensemble's rows also get 'uncertainty' (the heads' std) and, with the model's "
+                             "conservative_lambda, 'conservative' (reward - lambda x uncertainty).")
+    parser.add_argument("--heads", action="store_true",
+                        help="--score: also write each value head's score ('heads', a list) for a model trained "
+                             "with main.py --num_heads > 1.")
     parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS,
                         help="--score: tokens per forward pass, counted as texts x the longest text: texts go "
                              "longest first, each batch packed in one unpadded row where the model allows "
@@ -149,18 +154,19 @@ def score_file(model, tokenizer, args, settings):
 
     from data.inputs import ModelInputs
     from data.readers import read_rows
-    from model.scoring import score_all, speed
+    from model.scoring import score_fields, speed
     from utils.io import atomic_file
     rows, where = read_rows(args.score, "--score")
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
     inputs = ModelInputs(tokenizer, model.settings, settings["max_seq_len"])
     ids = inputs.encode([_row_text(row, args.score, where(i), inputs) for i, row in enumerate(rows)])  # all checked
     start = time.perf_counter()
-    rewards = score_all(model, ids, args.batch_tokens, lambda batches: tqdm(batches, desc="scoring", unit="batch"))
+    fields = {name: values.tolist() for name, values in score_fields(
+        model, ids, args.batch_tokens, args.heads, lambda batches: tqdm(batches, desc="scoring", unit="batch")).items()}
     seconds = time.perf_counter() - start
     with atomic_file(output) as f:  # a failed run leaves no partial scores.jsonl
-        for row, reward in zip(rows, rewards.tolist()):
-            f.write(json.dumps(dict(row, reward=reward)) + "\n")
+        for i, row in enumerate(rows):
+            f.write(json.dumps(dict(row, **{name: values[i] for name, values in fields.items()})) + "\n")
     print(f"scored {len(rows)} rows -> {output}\nscoring: {speed(len(ids), sum(map(len, ids)), seconds)}")
 
 

@@ -43,7 +43,8 @@ def run(args):
 
     import torch
 
-    from model.export import check_export_target, export_sequence_classification, write_deepspeed_chat_weights
+    from model.export import (HEADS_NAME, check_export_target, export_sequence_classification,
+                              write_deepspeed_chat_weights)
     check_export_target(args.output_dir, args.model_dir, args.overwrite)
     with tempfile.TemporaryDirectory(prefix="reward-model-") as scratch:
         model_dir = model_folder(args.model_dir, scratch)
@@ -52,6 +53,9 @@ def run(args):
             name = export_sequence_classification(model_dir, args.output_dir, dtype)
             print(f"wrote {name} (num_labels=1) to {args.output_dir}: load it with "
                   "AutoModelForSequenceClassification.from_pretrained and AutoTokenizer.from_pretrained")
+            if os.path.exists(os.path.join(args.output_dir, HEADS_NAME)):
+                print(f"its score is the ensemble's mean; each head's weights are in {HEADS_NAME} (config.json "
+                      "'value_heads' says how to use them; docs/ensembles.md)")
         else:
             path = write_deepspeed_chat_weights(model_dir, args.output_dir, args.dschat_key)
             print(f"wrote {path} (keys '{args.dschat_key}.*', 'v_head.weight'): pass {args.output_dir} to "

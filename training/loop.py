@@ -36,7 +36,8 @@ class Logger:
             self.jsonl.flush()
         if self.writer:
             for key, value in values.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+                if not isinstance(value, list):  # an ensemble's per-head statistics are lists
+                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
 
     def step(self, step, loss, lr, pairs_per_s, seconds):
