@@ -27,7 +27,7 @@ from data.ratings import RatedCollator, build_rated_datasets
 from data.sampler import train_sampler
 from model.create import (build_reward_model, build_tokenizer, check_model_folder, distinct_pad_token,
                           load_tokenizer, model_max_positions, resolve_num_padding)
-from model.io import check_output_dir, save_hf_model
+from model.io import STATS_KEYS, check_output_dir, save_hf_model
 from model.lora import merge_lora
 from training.accelerations import ACCELERATIONS, choose as choose_accelerations, install as install_accelerations
 from training.accelerations import parse_setting as acceleration_setting
@@ -220,7 +220,7 @@ def setup_engine(args, model, config, micro_batches_per_epoch, fused_adamw=False
 
 def save(args, engine, tokenizer, ds_config, results):
     """Write the reward model (LoRA merged, eval reward statistics for step 3) and the run's JSON files."""
-    engine.module.reward_stats = {"reward_mean": results["reward_mean"], "reward_std": results["reward_std"]}
+    engine.module.reward_stats = {key: results[key] for key in STATS_KEYS if key in results}
     if args.lora_dim:
         merge_lora(engine.module)  # step 3 and evaluation load a plain model
     save_hf_model(engine.module, tokenizer, args.output_dir, ds_config["zero_optimization"]["stage"],

@@ -65,8 +65,13 @@ def parse_args(argv=None):
                              f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
                         help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl); "
-                             "an attribute model's (main.py --objective regression) also get 'attributes' "
-                             "({name: value}; the reward is attribute_weights . them).")
+                             "an ensemble's rows also get 'uncertainty' (the heads' std) and, with the model's "
+                             "conservative_lambda, 'conservative' (reward - lambda x uncertainty); an attribute "
+                             "model's (main.py --objective regression) get 'attributes' ({name: value}; the reward "
+                             "is attribute_weights . them).")
+    parser.add_argument("--heads", action="store_true",
+                        help="--score: also write each value head's score ('heads', a list) for a model trained "
+                             "with main.py --num_heads > 1.")
     parser.add_argument("--batch_tokens", type=int, default=BATCH_TOKENS,
                         help="--score: tokens per forward pass, counted as texts x the longest text: texts go "
                              "longest first, each batch packed in one unpadded row where the model allows "
@@ -174,7 +179,7 @@ def score_file(model, tokenizer, args, settings):
 
     from data.inputs import ModelInputs
     from data.readers import read_rows
-    from model.scoring import attribute_scores, score_all, speed
+    from model.scoring import attribute_scores, score_all, score_fields, speed
     from utils.io import atomic_file
     from utils.settings import REGRESSION
     rows, where = read_rows(args.score, "--score")
@@ -186,16 +191,17 @@ def score_file(model, tokenizer, args, settings):
 
     def progress(batches):
         return tqdm(batches, desc="scoring", unit="batch")
-    if head.objective == REGRESSION:  # an attribute model: each row's attributes, and their combined reward
+    if head.objective == REGRESSION:  # an attribute model: each row's attributes by name, and their combined reward
         scores = attribute_scores(model, score_all(model, ids, args.batch_tokens, progress, per_head=True))
-        fields = [{"reward": r, "attributes": dict(zip(head.attributes, a))}
-                  for r, a in zip(scores["reward"].tolist(), scores["attributes"].tolist())]
+        fields = {"reward": scores["reward"].tolist(),
+                  "attributes": [dict(zip(head.attributes, a)) for a in scores["attributes"].tolist()]}
     else:
-        fields = [{"reward": r} for r in score_all(model, ids, args.batch_tokens, progress).tolist()]
+        fields = {name: values.tolist()
+                  for name, values in score_fields(model, ids, args.batch_tokens, args.heads, progress).items()}
     seconds = time.perf_counter() - start
     with atomic_file(output) as f:  # a failed run leaves no partial scores.jsonl
-        for row, scored in zip(rows, fields):
-            f.write(json.dumps(dict(row, **scored)) + "\n")
+        for i, row in enumerate(rows):
+            f.write(json.dumps(dict(row, **{name: values[i] for name, values in fields.items()})) + "\n")
     print(f"scored {len(rows)} rows -> {output}\nscoring: {speed(len(ids), sum(map(len, ids)), seconds)}")
 
 

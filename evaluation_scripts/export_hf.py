@@ -45,7 +45,8 @@ def run(args):
 
     import torch
 
-    from model.export import check_export_target, export_sequence_classification, write_deepspeed_chat_weights
+    from model.export import (HEADS_NAME, check_export_target, export_sequence_classification,
+                              write_deepspeed_chat_weights)
     check_export_target(args.output_dir, args.model_dir, args.overwrite)
     with tempfile.TemporaryDirectory(prefix="reward-model-") as scratch:
         model_dir = model_folder(args.model_dir, scratch)
@@ -56,6 +57,9 @@ def run(args):
             labels = AutoConfig.from_pretrained(args.output_dir).num_labels  # K for an attribute model
             print(f"wrote {name} (num_labels={labels}) to {args.output_dir}: load it with "
                   "AutoModelForSequenceClassification.from_pretrained and AutoTokenizer.from_pretrained")
+            if os.path.exists(os.path.join(args.output_dir, HEADS_NAME)):
+                print(f"its score is the ensemble's mean; each head's weights are in {HEADS_NAME} (config.json "
+                      "'value_heads' says how to use them; docs/ensembles.md)")
         else:
             path = write_deepspeed_chat_weights(model_dir, args.output_dir, args.dschat_key)
             print(f"wrote {path} (keys '{args.dschat_key}.*', 'v_head.weight'): pass {args.output_dir} to "

@@ -32,6 +32,15 @@ def combine(outputs, head=HeadOptions()):
     return outputs @ torch.tensor(weights, dtype=outputs.dtype, device=outputs.device)
 
 
+def single_head(weight, head=HeadOptions()):
+    """(K, width) value-head weights -> (1, width): the one bias-free linear head whose output is `combine` of
+    the K outputs (combine is linear: the mean of K linear heads is the linear head with the mean weights).
+    One head is returned as it is; the others are combined in float64, then cast back."""
+    if weight.size(0) == 1:
+        return weight
+    return combine(weight.double().t(), head)[None].to(weight.dtype)
+
+
 def head_seed(seed, head):
     """The seed of ensemble head `head`'s own random draws (its init): one per (seed, head), so a head's init
     is the same whatever the number of heads, ranks or processes."""

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from data.collator import PairCollator
 from data.sampler import length_sorted_indices
-from training.ensemble import head_metrics, head_sums
+from training.ensemble import head_metrics
 from utils.dist import all_gather_rows, all_reduce, get_rank, get_world_size, is_main_process
 
 
@@ -67,7 +67,7 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
     model.eval()
     # correct, ties, pairs, sum chosen, sum rejected, sum of squared rewards (chosen and rejected)
     totals = torch.zeros(6, dtype=torch.float64, device=device)
-    heads = None  # an ensemble's `head_sums`, over its batches
+    heads = []  # an ensemble's (chosen (B, K), rejected (B, K), counted (B,)) per batch
     seen = 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
         out = model(**to_device(batch, device))
@@ -79,21 +79,17 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None):
             scores_out.extend(zip(chosen[keep].tolist(), rejected[keep].tolist()))
         seen += chosen.numel()
         if "chosen_head_scores" in out:
-            sums = head_sums(out["chosen_head_scores"], out["rejected_head_scores"], (chosen <= rejected).double(),
-                             counted)
-            heads = sums if heads is None else heads + sums
+            heads.append((out["chosen_head_scores"], out["rejected_head_scores"], counted))
         totals += torch.stack([((chosen > rejected).double() * counted).sum(),
                                ((chosen == rejected).double() * counted).sum(), counted.sum(),
                                (chosen * counted).sum(), (rejected * counted).sum(),
                                ((chosen ** 2 + rejected ** 2) * counted).sum()])
     all_reduce(totals)
-    if heads is not None:
-        all_reduce(heads)
     model.train(was_training)
     correct, ties, pairs, chosen_sum, rejected_sum, square_sum = totals.tolist()
     pairs = max(pairs, 1.0)
     reward_mean = (chosen_sum + rejected_sum) / (2 * pairs)
-    ensemble = {} if heads is None else head_metrics(heads)
+    ensemble = head_metrics(*(torch.cat(parts) for parts in zip(*heads))) if heads else {}
     return {"accuracy": correct / pairs, "ties": int(ties), "chosen_mean": chosen_sum / pairs,
             "rejected_mean": rejected_sum / pairs, "margin": (chosen_sum - rejected_sum) / pairs,
             "num_pairs": int(pairs), "reward_mean": reward_mean,

@@ -36,7 +36,7 @@ class Logger:
             self.jsonl.flush()
         if self.writer:
             for key, value in values.items():
-                if value is not None:  # a correlation of constant values
+                if value is not None and not isinstance(value, list):  # undefined correlations, per-head lists
                     self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
 
