@@ -304,3 +304,27 @@ def test_score_file_and_server_give_the_attributes_and_one_combined_reward(rated
     assert openrlhf["rewards"] == pytest.approx(combined, abs=1e-4)  # one reward per text: the combined one
     assert [d["probs"] for d in verl["data"]] == [[pytest.approx(r, abs=1e-4)] for r in combined]
     assert info["attributes"] == list(RATED_ATTRIBUTES) and info["attribute_weights"] == [0.2] * 5
+
+
+def test_two_ranks_evaluate_every_row_once(tiny_opt, tmp_path):
+    """deepspeed with 2 CPU ranks: the 17 eval rows split 9 + 8 (one row repeated for padding, not counted);
+    the gathered metrics equal evaluate.py's in one process."""
+    import shutil
+    import sys
+
+    from evaluation_scripts import evaluate
+    from utils.dist import free_port
+    deepspeed = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    out = tmp_path / "model"
+    flags = ["2,4,4" if flag == "0,1,0" else flag for flag in TRAIN_FLAGS]  # 42 eval rows -> 17 in phase 2
+    result = run_main(["--model_name_or_path", tiny_opt, "--data_path", "synthetic/rated:420", "--output_dir", out,
+                       "--data_output_path", tmp_path / "cache", *flags, "--per_device_train_batch_size", "8",
+                       "--per_device_eval_batch_size", "4"],  # the last of a flag given twice counts
+                      launcher=[deepspeed, "--num_gpus", "2", "--master_port", str(free_port())])
+    assert result.returncode == 0, result.stdout[-3000:]
+    trained = json.loads((out / "train_results.json").read_text())
+    assert trained["num_rows"] == 17
+    evaluate.main([str(out), "--data_path", "synthetic/rated:420", "--no_plots", "--data_split", "2,4,4"])
+    reloaded = json.loads((out / "eval_results.json").read_text())
+    for key in ("num_rows", "num_pairs", "rmse", "pearson", "pair_accuracy", "reward_mean", "verbosity/rmse"):
+        assert reloaded[key] == pytest.approx(trained[key], abs=1e-5), key
