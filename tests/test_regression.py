@@ -75,6 +75,19 @@ def test_rated_datasets_tokenise_like_pairs_and_group_by_prompt(opt_tokenizer, t
     assert all(len(g) == 1 for g in groups.values()) and len(set.union(*groups.values())) == 3
 
 
+def test_group_by_length_batches_rated_rows_of_similar_length(opt_tokenizer, tmp_path):
+    from data.sampler import pair_lengths, train_sampler
+    rows = [dict(HELPSTEER2_ROW, response=" the" * (1 + (7 * i) % 40)) for i in range(64)]
+    train_set, _ = build_rated_datasets([write_jsonl(tmp_path / "rated.jsonl", rows)], "0,1,0", 1234, opt_tokenizer,
+                                        64, str(tmp_path / "c"), ["helpfulness"], END_OF_CONVERSATION, 1, "auto")
+    lengths = pair_lengths(train_set)
+    assert lengths.tolist() == [len(row["input_ids"]) for row in train_set]
+    order = list(train_sampler(train_set, 8, group_by_length=True, seed=1, num_replicas=1, rank=0))
+    assert sorted(order) == list(range(len(train_set)))
+    spreads = [np.ptp(lengths[order[i:i + 8]]) for i in range(0, len(order), 8)]
+    assert max(spreads) < np.ptp(lengths) / 2  # a random batch spans nearly the whole range
+
+
 def test_collator_pads_rows_and_stacks_labels():
     batch = RatedCollator(pad_token_id=1, pad_to_multiple_of=4)(
         [{"input_ids": [2, 5, 6], "labels": [1.0, 0.0], "label_mask": [True, False]},
@@ -194,6 +207,7 @@ def test_attributes_that_are_functions_of_the_text_are_recovered(rated_run):
     (["--objective", "regression", "--attributes", "a,a"], "names a column twice"),
     (["--objective", "regression", "--attributes", "a", "--use_margin"], "--use_margin does not apply"),
     (["--objective", "regression", "--attributes", "a", "--num_heads", "2"], "--num_heads does not apply"),
+    ([], "--data_path synthetic/rated:100 holds rated single responses, not pairs"),
 ])
 def test_flags_are_checked_together_before_anything_loads(flags, expected, tiny_opt, tmp_path, capsys):
     import main

@@ -71,8 +71,11 @@ def _objective_problems(args):
     """--objective regression needs --attributes (and --attribute_weights, if given, one per attribute); the
     flags of the pairwise loss and of chat data do not apply to it; the attribute flags need it."""
     if args.objective != "regression":
+        rated = [path for path in args.data_path if path.split(":")[0] == "synthetic/rated"]
         return [f"{flag} needs --objective regression." for flag, value in
-                (("--attributes", args.attributes), ("--attribute_weights", args.attribute_weights)) if value]
+                (("--attributes", args.attributes), ("--attribute_weights", args.attribute_weights)) if value] + [
+            f"--data_path {path} holds rated single responses, not pairs: train on it with --objective regression "
+            "--attributes helpfulness,correctness,coherence,complexity,verbosity." for path in rated]
     problems = []
     if not args.attributes:
         problems.append("--objective regression needs --attributes, the rating columns to learn, e.g. "
