@@ -150,6 +150,8 @@ def build_rated_datasets(data_paths, data_split, seed, tokenizer, max_seq_len, c
     data.pairs.build_info reads it). Every rank reads the sources (errors come before any model loads);
     local rank 0 writes the cache, the others wait and open it."""
     data_paths = [data_paths] if isinstance(data_paths, str) else list(data_paths)
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"--seed {seed!r} must be an integer in [0, 2**32) (numpy's RandomState shuffles the data).")
     settings = {"version": CACHE_VERSION, "objective": "regression", "attributes": list(attributes),
                 "data_split": parse_data_split(data_split), "seed": seed, "max_seq_len": max_seq_len,
                 "end_of_conversation_token": end_of_conversation_token, "tokenizer": tokenizer_identity(tokenizer),
@@ -217,7 +219,8 @@ def _build(tmp, sources, settings, tokenizer):
         parts = [_phase2_rows(s, split, settings) for s in sources]
         rows = datasets.concatenate_datasets([p for p in parts if len(p)]) if any(map(len, parts)) else None
         if rows is None:
-            raise UserError(f"--data_split {settings['data_split']} leaves no {split} rows for training "
+            shares = ",".join(f"{share:g}" for share in settings["data_split"])
+            raise UserError(f"--data_split {shares} leaves no {split} rows for training "
                             f"(share 2 rounds to 0 rows of {', '.join(s.name for s in sources)}).")
         if len(sources) > 1:
             rows = rows.select(shuffle_idx(settings["seed"], len(rows)), keep_in_memory=True)

@@ -234,7 +234,8 @@ def test_a_missing_attribute_column_stops_main_before_the_model_with_nothing_wri
         main.main(argv)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 1
-    assert f"{folder / 'validation.jsonl'}: missing column(s) verbosity (verbosity named by main.py --attributes)" in err, err
+    expected = f"{folder / 'validation.jsonl'}: missing column(s) verbosity (verbosity named by main.py --attributes)"
+    assert expected in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
