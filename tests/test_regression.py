@@ -2,6 +2,7 @@
 
 Run: python -m pytest tests/test_regression.py -q
 """
+import gzip
 import json
 import math
 import os
@@ -60,7 +61,8 @@ def test_rated_datasets_tokenise_like_pairs_and_group_by_prompt(opt_tokenizer, t
     test = [dict(HELPSTEER2_ROW, prompt=f"Q{i // 2}?", response=f" a{i}", helpfulness=i % 5) for i in range(6)]
     test.append(dict(HELPSTEER2_ROW, helpfulness=None))  # no rating of the attribute asked for: dropped
     write_jsonl(folder / "train.jsonl", train)
-    write_jsonl(folder / "validation.jsonl", test)
+    with gzip.open(folder / "validation.jsonl.gz", "wt") as f:  # as HelpSteer2 ships it
+        f.writelines(json.dumps(row) + "\n" for row in test)
     train_set, eval_set = build_rated_datasets([str(folder)], "0,1,0", 1234, opt_tokenizer, 64, str(tmp_path / "c"),
                                                ["helpfulness"], END_OF_CONVERSATION, 1, "auto")
     assert (len(train_set), len(eval_set)) == (20, 6)
