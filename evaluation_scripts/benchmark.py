@@ -181,7 +181,8 @@ def output_files(name):
 def write_outputs(out_dir, name, report, items, scores, plots, extra=None):
     """Write the run's files (`plots`: (chart, calibration), or None) into a staging folder and publish them as
     one set, so no file of a previous run of that name outlives it; returns their paths. `extra` ({name: a
-    value per text}, model/scoring.py `score_fields`) adds `chosen_<name>` and `rejected_<name>` to each item's scores line."""
+    value per text}, model/scoring.py `score_fields`) adds `chosen_<name>` and `rejected_<name>` to each item's
+    scores line."""
     from utils.io import STAGING, publish, staging_folder
     files, staging_name = output_files(name), f"{STAGING}-{name}"
     os.makedirs(out_dir, exist_ok=True)

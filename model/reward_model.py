@@ -66,8 +66,8 @@ def pairwise_loss(chosen_rewards, rejected_rewards, spans, options=LossOptions()
     rejected_end), (B,) each; fields: the batch's per-pair tensors by name, (B,) each (e.g. `margin`). Each
     pair's loss is the mean of -logsigmoid(r_c - r_j) over [start, end); with `use_margin` the term is
     -logsigmoid(r_c - r_j - margin). The loss is the mean over pairs (with `weights` (B,), of weight x pair
-    loss) plus every `EXTRA_TERMS` term. Returns (loss, chosen end scores (B,), rejected end scores (B,)): the rewards at chosen_end - 1 and
-    rejected_end - 1.
+    loss) plus every `EXTRA_TERMS` term. Returns (loss, chosen end scores (B,), rejected end scores (B,)): the
+    rewards at chosen_end - 1 and rejected_end - 1.
     """
     fields = fields or {}
     start, end, chosen_end, rejected_end = spans
