@@ -18,21 +18,23 @@ from torch.utils.data import DataLoader
 from transformers import SchedulerType
 
 from data import PairCollator, build_pair_datasets
+from data.collator import IndexedPairs
 from data.chat import PAIR_RULES, set_chat_template
 from data.end_token import AUTO, RULES
 from data.formats import ReadOptions
 from data.mix import eval_sets, parse_weights, source_names, weighted_train_set
 from data.pairs import build_held_out_set, build_info
+from data.ratings import RatedCollator, build_rated_datasets
 from data.sampler import train_sampler
 from model.create import (build_reward_model, build_tokenizer, check_model_folder, distinct_pad_token,
                           load_tokenizer, model_max_positions, resolve_num_padding)
-from model.io import check_output_dir, save_hf_model
+from model.io import STATS_KEYS, check_output_dir, save_hf_model
 from model.lora import merge_lora
 from training.accelerations import ACCELERATIONS, choose as choose_accelerations, install as install_accelerations
 from training.accelerations import parse_setting as acceleration_setting
 from training.checkpoint import (choose_checkpoint, data_fingerprint, layout, load_checkpoint, needs_universal,
                                  run_identity, to_universal)
-from training.evaluation import eval_loader, evaluate, evaluate_sets
+from training.evaluation import eval_loader, evaluate, evaluate_regression, evaluate_sets
 from training.loop import PLATEAU_TOLERANCE, Logger, Stopped, train, train_micro_batch
 from training.optim import make_optimizer, make_scheduler, offloads_optimizer, param_groups
 from training.sub_batches import SHARE_SETTINGS, parse_setting as sub_batch_setting
@@ -40,7 +42,7 @@ from utils import validate
 from utils.dist import get_world_size, init_distributed, print_rank0, set_single_process_defaults
 from utils.ds_config import load_ds_config, resolve_ds_config
 from utils.errors import UserError, exit_on_user_error
-from utils.settings import LossOptions, Settings
+from utils.settings import PAIRWISE, REGRESSION, HeadOptions, LossOptions, Settings
 from utils.spans import END_OF_CONVERSATION, LAST_TOKEN, pads_at_beginning
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,7 +61,6 @@ def run(args, typed):
     set_single_process_defaults()
     ds_config, notes = setup_config(args, typed)
     init_distributed()
-    log = Logger(args.output_dir, args.tensorboard_path if args.enable_tensorboard else None)
     for note in notes:
         print_rank0(f"config: {note}")
     print_rank0("DeepSpeed config: " + json.dumps(ds_config, sort_keys=True))
@@ -73,6 +74,7 @@ def run(args, typed):
     train_loader, eval_batches, eval_real = setup_loaders(args, settings, tokenizer, train_set, eval_set,
                                                           ds_config["train_micro_batch_size_per_gpu"])
     held_out = eval_loaders(args, held_out_sets, tokenizer)
+    log = Logger(args.output_dir, args.tensorboard_path if args.enable_tensorboard else None)  # once data is read
     checkpoint = choose_checkpoint(args, identity)  # before the model loads: a refused resume costs nothing
     if checkpoint and needs_universal(checkpoint, ds_config):  # saved by another number of ranks
         checkpoint = to_universal(checkpoint, ds_config)
@@ -82,6 +84,8 @@ def run(args, typed):
     print_rank0(accelerations.describe())
 
     def run_eval():
+        if settings.head.objective == REGRESSION:
+            return evaluate_regression(engine, eval_batches, engine.device, eval_real, settings.head)
         metrics = evaluate(engine, eval_batches, engine.device, eval_real, source_names=source_names(args.data_path))
         if held_out:
             metrics["eval_sets"] = evaluate_sets(engine, held_out, engine.device)
@@ -116,14 +120,20 @@ def setup_config(args, typed):
 
 
 def setup_data(args):
-    """(tokenizer, num_padding_at_beginning, train pairs, eval pairs): the pairs are tokenised before the model
-    loads, with DeepSpeed-Chat's tokenizer conventions (PAD = EOS)."""
+    """(tokenizer, num_padding_at_beginning, train pairs, eval pairs): the pairs (rated rows under --objective
+    regression, data/ratings.py) are tokenised before the model loads, with DeepSpeed-Chat's tokenizer
+    conventions (PAD = EOS)."""
     tokenizer = load_tokenizer(args.model_name_or_path, args.add_eot_token)  # PAD = EOS, as DeepSpeed-Chat's
     if args.chat_template:
         set_chat_template(tokenizer, args.chat_template)
     num_padding, note = resolve_num_padding(args.num_padding_at_beginning, tokenizer)
     if note:
         print_rank0(note)
+    if args.objective == REGRESSION:
+        train_set, eval_set = build_rated_datasets(args.data_path, args.data_split, args.seed, tokenizer,
+                                                   args.max_seq_len, args.data_output_path, args.attributes,
+                                                   END_OF_CONVERSATION, num_padding, args.end_token_rule)
+        return tokenizer, num_padding, train_set, eval_set
     train_set, eval_set = build_pair_datasets(
         args.data_path, args.data_split, args.seed, tokenizer, args.max_seq_len, args.data_output_path,
         END_OF_CONVERSATION, num_padding, args.drop_identical_pairs, args.end_token_rule,
@@ -181,10 +191,21 @@ def resolve_settings(args, ds_config, tokenizer, num_padding, info):
         chat_template=tokenizer.chat_template if args.chat_template else None, dtype=training_dtype(ds_config),
         dropout=args.dropout, loss=LossOptions(args.compute_fp32_loss, args.use_margin,
                                                args.center_rewards_coefficient),
+        head=head_options(args),
         lora_dim=args.lora_dim, lora_module_name=args.lora_module_name, only_optimize_lora=args.only_optimize_lora)
     shown = dict(settings.to_dict(), chat_template=args.chat_template and f"from {args.chat_template}")
     print_rank0(f"settings: {json.dumps(shown, sort_keys=True)}")
     return settings
+
+
+def head_options(args):
+    """The value head's HeadOptions from the flags (--num_heads, --head_bootstrap, --conservative_lambda,
+    --seed; --objective, --attributes, --attribute_weights, whose default is 1/K each: the attributes' mean)."""
+    attributes = tuple(args.attributes or ()) if args.objective == REGRESSION else ()
+    weights = tuple(args.attribute_weights or [1.0 / len(attributes)] * len(attributes)) if attributes else ()
+    return HeadOptions(num_heads=args.num_heads, bootstrap=args.head_bootstrap,
+                       conservative_lambda=args.conservative_lambda, objective=args.objective,
+                       attributes=attributes, attribute_weights=weights, seed=args.seed)
 
 
 def training_dtype(ds_config):
@@ -194,10 +215,17 @@ def training_dtype(ds_config):
 def setup_loaders(args, settings, tokenizer, train_set, eval_set, micro_batch):
     """(train DataLoader, eval DataLoader, real eval rows on this rank)."""
     sampler = train_sampler(train_set, micro_batch, args.group_by_length, args.seed)
-    collator = PairCollator(tokenizer.pad_token_id, args.pad_to_multiple_of, with_margin=settings.loss.use_margin)
-    train_loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
-    eval_batches, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, tokenizer.pad_token_id,
-                                          args.pad_to_multiple_of, args.eval_iters)
+    pad, multiple, head = tokenizer.pad_token_id, args.pad_to_multiple_of, settings.head
+    if head.objective == REGRESSION:  # rated rows: one per response, with their (K,) ratings
+        collator, eval_collator = RatedCollator(pad, multiple), RatedCollator(pad, multiple, with_groups=True)
+        rows = train_set
+    else:
+        bootstrap = (head.seed, head.num_heads) if head.bootstrap else None
+        collator = PairCollator(pad, multiple, with_margin=settings.loss.use_margin, bootstrap=bootstrap)
+        eval_collator, rows = None, IndexedPairs(train_set) if bootstrap else train_set  # weights follow the index
+    train_loader = DataLoader(rows, batch_size=micro_batch, sampler=sampler, collate_fn=collator)
+    eval_batches, eval_real = eval_loader(eval_set, args.per_device_eval_batch_size, pad, multiple, args.eval_iters,
+                                          eval_collator)
     return train_loader, eval_batches, eval_real
 
 
@@ -228,7 +256,7 @@ def setup_engine(args, model, config, micro_batches_per_epoch, fused_adamw=False
 
 def save(args, engine, tokenizer, ds_config, results):
     """Write the reward model (LoRA merged, eval reward statistics for step 3) and the run's JSON files."""
-    engine.module.reward_stats = {"reward_mean": results["reward_mean"], "reward_std": results["reward_std"]}
+    engine.module.reward_stats = {key: results[key] for key in STATS_KEYS if key in results}
     if args.lora_dim:
         merge_lora(engine.module)  # step 3 and evaluation load a plain model
     save_hf_model(engine.module, tokenizer, args.output_dir, ds_config["zero_optimization"]["stage"],
@@ -294,6 +322,26 @@ def build_parser():
                        help="Loss -logsigmoid(r_c - r_j - margin) with each pair's 'margin' column (TRL-style).")
     model.add_argument("--center_rewards_coefficient", type=float, default=0.0,
                        help="Add c * mean((s_c + s_j)^2) over end scores to keep rewards centred (0: off).")
+    model.add_argument("--num_heads", type=int, default=1,
+                       help="Value heads on the shared backbone: 1 is DeepSpeed-Chat's head; K > 1 trains an "
+                            "ensemble of K heads (own seeded init each), reward = their mean, uncertainty = their "
+                            "std (docs/ensembles.md).")
+    model.add_argument("--head_bootstrap", action="store_true",
+                       help="Ensemble (--num_heads > 1): weigh each pair's loss in each head by its own Poisson(1) "
+                            "draw, fixed per (seed, pair, head): a bootstrap, so heads disagree where data is thin.")
+    model.add_argument("--conservative_lambda", type=float, default=0.0,
+                       help="Ensemble (--num_heads > 1): scoring also reports mean - lambda * std (saved with "
+                            "the model; 0: off).")
+    model.add_argument("--objective", choices=[PAIRWISE, REGRESSION], default=PAIRWISE,
+                       help="pairwise: DeepSpeed-Chat's ranking loss on preference pairs; regression: one head output "
+                            "per rated attribute (--attributes), trained with a masked MSE on rated single responses "
+                            "(prompt, response, one column per attribute; docs/regression.md).")
+    model.add_argument("--attributes", type=_names, default=None,
+                       help="--objective regression: the rating columns to learn, comma-separated, e.g. "
+                            "helpfulness,correctness,coherence,complexity,verbosity (HelpSteer2's).")
+    model.add_argument("--attribute_weights", type=_numbers, default=None,
+                       help="--objective regression: the reward is these weights . the attributes, one weight per "
+                            "--attributes name, comma-separated (default: 1/K each, the attributes' mean).")
     model.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute activations in backward to save memory.")
     model.add_argument("--lora_dim", type=int, default=0, help="LoRA rank (0: no LoRA).")
@@ -374,6 +422,24 @@ def _count_or_auto(value):
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r} is neither 'auto' nor a count >= 0")
     return int(value)
+
+
+def _names(value):
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{value!r}: give column names separated by commas, e.g. "
+                                         "helpfulness,verbosity")
+    return tuple(names)
+
+
+def _numbers(value):
+    try:
+        numbers = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        numbers = ()
+    if not numbers or not all(map(math.isfinite, numbers)):
+        raise argparse.ArgumentTypeError(f"{value!r}: give finite numbers separated by commas, e.g. 0.5,0.5")
+    return numbers
 
 
 def parse_args(argv=None):

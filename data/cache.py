@@ -17,7 +17,7 @@ from utils.io import sha256_file
 
 HASHED_BYTES = 1 << 20  # cache files up to this size are hashed in meta.json; larger ones only sized
 CACHE_ERRORS = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)  # reading a damaged cache
-TEMP_NAME = re.compile(r"pairs-[0-9a-f]{24}\.tmp-(.+)-(\d+)")  # see data.pairs._build_or_reuse
+TEMP_NAME = re.compile(r"(?:pairs|rated)-[0-9a-f]{24}\.tmp-(.+)-(\d+)")  # see data.pairs._build_or_reuse
 
 
 def cache_folder(cache_dir, sources, settings):

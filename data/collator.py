@@ -1,4 +1,5 @@
 """Batch preference pairs into the reward model's input: chosen rows first, then rejected rows."""
+import numpy as np
 import torch
 
 
@@ -31,7 +32,7 @@ class PairCollator:
     """
 
     def __init__(self, pad_token_id, pad_to_multiple_of=None, pad_to_length=None, with_margin=False,
-                 with_source=False):
+                 with_source=False, bootstrap=None):
         if pad_to_multiple_of is not None and pad_to_length is not None:
             raise ValueError("PairCollator: give pad_to_multiple_of or pad_to_length, not both")
         self.pad_token_id = pad_token_id
@@ -39,6 +40,8 @@ class PairCollator:
         self.pad_to_length = pad_to_length
         self.with_margin = with_margin  # also return 'margin' (B,) from the rows' margin column
         self.with_source = with_source  # also return 'source' (B,) long: each pair's source index (evaluation)
+        self.bootstrap = bootstrap  # (seed, heads): also return 'bootstrap_weights' (B, heads) (rows need
+        # 'pair_index': wrap the dataset in IndexedPairs)
 
     def __call__(self, rows):
         seqs = [r["chosen_input_ids"] for r in rows] + [r["rejected_input_ids"] for r in rows]
@@ -58,4 +61,34 @@ class PairCollator:
             batch["margin"] = torch.tensor([r["margin"] for r in rows], dtype=torch.float32)
         if self.with_source:
             batch["source"] = torch.tensor([r["source"] for r in rows], dtype=torch.long)
+        if self.bootstrap:
+            batch["bootstrap_weights"] = bootstrap_weights(*self.bootstrap, [r["pair_index"] for r in rows])
         return batch
+
+
+def bootstrap_weights(seed, heads, pair_indices):
+    """(B, heads) float32 Poisson(1) weights of the pairs at `pair_indices` of the training set: pair i's
+    weight in head k is the k-th draw of numpy's generator seeded with (seed, i), so it is the same whatever
+    the batch, the rank, the number of ranks or a resume (--head_bootstrap, model/reward_model.py
+    `ensemble_loss`).
+
+    >>> bootstrap_weights(1234, 3, [0, 5])
+    tensor([[2., 0., 0.],
+            [0., 0., 2.]])
+    """
+    draws = [np.random.default_rng((seed, int(index))).poisson(1.0, heads) for index in pair_indices]
+    return torch.tensor(np.stack(draws), dtype=torch.float32)
+
+
+class IndexedPairs:
+    """A dataset of pairs whose rows also hold their index, `pair_index` (for `bootstrap_weights`); the
+    sampler still reads the wrapped `pairs`."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        return dict(self.pairs[index], pair_index=index)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler, Subset
 
+PAIR_COLUMNS = ("chosen_input_ids", "rejected_input_ids")
 DSCHAT_SAMPLER_SEED = 0  # DeepSpeed-Chat builds DistributedSampler(train_dataset): torch's default seed
 
 
@@ -30,7 +31,8 @@ def train_sampler(dataset, batch_size, group_by_length=False, seed=0, num_replic
 
 
 def pair_row_lengths(dataset):
-    """(N, 2) int64 numpy array: [len(chosen_input_ids), len(rejected_input_ids)] per row.
+    """(N, 2) int64 numpy array: [len(chosen_input_ids), len(rejected_input_ids)] per row; (N, 1) [len(input_ids)]
+    for rated rows (data/ratings.py).
 
     Read from the Arrow list offsets of a `datasets.Dataset` (no Python loop over rows; an index
     mapping left by `select` is honoured). A `torch.utils.data.Subset` of one, or any sequence of
@@ -41,14 +43,16 @@ def pair_row_lengths(dataset):
     table = getattr(dataset, "data", None)
     if table is not None and hasattr(table, "column"):
         import pyarrow.compute as pc
+        names = [n for n in PAIR_COLUMNS if n in table.column_names] or ["input_ids"]  # rated rows: one
         lengths = np.stack([pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False)
-                            for name in ("chosen_input_ids", "rejected_input_ids")], axis=1).astype(np.int64)
+                            for name in names], axis=1).astype(np.int64)
         indices = getattr(dataset, "_indices", None)  # set by Dataset.select without a flatten
         if indices is not None:
             lengths = lengths[indices.column(0).to_numpy()]
         return lengths
-    return np.array([[len(r["chosen_input_ids"]), len(r["rejected_input_ids"])] for r in dataset],
-                    dtype=np.int64).reshape(-1, 2)
+    rows = list(dataset)
+    names = ([n for n in PAIR_COLUMNS if n in rows[0]] or ["input_ids"]) if rows else PAIR_COLUMNS
+    return np.array([[len(r[n]) for n in names] for r in rows], dtype=np.int64).reshape(-1, len(names))
 
 
 def pair_lengths(dataset):

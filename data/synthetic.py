@@ -1,5 +1,6 @@
 """`synthetic/preference[:N]`: an offline demo set of N preference pairs, the same on every run;
-`synthetic/conversations[:N]`: the same rule in conversations of 2-4 user turns (message lists).
+`synthetic/conversations[:N]`: the same rule in conversations of 2-4 user turns (message lists);
+`synthetic/rated[:N]`: N rated single responses (main.py --objective regression), see `make_rated`.
 
 Both answers share the prompt and a pool of neutral advice sentences; the chosen answer opens
 and closes politely, the rejected one rudely (the opening keeps the signal under truncation).
@@ -77,3 +78,38 @@ def make_splits(count, name=NAME):
     pairs = [SETS[name](rng) for _ in range(count)]
     test_size = max(1, count // 10)
     return pairs[:-test_size], pairs[-test_size:]
+
+
+# ---------------------------------------------------------------- rated single responses (--objective regression)
+
+RATED_NAME = "synthetic/rated"
+RATED_ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")  # HelpSteer2's names
+MARKERS = {"helpfulness": "helpful", "correctness": "excellent", "coherence": "friendly", "complexity": "capital",
+           "verbosity": "wonderful"}  # attribute -> the word whose count (0-4) in its slot is its rating
+SLOT = 4  # words per attribute: its marker `rating` times, then "the"
+DEFAULT_RATED_ROWS = 2000
+MISSING_LABEL = 0.05  # share of ratings left null, as a rater who skipped an attribute
+
+
+def make_rated(rng, prompt):
+    """{'prompt', 'response', attribute: rating or None, ...}. The response holds one slot of `SLOT` words per
+    attribute, in `RATED_ATTRIBUTES` order; a rating (0-4, drawn uniformly) is how often the attribute's marker
+    word (`MARKERS`) fills its slot, the rest of the slot is "the". A tiny model learns it in seconds."""
+    ratings = {name: rng.randint(0, SLOT) for name in RATED_ATTRIBUTES}
+    words = [word for name, count in ratings.items() for word in [MARKERS[name]] * count + ["the"] * (SLOT - count)]
+    row = {"prompt": prompt, "response": " " + " ".join(words) + "."}
+    row.update({name: None if rng.random() < MISSING_LABEL else value for name, value in ratings.items()})
+    return row
+
+
+def make_rated_splits(count=DEFAULT_RATED_ROWS):
+    """(train rows, test rows) of `count` rated responses from a fixed seed, two per prompt (as HelpSteer2
+    rates two responses per prompt); the last tenth (at least two rows) for test."""
+    rng = random.Random(SEED)
+    rows = []
+    for prompt_index in range((count + 1) // 2):
+        prompt = f" Human: Rate item {prompt_index:04d}. Assistant:"
+        rows += [make_rated(rng, prompt) for _ in range(2)]
+    rows = rows[:count]
+    test_size = max(2, count // 10 // 2 * 2)
+    return rows[:-test_size], rows[-test_size:]

@@ -54,6 +54,9 @@ def parse_args(argv=None):
                         help="Weights dtype. auto: bf16 on a CUDA device that has it, else the saved dtype.")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available, else cpu.")
+    parser.add_argument("--heads", action="store_true",
+                        help="Also write each value head's score to NAME_scores.jsonl (a model trained with main.py "
+                             "--num_heads > 1 always adds the heads' std, 'uncertainty').")
     parser.add_argument("--limit", type=int, default=0, help="Score only the first N items of each file (0: all).")
     parser.add_argument("--ece_bins", type=int, default=10, help="Equal-width bins of the calibration error.")
     parser.add_argument("--output_name", default=None,
@@ -177,9 +180,11 @@ def output_files(name):
             "reliability": f"{name}_reliability.png"}
 
 
-def write_outputs(out_dir, name, report, items, scores, plots):
+def write_outputs(out_dir, name, report, items, scores, plots, extra=None):
     """Write the run's files (`plots`: (chart, calibration), or None) into a staging folder and publish them as
-    one set, so no file of a previous run of that name outlives it; returns their paths."""
+    one set, so no file of a previous run of that name outlives it; returns their paths. `extra` ({name: a
+    value per text}, model/scoring.py `score_fields`) adds `chosen_<name>` and `rejected_<name>` to each item's
+    scores line."""
     from utils.io import STAGING, publish, staging_folder
     files, staging_name = output_files(name), f"{STAGING}-{name}"
     os.makedirs(out_dir, exist_ok=True)
@@ -188,8 +193,11 @@ def write_outputs(out_dir, name, report, items, scores, plots):
         f.write(json.dumps(report, indent=2, default=_plain) + "\n")
     with open(os.path.join(staging, files["scores"]), "w") as f:
         for item in items:
+            more = {f"{side}_{key}": values[at].tolist() for key, values in (extra or {}).items()
+                    for side, at in (("chosen", item.chosen_at), ("rejected", item.rejected_at))}
             f.write(json.dumps({"group": item.group, **item.extra, "chosen_scores": scores[item.chosen_at].tolist(),
-                                "rejected_scores": scores[item.rejected_at].tolist()}, default=_plain) + "\n")
+                                "rejected_scores": scores[item.rejected_at].tolist(), **more},
+                               default=_plain) + "\n")
     written = [files["report"], files["scores"]] + (write_plots(staging, files, *plots) if plots else [])
     publish(out_dir, staging_name, replaces=files.values())
     return [os.path.join(out_dir, written_name) for written_name in written]
@@ -266,7 +274,7 @@ def run(args):
     from data.inputs import ModelInputs
     from model.create import model_max_positions
     from model.io import read_reward_settings
-    from model.scoring import batch_tokens_for, score_all, speed
+    from model.scoring import batch_tokens_for, score_fields, speed
     from model.shared_prompt import packs
     check_args(args)
     read_reward_settings(args.model_dir)  # not a reward model folder: refused before any data is read
@@ -277,8 +285,10 @@ def run(args):
     sequences, lengths, cut = encode(items, ModelInputs(tokenizer, model.settings, max_seq_len), prompt_format)
     args.batch_tokens = args.batch_tokens or batch_tokens_for(device)
     start = time.perf_counter()
-    scores = score_all(model, sequences, args.batch_tokens,
-                       lambda batches: tqdm(batches, desc="scoring", unit="batch")).double().numpy()
+    extra = {key: value.double().numpy() for key, value in score_fields(
+        model, sequences, args.batch_tokens, args.heads, lambda batches: tqdm(batches, desc="scoring", unit="batch"))
+        .items()}
+    scores = extra.pop("reward")
     seconds = time.perf_counter() - start
     scored = [(scores[item.chosen_at], scores[item.rejected_at]) for item in items]
     figures, tables, chart = BENCHMARKS[args.benchmark]["summarise"](items, scored)
@@ -291,6 +301,8 @@ def run(args):
     report = {"benchmark": args.benchmark, "model": os.path.abspath(args.model_dir), "data": args.data,
               "prompt_format": prompt_format, "max_seq_len": max_seq_len, "texts_cut_at_max_seq_len": cut,
               "items": len(items), "scores": figures, **common, "speed": rates}
+    if "uncertainty" in extra:
+        report["uncertainty_mean"] = float(extra["uncertainty"].mean())
     for table in [*tables, common_table]:
         print(markdown(*table))
     print(f"speed: {speed(len(sequences), tokens, seconds)} on {device} ({dtype}, "
@@ -299,7 +311,7 @@ def run(args):
     out_dir = os.path.join(args.model_dir, "benchmarks")
     name = args.output_name or args.benchmark
     plots = None if args.no_plots else (chart, common["calibration"])
-    for path in write_outputs(out_dir, name, report, items, scores, plots):
+    for path in write_outputs(out_dir, name, report, items, scores, plots, extra):
         print(f"wrote {path}")
     return report
 

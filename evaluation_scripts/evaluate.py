@@ -37,8 +37,8 @@ EXAMPLES = [
 ]
 DATA_FLAGS = ("data_split", "max_seq_len", "seed", "data_output_path", "per_device_eval_batch_size",
               "drop_identical_pairs", "pairs_from_ratings", "rating_field")
-SCORE_LAYOUTS = ("'text'; 'prompt' and 'answer' texts; 'messages' (a conversation ending with the assistant's "
-                 "answer); or 'prompt' and 'completion', texts or message lists")
+SCORE_LAYOUTS = ("'text'; 'prompt' and 'answer' (or 'response') texts; 'messages' (a conversation ending with the "
+                 "assistant's answer); or 'prompt' and 'completion', texts or message lists")
 
 
 def parse_args(argv=None):
@@ -69,7 +69,14 @@ def parse_args(argv=None):
                         help=f"A .jsonl/.json/.csv/.parquet file of rows to score one by one, each with "
                              f"{SCORE_LAYOUTS}.")
     parser.add_argument("--score_output", default=None,
-                        help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl).")
+                        help="Where --score writes rows with a 'reward' field (default: MODEL_DIR/scores.jsonl); "
+                             "an ensemble's rows also get 'uncertainty' (the heads' std) and, with the model's "
+                             "conservative_lambda, 'conservative' (reward - lambda x uncertainty); an attribute "
+                             "model's (main.py --objective regression) get 'attributes' ({name: value}; the reward "
+                             "is attribute_weights . them).")
+    parser.add_argument("--heads", action="store_true",
+                        help="--score: also write each value head's score ('heads', a list) for a model trained "
+                             "with main.py --num_heads > 1.")
     parser.add_argument("--batch_tokens", type=int, default=None,
                         help="--score: tokens per forward pass, counted as texts x the longest text: texts go "
                              "longest first, each batch packed in one unpadded row where the model allows "
@@ -116,6 +123,9 @@ def score_examples(model, tokenizer, max_seq_len):
 def evaluate_data(model, tokenizer, args, settings):
     """Metrics of --data_path's eval split (per source under 'by_source') and of every --eval_data_path set
     (under 'eval_sets'), scored as main.py scores them; the plots show the eval split's scores."""
+    from utils.settings import REGRESSION
+    if model.settings.head.objective == REGRESSION:
+        return evaluate_rated(model, tokenizer, args, settings)
     from data import build_pair_datasets
     from data.formats import ReadOptions
     from data.mix import eval_sets, source_names
@@ -144,6 +154,26 @@ def evaluate_data(model, tokenizer, args, settings):
         print(f"wrote {path}")
 
 
+def evaluate_rated(model, tokenizer, args, settings):
+    """A model trained with main.py --objective regression on rated rows: per-attribute RMSE / Pearson /
+    Spearman and the combined reward's pairwise accuracy (training/evaluation.py `evaluate_regression`)."""
+    from data.ratings import RatedCollator, build_rated_datasets
+    from training.evaluation import eval_loader, evaluate_regression
+    head = model.settings.head
+    _, eval_set = build_rated_datasets(args.data_path, settings["data_split"], settings["seed"], tokenizer,
+                                       settings["max_seq_len"], settings["data_output_path"], head.attributes,
+                                       model.end_of_conversation_token, model.num_padding_at_beginning,
+                                       model.end_token_rule)
+    multiple = settings.get("pad_to_multiple_of")
+    loader, num_real = eval_loader(eval_set, settings["per_device_eval_batch_size"], tokenizer.pad_token_id, multiple,
+                                   collate_fn=RatedCollator(tokenizer.pad_token_id, multiple, with_groups=True))
+    metrics = evaluate_regression(model, loader, model.v_head.weight.device, num_real, head)
+    print(json.dumps(metrics, indent=2))
+    output = args.output or os.path.join(args.model_dir, "eval_results.json")
+    for path in write_results(output, metrics, None, args.model_dir):
+        print(f"wrote {path}")
+
+
 def write_results(output, metrics, scores, model_dir):
     """The metrics JSON `output` and, given `scores`, its plots, published as one set in output's folder: a
     rerun leaves no file of the one before (not its plots after --no_plots). Returns the paths written."""
@@ -166,18 +196,29 @@ def score_file(model, tokenizer, args, settings):
 
     from data.inputs import ModelInputs
     from data.readers import read_rows
-    from model.scoring import score_all, speed
+    from model.scoring import attribute_scores, score_all, score_fields, speed
     from utils.io import atomic_file
+    from utils.settings import REGRESSION
     rows, where = read_rows(args.score, "--score")
     output = args.score_output or os.path.join(args.model_dir, "scores.jsonl")
     inputs = ModelInputs(tokenizer, model.settings, settings["max_seq_len"])
     ids = inputs.encode([_row_text(row, args.score, where(i), inputs) for i, row in enumerate(rows)])  # all checked
     start = time.perf_counter()
-    rewards = score_all(model, ids, args.batch_tokens, lambda batches: tqdm(batches, desc="scoring", unit="batch"))
+    head = model.settings.head
+
+    def progress(batches):
+        return tqdm(batches, desc="scoring", unit="batch")
+    if head.objective == REGRESSION:  # an attribute model: each row's attributes by name, and their combined reward
+        scores = attribute_scores(model, score_all(model, ids, args.batch_tokens, progress, per_head=True))
+        fields = {"reward": scores["reward"].tolist(),
+                  "attributes": [dict(zip(head.attributes, a)) for a in scores["attributes"].tolist()]}
+    else:
+        fields = {name: values.tolist()
+                  for name, values in score_fields(model, ids, args.batch_tokens, args.heads, progress).items()}
     seconds = time.perf_counter() - start
     with atomic_file(output) as f:  # a failed run leaves no partial scores.jsonl
-        for row, reward in zip(rows, rewards.tolist()):
-            f.write(json.dumps(dict(row, reward=reward)) + "\n")
+        for i, row in enumerate(rows):
+            f.write(json.dumps(dict(row, **{name: values[i] for name, values in fields.items()})) + "\n")
     print(f"scored {len(rows)} rows -> {output}\nscoring: {speed(len(ids), sum(map(len, ids)), seconds)}")
 
 
@@ -191,6 +232,8 @@ def _row_text(row, path, where, inputs):
         return inputs.answer_text("", row["text"])
     if isinstance(row.get("prompt"), str) and isinstance(row.get("answer"), str):
         return inputs.answer_text(row["prompt"], row["answer"])
+    if isinstance(row.get("prompt"), str) and isinstance(row.get("response"), str):  # HelpSteer2's rated rows
+        return inputs.answer_text(row["prompt"], row["response"])
     try:
         if "messages" in row:
             return inputs.conversation_text("", row["messages"])

@@ -8,6 +8,8 @@ its bias-free `score` layer, pad_token_id = eos): plain transformers then scores
 prompt + answer + end-of-conversation texts with the same reward as this project's RewardModel.
 `deepspeed_chat` writes `pytorch_model.bin` with DeepSpeed-Chat's RewardModel keys next to config.json
 and the tokenizer: pass OUT_DIR as step 3's --critic_model_name_or_path (OUT_DIR may be MODEL_DIR).
+An attribute model (main.py --objective regression) exports as num_labels=K: logit k is attribute k (id2label
+names it) and config.json's `attribute_weights` . logits is the reward (docs/regression.md).
 """
 import argparse
 import os
@@ -43,15 +45,21 @@ def run(args):
 
     import torch
 
-    from model.export import check_export_target, export_sequence_classification, write_deepspeed_chat_weights
+    from model.export import (HEADS_NAME, check_export_target, export_sequence_classification,
+                              write_deepspeed_chat_weights)
     check_export_target(args.output_dir, args.model_dir, args.overwrite)
     with tempfile.TemporaryDirectory(prefix="reward-model-") as scratch:
         model_dir = model_folder(args.model_dir, scratch)
         if args.format == "hf":
             dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
             name = export_sequence_classification(model_dir, args.output_dir, dtype)
-            print(f"wrote {name} (num_labels=1) to {args.output_dir}: load it with "
+            from transformers import AutoConfig
+            labels = AutoConfig.from_pretrained(args.output_dir).num_labels  # K for an attribute model
+            print(f"wrote {name} (num_labels={labels}) to {args.output_dir}: load it with "
                   "AutoModelForSequenceClassification.from_pretrained and AutoTokenizer.from_pretrained")
+            if os.path.exists(os.path.join(args.output_dir, HEADS_NAME)):
+                print(f"its score is the ensemble's mean; each head's weights are in {HEADS_NAME} (config.json "
+                      "'value_heads' says how to use them; docs/ensembles.md)")
         else:
             path = write_deepspeed_chat_weights(model_dir, args.output_dir, args.dschat_key)
             print(f"wrote {path} (keys '{args.dschat_key}.*', 'v_head.weight'): pass {args.output_dir} to "

@@ -243,3 +243,44 @@ def calibration(margins, bins=10):
         rows.append({"low": b / bins, "high": (b + 1) / bins, "count": count, "mean_prediction": confidence,
                      "observed": frequency})
     return {"ece": ece if len(predictions) else None, "bins": bins, "reliability": rows}
+
+
+# ---------------------------------------------------------------- attribute regression (--objective regression)
+
+def pearson(x, y):
+    """Pearson's r; None when either side has fewer than 2 values or is constant."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def attribute_metrics(predictions, labels, mask, names):
+    """{name: {rmse, pearson, spearman, count}} of (N, K) predicted against (N, K) rated attributes, each over
+    the rows whose rating is present (`mask`, (N, K) bool); None where an attribute has too few ratings."""
+    predictions, labels, mask = np.asarray(predictions, float), np.asarray(labels, float), np.asarray(mask, bool)
+    out = {}
+    for k, name in enumerate(names):
+        p, y = predictions[mask[:, k], k], labels[mask[:, k], k]
+        out[name] = {"rmse": float(np.sqrt(np.mean((p - y) ** 2))) if len(y) else None,
+                     "pearson": pearson(p, y), "spearman": spearman(p, y), "count": int(len(y))}
+    return out
+
+
+def grouped_pair_accuracy(rewards, label_rewards, groups):
+    """Pairwise accuracy of `rewards` over every two rows of one group (one prompt) whose `label_rewards`
+    differ: the row rated higher must get the strictly higher reward (equal rewards count as wrong, as in
+    pairwise evaluation). (N,) each; rows with a NaN label reward (a needed rating missing) are left out.
+    Returns {pair_accuracy (None without pairs), num_pairs}."""
+    rewards, label_rewards, groups = (np.asarray(a) for a in (rewards, label_rewards, groups))
+    correct = pairs = 0
+    for group in np.unique(groups):
+        rows = np.flatnonzero((groups == group) & ~np.isnan(label_rewards))
+        for a, i in enumerate(rows):
+            for j in rows[a + 1:]:
+                if label_rewards[i] == label_rewards[j]:
+                    continue
+                better, worse = (i, j) if label_rewards[i] > label_rewards[j] else (j, i)
+                correct += bool(rewards[better] > rewards[worse])
+                pairs += 1
+    return {"pair_accuracy": correct / pairs if pairs else None, "num_pairs": pairs}

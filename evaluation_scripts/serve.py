@@ -5,7 +5,11 @@
          -d '{"prompts": ["Human: Hi! Assistant:"], "answers": [" Hello, how can I help?"]}'
 
 POST /score       {"texts": [...]} | {"prompts": [...], "answers": [...]} | {"conversations": [[{"role", "content"}, ...]]}
-                  -> {"rewards": [...], "truncated": [indices of texts cut at max_seq_len]}
+                  -> {"rewards": [...], "truncated": [indices of texts cut at max_seq_len]}; an ensemble (main.py
+                  --num_heads > 1) adds "uncertainty" (the heads' std) and, with conservative_lambda, "conservative"
+                  (reward - lambda x uncertainty); "heads": true in the body adds each head's scores ("heads");
+                  an attribute model (main.py --objective regression) adds "attributes": [{name: value}, ...]
+                  (rewards: attribute_weights . them)
 POST /get_reward  {"query": [...]} -> {"rewards": [...], "scores": [...], "extra_logs": {...}}  (OpenRLHF's remote RM)
 POST /classify, /v1/classify  {"input": text or [texts], "model", "use_activation" | "activation"}  (vLLM's, as verl
                   sends it) -> {"data": [{"index", "label", "probs": [reward or its sigmoid], "num_classes": 1}], ...}
@@ -32,6 +36,7 @@ import uuid
 from data.chat import PROBE, RowError
 from data.inputs import ModelInputs, encode_marking_cuts
 from evaluation_scripts.batching import Batcher
+from utils.settings import REGRESSION
 from utils.spans import LAST_TOKEN
 
 DTYPES = {"auto": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -93,10 +98,22 @@ class Scorer:
         return encode_marking_cuts(self.tokenizer, texts, self.max_seq_len)
 
     def __call__(self, rows):
-        """Rewards of rows of token ids, rescaled as the flags ask."""
-        from model.scoring import score_ids
-        rewards = score_ids(self.model, rows).tolist()
-        return [(r - self.shift) / self.scale for r in rewards]
+        """Rewards of rows of token ids, rescaled as the flags ask: floats; for an ensemble (num_heads > 1),
+        dicts of model/scoring.py `ensemble_scores`' fields ("reward", "uncertainty", "heads", "conservative"),
+        each rescaled; for an attribute model (main.py --objective regression) {"reward": the combined reward,
+        rescaled, "attributes": {name: output}}."""
+        from model.scoring import attribute_scores, ensemble_scores, score_ids
+        head = self.model.settings.head
+        if head.objective == REGRESSION:
+            scores = attribute_scores(self.model, score_ids(self.model, rows, per_head=True))
+            return [{"reward": (r - self.shift) / self.scale, "attributes": dict(zip(head.attributes, a))}
+                    for r, a in zip(scores["reward"].tolist(), scores["attributes"].tolist())]
+        if head.num_heads == 1:
+            return [(r - self.shift) / self.scale for r in score_ids(self.model, rows).tolist()]
+        scores = ensemble_scores(self.model, score_ids(self.model, rows, per_head=True))
+        scores = {key: (value if key == "uncertainty" else value - self.shift) / self.scale
+                  for key, value in scores.items()}
+        return [{key: value[i].tolist() for key, value in scores.items()} for i in range(len(rows))]
 
     def forward_cost(self, max_tokens, rows=4, repeats=3):
         """What one more forward costs, in tokens of compute, on this machine and dtype: a forward of T tokens
@@ -443,26 +460,31 @@ def build_app(scorer, batcher, args):
         counts["answered"] += 1
         return JSONResponse(content, status_code=status, headers=headers)
 
+    def score_texts(body):
+        wants_heads(body)  # a bad "heads" is refused before anything is scored
+        return reader.score({key: value for key, value in body.items() if key != "heads"})
+
     @app.post("/score")
     async def score(request: Request):
-        return await answer(request, reader.score,
-                            lambda body, rewards, cut, tokens: {"rewards": rewards,
-                                                                "truncated": [i for i, c in enumerate(cut) if c]})
+        return await answer(request, score_texts,
+                            lambda body, scored, cut, tokens: {**score_fields(scored, wants_heads(body)),
+                                                               "truncated": [i for i, c in enumerate(cut) if c]})
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
         """OpenRLHF's remote reward model protocol: its client also sends prompts and labels (ignored)."""
         return await answer(request, reader.get_reward,
-                            lambda body, rewards, cut, tokens: {"rewards": rewards, "scores": rewards,
-                                                                "extra_logs": {"truncated": [float(c) for c in cut]}})
+                            lambda body, scored, cut, tokens: {"rewards": rewards_of(scored),
+                                                               "scores": rewards_of(scored),
+                                                               "extra_logs": {"truncated": [float(c) for c in cut]}})
 
     @app.post("/classify")
     @app.post("/v1/classify")
     async def classify(request: Request):
         """vLLM's classification API (SGLang's path too), as verl's reward loop calls it."""
         return await answer(request, reader.classify,
-                            lambda body, rewards, cut, tokens: classification(args.model_dir, rewards,
-                                                                              use_activation(body), tokens))
+                            lambda body, scored, cut, tokens: classification(args.model_dir, rewards_of(scored),
+                                                                             use_activation(body), tokens))
 
     @app.get("/v1/models")
     async def models():
@@ -479,6 +501,33 @@ def build_app(scorer, batcher, args):
         return info
 
     return app
+
+
+def wants_heads(body):
+    """/score's optional "heads" field: true asks for each value head's score."""
+    value = body.get("heads", False)
+    if not isinstance(value, bool):
+        raise BadRequest(422, f"'heads' must be true or false; got {json_type(value)}.")
+    return value
+
+
+def rewards_of(scored):
+    """The reward of each text the Scorer scored (an ensemble's: the mean of its heads; an attribute model's:
+    attribute_weights . its attributes)."""
+    return [s["reward"] if isinstance(s, dict) else s for s in scored]
+
+
+def score_fields(scored, heads):
+    """/score's fields: "rewards"; for an ensemble "uncertainty" and "conservative" (when the model has a
+    conservative_lambda); for an attribute model "attributes" ({name: value} per text); with `heads`, "heads"
+    (one list per text; one head's is [reward])."""
+    fields = {"rewards": rewards_of(scored)}
+    if scored and isinstance(scored[0], dict):
+        fields.update({key: [s[key] for s in scored] for key in ("uncertainty", "conservative", "attributes")
+                       if key in scored[0]})
+    if heads:
+        fields["heads"] = [s["heads"] if isinstance(s, dict) else [s] for s in scored]
+    return fields
 
 
 def classification(model_name, rewards, activation, tokens):
@@ -504,6 +553,9 @@ def server_info(scorer, batcher, args):
                   f"num_padding_at_beginning={n} skips a pad-equal BOS), or at the last token"),
             "end_of_conversation_token": model.end_of_conversation_token,
             "reward_mean": model.reward_stats.get("reward_mean"), "reward_std": model.reward_stats.get("reward_std"),
+            "num_heads": model.settings.head.num_heads, "conservative_lambda": model.settings.head.conservative_lambda,
+            "attributes": list(model.settings.head.attributes),
+            "attribute_weights": list(model.settings.head.attribute_weights),
             "normalize": args.normalize, "center": args.center,
             "chat_template": bool(getattr(scorer.tokenizer, "chat_template", None)),
             "max_batch_tokens": args.max_batch_tokens, "forward_cost_tokens": batcher.forward_cost,

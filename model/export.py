@@ -9,12 +9,16 @@ import torch
 from data.chat import PROBE, ChatRenderer
 from model.create import build_tokenizer
 from model.io import HEAD_KEY, OUR_TRANSFORMER_KEY, WEIGHTS_NAME, WRITE_ERRORS, read_reward_model_dir
+from model.reward_model import single_head
 from utils.spans import LAST_TOKEN, row_ends
 from utils.errors import UserError
+from utils.settings import REGRESSION
 from utils.io import STAGING, is_disk_full, output_folder_problem, publish, staging_folder
 
 
 DSCHAT_WEIGHTS_NAME = "pytorch_model.bin"
+HEADS_NAME = "v_heads.safetensors"  # an ensemble's K value heads beside the one-head export (`heads_note`)
+HEADS_KEY = "v_heads.weight"  # (K, width) in HEADS_NAME
 # DeepSpeed-Chat's attribute holding the base model: `rwtransformer` in the current `dschat/` package,
 # `rwtranrsformer` (sic) in the older `training/utils/` layout. The current step-3 loader is not strict,
 # so a checkpoint with the other prefix loads nothing and leaves the critic random, without an error.
@@ -60,6 +64,7 @@ def write_deepspeed_chat_weights(model_dir, output_dir=None, transformer_key=OUR
                         "template, or EOS inside the texts), but DeepSpeed-Chat's step 3 reads it before the first "
                         "PAD = EOS, which in these texts ends an earlier turn. Export it with export_hf.py --format hf "
                         "and use it where the classifier pools at the last non-PAD token (TRL, OpenRLHF).")
+    state = dict(state, **{HEAD_KEY: single_head(state[HEAD_KEY], settings.head)})  # step 3 reads one head
     renamed = {(key if key == HEAD_KEY else transformer_key + key[len(OUR_TRANSFORMER_KEY):]): tensor.contiguous()
                for key, tensor in state.items()}
     output_dir = output_dir or model_dir
@@ -157,6 +162,8 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
 
     config = AutoConfig.from_pretrained(model_dir)
     config.num_labels = 1
+    if settings.head.objective == REGRESSION:
+        label_attributes(config, settings.head)
     config.pad_token_id = settings.pad_token_id
     try:
         model = AutoModelForSequenceClassification.from_config(config)
@@ -164,9 +171,14 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
         raise UserError(f"transformers has no sequence-classification class for model type "
                         f"'{config.model_type}' ({error}); export is not possible for it.") from error
     model.config.architectures = [type(model).__name__]
+    heads = state[HEAD_KEY]
+    extra_heads = heads.size(0) > 1 and settings.head.objective != REGRESSION  # attributes: all K are logits
+    if extra_heads:
+        model.config.value_heads = heads_note(settings.head, heads.size(0))
+    score = single_head(heads, settings.head) if extra_heads else heads
     prefix = model.base_model_prefix
     renamed = {("score.weight" if key == HEAD_KEY else prefix + key[len(OUR_TRANSFORMER_KEY):]): tensor
-               for key, tensor in state.items()}
+               for key, tensor in dict(state, **{HEAD_KEY: score}).items()}
     expected = {key: tensor.shape for key, tensor in model.state_dict().items()}
     got = {key: tensor.shape for key, tensor in renamed.items()}
     if expected != got:
@@ -179,8 +191,31 @@ def export_sequence_classification(model_dir, output_dir, dtype=None):
     def write(staging):
         model.to(dtype or state[HEAD_KEY].dtype).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if extra_heads:
+            from safetensors.torch import save_file
+            save_file({HEADS_KEY: heads.to(dtype or heads.dtype).contiguous()}, os.path.join(staging, HEADS_NAME))
     write_folder(output_dir, write)
     return type(model).__name__
+
+
+def label_attributes(config, head):
+    """An attribute model's classifier config (main.py --objective regression): num_labels = K logits, logit k
+    the rating of attribute k (id2label), and the weights whose dot product with the logits is the reward."""
+    config.num_labels = len(head.attributes)
+    config.id2label = dict(enumerate(head.attributes))
+    config.label2id = {name: k for k, name in enumerate(head.attributes)}
+    config.problem_type = "regression"
+    config.attribute_weights = list(head.attribute_weights)  # reward = attribute_weights . logits
+
+
+def heads_note(head, count):
+    """config.json's `value_heads` of an exported ensemble (or multi-output head): where its K heads are and
+    how `score` was made from them, for users who want each head's score (docs/ensembles.md)."""
+    how = ("the mean of the heads' rows" if head.objective != REGRESSION
+           else f"attribute_weights {list(head.attribute_weights)} . the heads' rows")
+    return {"file": HEADS_NAME, "key": HEADS_KEY, "outputs": count, "objective": head.objective,
+            "attributes": list(head.attributes), "score_weight": how,
+            "per_head_scores": "hidden state where the classifier pools (its last non-pad token) @ v_heads.weight.T"}
 
 
 def write_folder(output_dir, write):

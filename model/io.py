@@ -13,7 +13,9 @@ from utils.settings import Settings
 from utils.io import STAGING, is_disk_full, publish, recover, staging_folder, write_json
 
 REWARD_CONFIG_KEY = "reward_model"  # settings stored inside config.json (utils/settings.py, plus eval stats)
-STATS_KEYS = ("reward_mean", "reward_std")  # eval-set reward statistics saved beside the settings for step 3
+# Eval-set reward statistics saved beside the settings: for step 3, and an ensemble's per-head ones for its
+# uncertainty (training/ensemble.py).
+STATS_KEYS = ("reward_mean", "reward_std", "head_mean", "head_std")
 WEIGHTS_NAME = "model.safetensors"
 OUR_TRANSFORMER_KEY = "rwtransformer"
 HEAD_KEY = "v_head.weight"

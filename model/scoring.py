@@ -37,13 +37,14 @@ def score_texts(model, tokenizer, texts, max_seq_len):
 
 
 @torch.no_grad()
-def score_ids(model, ids, pack=None):
+def score_ids(model, ids, pack=None, per_head=False):
     """Reward of each row of token ids (lists) at its end token under the model's rule, as the row gets it
-    alone: (N,) fp32. `pack`: compute the rows packed (default: where `packs` allows; False: right-padded
-    rows). Runs in eval mode (the model's mode is restored after)."""
+    alone: (N,) fp32; `per_head`: each value-head output there instead, (N, K) fp32 raw (no reward_offset;
+    `ensemble_scores` combines them). `pack`: compute the rows packed (default: where `packs` allows; False:
+    right-padded rows). Runs in eval mode (the model's mode is restored after)."""
     device = model.v_head.weight.device
     if not ids:
-        return torch.empty(0, device=device)
+        return torch.empty((0, model.v_head.weight.size(0)) if per_head else 0, device=device)
     lengths = torch.tensor([len(row) for row in ids], device=device)
     input_ids = torch.full((len(ids), int(lengths.max())), model.PAD_ID, device=device)
     attention_mask = torch.arange(input_ids.size(1), device=device) < lengths[:, None]
@@ -51,10 +52,37 @@ def score_ids(model, ids, pack=None):
     ends = alone_ends(model, input_ids, attention_mask.long(), lengths, ids)
     with eval_mode(model):
         if packs(model.config) if pack is None else pack:
-            values = model.packed_values(input_ids[attention_mask], lengths.tolist()).float()
+            values = model.packed_values(input_ids[attention_mask], lengths.tolist(), per_head).float()
             return values[lengths.cumsum(0) - lengths + ends - 1]
+        if per_head:
+            values = model.head_outputs(input_ids, attention_mask.long()).float()
+            return values[torch.arange(len(ids), device=device), ends - 1]
         values = model.forward_value(input_ids, attention_mask.long(), return_value_only=True).float()
         return values.gather(1, (ends - 1)[:, None]).squeeze(1)
+
+
+def attribute_scores(model, head_scores):
+    """(N, K) outputs (`score_ids(per_head=True)`) of an attribute model (main.py --objective regression) ->
+    {"reward": (N,) the combined reward (attribute_weights . outputs, as `score_ids` gives it), "attributes":
+    (N, K) the outputs, attribute k named by settings.head.attributes[k]}."""
+    from model.reward_model import combine
+    return {"reward": model._offset(combine(head_scores, model.settings.head)), "attributes": head_scores}
+
+
+def ensemble_scores(model, head_scores):
+    """(N, K) raw head scores (`score_ids(per_head=True)`) -> {"reward": (N,) the combined reward (what
+    `score_ids` gives), "uncertainty": (N,) how much the heads disagree (training/ensemble.py `uncertainty`,
+    with the model's saved statistics), "heads": (N, K) each head's score}, rewards less the model's
+    reward_offset; with the model's conservative_lambda, also "conservative": reward - lambda x uncertainty."""
+    from model.reward_model import combine
+    from training.ensemble import uncertainty
+    head = model.settings.head
+    scores = {"reward": model._offset(combine(head_scores, head)),
+              "uncertainty": uncertainty(head_scores, model.reward_stats),
+              "heads": model._offset(head_scores)}
+    if head.conservative_lambda:
+        scores["conservative"] = scores["reward"] - head.conservative_lambda * scores["uncertainty"]
+    return scores
 
 
 def alone_ends(model, input_ids, attention_mask, lengths, ids):
@@ -95,14 +123,28 @@ def length_batches(lengths, batch_tokens):
     return batches
 
 
-def score_all(model, ids, batch_tokens=None, progress=iter, pack=None):
+def score_all(model, ids, batch_tokens=None, progress=iter, per_head=False, pack=None):
     """(N,) fp32 rewards of every row of `ids`, in their order, scored in `length_batches` of `batch_tokens`
-    (default: `batch_tokens_for` the model's device). `progress` wraps the list of batches (e.g. tqdm); `pack`
-    as `score_ids`'."""
+    (default: `batch_tokens_for` the model's device); `per_head`: (N, K) raw head scores, as `score_ids`.
+    `progress` wraps the list of batches (e.g. tqdm); `pack` as `score_ids`'."""
     batch_tokens = batch_tokens or batch_tokens_for(model.v_head.weight.device)
-    scores = torch.empty(len(ids))
+    scores = torch.empty((len(ids), model.v_head.weight.size(0)) if per_head else len(ids))
     for batch in progress(length_batches([len(row) for row in ids], batch_tokens)):
-        scores[batch] = score_ids(model, [ids[i] for i in batch], pack).cpu()
+        scores[batch] = score_ids(model, [ids[i] for i in batch], pack, per_head).cpu()
+    return scores
+
+
+def score_fields(model, ids, batch_tokens=None, heads=False, progress=iter):
+    """{field: (N,) or (N, K) fp32 tensor} for every row of `ids` (`score_all`): 'reward'; for an ensemble
+    (num_heads > 1) also 'uncertainty' and, with conservative_lambda, 'conservative' (`ensemble_scores`);
+    with `heads`, each value-head output 'heads' (any model)."""
+    if model.settings.head.num_heads == 1 and not heads:
+        return {"reward": score_all(model, ids, batch_tokens, progress)}
+    scores = ensemble_scores(model, score_all(model, ids, batch_tokens, progress, per_head=True))
+    if model.settings.head.num_heads == 1:
+        scores.pop("uncertainty")
+    if not heads:
+        scores.pop("heads")
     return scores
 
 

@@ -21,6 +21,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from model.reward_model import combine
+from utils.settings import HeadOptions
 from utils.versions import unverified_reason
 
 # Model types whose base model takes `position_ids`, keeps a prepared 4-D mask as it is and hands its
@@ -166,28 +168,37 @@ def one_row_hidden(base, token_ids, token_mask, source_cols, row_groups):
         base.set_attn_implementation(previous)
 
 
-def shared_values(base, v_head, input_ids, attention_mask, shared):
+def head_values(v_head, hidden, head):
+    """(T, width) hidden states -> (T,) rewards (`v_head`'s outputs combined under HeadOptions `head`), or the
+    raw (T, K) outputs when `head` is None."""
+    values = v_head(hidden)
+    return values if head is None else combine(values, head)
+
+
+def shared_values(base, v_head, input_ids, attention_mask, shared, head=HeadOptions()):
     """(2B, L) rows, chosen then rejected, and their (B,) `shared_lengths` -> (2B, L) rewards through
-    `base` and `v_head`; a row's first `shared` positions, and those past its pair's end, hold 0 (the loss
-    never reads them)."""
+    `base` and `v_head` (combined under `head`; None: the (2B, L, K) raw head outputs); a row's first `shared`
+    positions, and those past its pair's end, hold 0 (the loss never reads them)."""
     rows, length = input_ids.shape
     device = input_ids.device
     source_rows, source_cols, prefixes, rests, rest_keys = token_layout(attention_mask, shared)
     source_rows, source_cols = torch.tensor(source_rows, device=device), torch.tensor(source_cols, device=device)
     token_ids, token_mask = input_ids[source_rows, source_cols], attention_mask[source_rows, source_cols]
     hidden = one_row_hidden(base, token_ids, token_mask, source_cols, ((prefixes, prefixes), (rests, rest_keys)))
-    values = v_head(hidden).squeeze(-1)
+    values = head_values(v_head, hidden, head)
     rest = source_cols >= shared.to(device).repeat(2)[source_rows]
-    flat = values.new_zeros(rows * length).index_put((source_rows[rest] * length + source_cols[rest],), values[rest])
-    return flat.view(rows, length)
+    flat = values.new_zeros((rows * length, *values.shape[1:]))
+    flat = flat.index_put((source_rows[rest] * length + source_cols[rest],), values[rest])
+    return flat.view(rows, length, *values.shape[1:])
 
 
-def packed_values(base, v_head, token_ids, lengths):
+def packed_values(base, v_head, token_ids, lengths, head=HeadOptions()):
     """Texts of `lengths` tokens, their (T,) `token_ids` one after the other -> (T,) rewards through `base` and
-    `v_head`, each text's as it gets them alone in a batch of one: causal attention within the text only,
-    positions from 0. The packed layout is the shared-start one with no shared start and one row per text."""
+    `v_head` (combined under `head`; None: the (T, K) raw head outputs), each text's as it gets them alone in a
+    batch of one: causal attention within the text only, positions from 0. The packed layout is the shared-start
+    one with no shared start and one row per text."""
     starts = itertools.accumulate(lengths, initial=0)
     texts = [list(range(start, start + length)) for start, length in zip(starts, lengths)]
     source_cols = torch.cat([torch.arange(length, device=token_ids.device) for length in lengths])
     hidden = one_row_hidden(base, token_ids, torch.ones_like(token_ids), source_cols, ((texts, texts),))
-    return v_head(hidden).squeeze(-1)
+    return head_values(v_head, hidden, head)

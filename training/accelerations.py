@@ -149,6 +149,8 @@ def choose(args, device_type):
                  "share_prompt": (args.share_prompt == "off", "--share_prompt off"),
                  "fast_dropout": (args.disable_cpu_speedups, "--disable_cpu_speedups"),
                  "eager_attention": (args.disable_cpu_speedups, "--disable_cpu_speedups")}
+        if getattr(args, "objective", "pairwise") == "regression":  # the step rules take pairs; rated rows are not
+            flags.update({name: (True, "--objective regression: the plain step") for name in STEP_RULES})
         for name, (switched_off, flag) in flags.items():
             if name in asked and switched_off:
                 off[name] = flag

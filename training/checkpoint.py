@@ -96,8 +96,8 @@ def _flat(values, prefix=""):
     for key, value in values.items():
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
+        else:  # a tuple as a list: the identity is compared with one read back from JSON
+            flat[prefix + key] = list(value) if isinstance(value, tuple) else value
     return flat
 
 

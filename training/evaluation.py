@@ -1,22 +1,25 @@
 """Pairwise evaluation shared by training (main.py) and evaluation_scripts/: same pairs, same numbers."""
 import math
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from data.collator import PairCollator
 from data.sampler import length_sorted_indices
-from utils.dist import all_reduce, get_rank, get_world_size, is_main_process
+from training.ensemble import head_metrics
+from utils.dist import all_gather_rows, all_reduce, get_rank, get_world_size, is_main_process
 
 
-def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max_batches=0):
+def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max_batches=0, collate_fn=None):
     """(DataLoader over this rank's share of the pairs to score, number of real rows in it).
 
     The pairs: all of eval_set, or with `max_batches` the ones DeepSpeed-Chat's `--eval_iters` scores
     (`dschat_eval_subset`). Rows go longest first (little padding, and an out-of-memory error shows in
     the first batch), dealt to ranks in turn; each rank's share is padded by repeating a row so every
     rank runs the same number of forwards (ZeRO-3 needs that), and the padding is not counted.
-    main.py and evaluation_scripts/ both use this, so they see the same batches.
+    main.py and evaluation_scripts/ both use this, so they see the same batches. `collate_fn`: default
+    `PairCollator`; rated rows (--objective regression) pass a `data.ratings.RatedCollator`.
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -29,8 +32,8 @@ def eval_loader(eval_set, batch_size, pad_token_id, pad_to_multiple_of=None, max
     # No generator of its own: each pass draws a seed from torch's global RNG, as DeepSpeed-Chat's eval
     # loader does, so the training dropout masks after an evaluation follow the same random stream.
     with_source = "source" in getattr(eval_set, "column_names", ())  # for evaluate's per-source breakdown
-    loader = DataLoader(Subset(eval_set, indices), batch_size=batch_size,
-                        collate_fn=PairCollator(pad_token_id, pad_to_multiple_of, with_source=with_source))
+    collate_fn = collate_fn or PairCollator(pad_token_id, pad_to_multiple_of, with_source=with_source)
+    loader = DataLoader(Subset(eval_set, indices), batch_size=batch_size, collate_fn=collate_fn)
     return loader, num_real
 
 
@@ -60,12 +63,14 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None, sour
     `model` is a RewardModel or a DeepSpeed engine wrapping one; `loader` yields this rank's shard,
     of which the first `num_real` rows count. `scores_out`, a list, receives this rank's
     (chosen, rejected) end scores. With `source_names` (the name of each `source` id the batches carry,
-    see `eval_loader`) the same metrics per source go under 'by_source' {name: metrics}.
+    see `eval_loader`) the same metrics per source go under 'by_source' {name: metrics}. An ensemble
+    (--num_heads > 1) adds training/ensemble.py's `head_metrics`.
     """
     was_training = model.training
     model.eval()
     # correct, ties, pairs, sum chosen, sum rejected, sum of squared rewards (chosen and rejected)
     totals = torch.zeros(6, dtype=torch.float64, device=device)
+    heads = []  # an ensemble's (chosen (B, K), rejected (B, K), counted (B,)) per batch
     seen, kept = 0, []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
         sources = batch.pop("source", None)
@@ -78,6 +83,8 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None, sour
             scores_out.extend(zip(chosen[keep].tolist(), rejected[keep].tolist()))
         if source_names and sources is not None:
             kept.append((sources.to(device)[keep], chosen[keep], rejected[keep]))
+        if "chosen_head_scores" in out:
+            heads.append((out["chosen_head_scores"], out["rejected_head_scores"], counted))
         seen += chosen.numel()
         totals += pair_totals(chosen, rejected, counted)
     all_reduce(totals)
@@ -85,6 +92,8 @@ def evaluate(model, loader, device, num_real, desc="eval", scores_out=None, sour
     metrics = summarize(totals.tolist())
     if source_names:
         metrics["by_source"] = per_source(kept, source_names, device)
+    if heads:
+        metrics.update(head_metrics(*(torch.cat(parts) for parts in zip(*heads))))
     return metrics
 
 
@@ -128,3 +137,47 @@ def evaluate_sets(model, sets, device):
                for name, (loader, num_real) in sets.items()}
     torch.set_rng_state(state)
     return results
+
+
+@torch.no_grad()
+def evaluate_regression(model, loader, device, num_real, head, desc="eval"):
+    """Attribute heads (--objective regression) on rated rows, over all ranks: per attribute RMSE, Pearson and
+    Spearman against the present ratings; their means over the attributes; the combined reward's
+    (`head.attribute_weights` . outputs) mean/std; and its pairwise accuracy over the rows of one prompt whose
+    rated rewards (the same weights . ratings; rows missing a weighted rating left out) differ.
+
+    `loader` yields this rank's rows (a RatedCollator with groups), of which the first `num_real` count.
+    """
+    from evaluation_scripts.rm_metrics import attribute_metrics, grouped_pair_accuracy
+    was_training = model.training
+    model.eval()
+    parts, seen = [], 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not is_main_process()):
+        groups = batch.pop("group")
+        outputs = model(**to_device(batch, device))["attribute_scores"].double().cpu()  # (B, K)
+        counted = torch.arange(seen, seen + len(groups)) < num_real
+        seen += len(groups)
+        parts.append(torch.cat([outputs, batch["labels"].double(), batch["label_mask"].double(),
+                                groups[:, None].double(), counted[:, None].double()], dim=1))
+    model.train(was_training)
+    table = all_gather_rows(torch.cat(parts).to(device)).cpu().numpy()
+    table = table[table[:, -1] == 1]
+    count = len(head.attributes)
+    outputs, labels, mask = table[:, :count], table[:, count:2 * count], table[:, 2 * count:3 * count] == 1
+    weights = np.asarray(head.attribute_weights, dtype=float)
+    rewards = outputs @ weights
+    weighted = weights != 0
+    label_rewards = np.where(mask[:, weighted].all(axis=1), np.where(mask, labels, 0.0) @ weights, np.nan)
+    per_attribute = attribute_metrics(outputs, labels, mask, head.attributes)
+    metrics = {key: _mean([m[key] for m in per_attribute.values()]) for key in ("rmse", "pearson", "spearman")}
+    metrics.update(grouped_pair_accuracy(rewards, label_rewards, table[:, 3 * count]))
+    metrics.update(num_rows=len(table), reward_mean=float(rewards.mean()) if len(rewards) else 0.0,
+                   reward_std=float(rewards.std()) if len(rewards) else 0.0)
+    for name, values in per_attribute.items():
+        metrics.update({f"{name}/{key}": value for key, value in values.items()})
+    return metrics
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None

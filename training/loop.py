@@ -36,7 +36,8 @@ class Logger:
             self.jsonl.flush()
         if self.writer:
             for key, value in _flat_scalars(values).items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+                if value is not None and not isinstance(value, list):  # undefined correlations, per-head lists
+                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
 
     def step(self, step, loss, lr, pairs_per_s, seconds):
@@ -44,12 +45,39 @@ class Logger:
         self.scalars("train", {"loss": loss, "lr": lr, "pairs_per_s": pairs_per_s}, step)
 
     def eval(self, tag, metrics, step):
-        """One line for the eval split (with accuracy (pairs) per source when it mixes several), one per named
-        held-out set (metrics['eval_sets'], --eval_data_path); all of it in train_log.jsonl."""
-        print_rank0(f"eval ({tag}) | {eval_text(metrics)}")
+        """One line for the eval split (with accuracy (pairs) per source when it mixes several, and an ensemble's
+        heads), one per named held-out set (metrics['eval_sets'], --eval_data_path); all of it in train_log.jsonl."""
+        if "rmse" in metrics:  # --objective regression (training/evaluation.py evaluate_regression)
+            return self.eval_regression(tag, metrics, step)
+        print_rank0(f"eval ({tag}) | {eval_text(metrics)}{ensemble_line(metrics)}")
         for name, held_out in metrics.get("eval_sets", {}).items():
-            print_rank0(f"eval ({tag}) {name} | {eval_text(held_out)}")
+            print_rank0(f"eval ({tag}) {name} | {eval_text(held_out)}{ensemble_line(held_out)}")
         self.scalars("rewards", metrics, step)
+
+    def eval_regression(self, tag, metrics, step):
+        names = [key[:-len("/rmse")] for key in metrics if key.endswith("/rmse")]
+        print_rank0(f"eval ({tag}) | rmse {_figure(metrics['rmse'])} | pearson {_figure(metrics['pearson'])} | "
+                    f"spearman {_figure(metrics['spearman'])} | pair acc {_figure(metrics['pair_accuracy'])} "
+                    f"({metrics['num_pairs']} pairs) | rows {metrics['num_rows']}")
+        print_rank0(f"eval ({tag}) | " + " | ".join(
+            f"{name} rmse {_figure(metrics[name + '/rmse'])} r {_figure(metrics[name + '/pearson'])} "
+            f"rho {_figure(metrics[name + '/spearman'])}" for name in names))
+        self.scalars("rewards", metrics, step)
+
+
+def _figure(value):
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def ensemble_line(metrics):
+    """The eval line's end for an ensemble (training/ensemble.py `head_metrics`): each head's accuracy, the
+    heads' mean margin std and its correlation with the mean's errors; '' for one head."""
+    heads = [metrics[f"accuracy_head_{k}"] for k in range(len(metrics)) if f"accuracy_head_{k}" in metrics]
+    if not heads:
+        return ""
+    corr = metrics.get("margin_std_error_corr")
+    return (f" | heads acc {' '.join(f'{a:.4f}' for a in heads)} | margin std {metrics['margin_std']:.4f} | "
+            f"std-error corr {'n/a' if corr is None else f'{corr:.3f}'}")
 
 
 def eval_text(metrics):
@@ -166,8 +194,9 @@ def train(args, engine, train_loader, run_eval, log, position, checkpoint_state,
             step = engine.global_steps
             mean_loss = all_reduce(step_loss.clone()).item() / (accumulation * get_world_size())
             if not math.isfinite(mean_loss):
+                cause = BLOW_UP if "labels" in batch else nonfinite_cause(step_batches, engine.module)  # rows: no spans
                 raise UserError(f"training loss is {mean_loss} at optimizer step {step}: stopping without saving "
-                                f"a model. {nonfinite_cause(step_batches, engine.module)}")
+                                f"a model. {cause}")
             if rows:
                 rows.write(step, [index for index, _ in step_batches])
             elapsed = time.time() - step_start
@@ -246,5 +275,8 @@ def nonfinite_cause(step_batches, model):
         return (f"Data: {len(empty)} pair(s) are scored at or before the token where chosen and rejected first "
                 f"differ, so their loss span is empty (0/0): {', '.join(empty[:5])}. Check "
                 "--num_padding_at_beginning and whether the PAD/EOS token occurs inside the texts.")
-    return ("The rewards themselves are not finite (a numeric blow-up): resume from the last checkpoint "
-            "(--resume_from_checkpoint auto) with a lower --learning_rate, or train in bf16/fp32.")
+    return BLOW_UP
+
+
+BLOW_UP = ("The rewards themselves are not finite (a numeric blow-up): resume from the last checkpoint "
+           "(--resume_from_checkpoint auto) with a lower --learning_rate, or train in bf16/fp32.")

@@ -2,6 +2,7 @@
 import os
 import sys
 
+import torch
 import torch.distributed as dist
 
 
@@ -76,6 +77,21 @@ def all_reduce(tensor, op="sum"):
         if comm is not tensor:
             tensor.copy_(comm)
     return tensor
+
+
+def all_gather_rows(tensor):
+    """(n, C) rows of every rank stacked in rank order, (world * n, C), on every rank (the tensor itself with one
+    process); every rank must give the same shape."""
+    if not (is_initialized() and get_world_size() > 1):
+        return tensor
+    if dist.get_backend() == "gloo":
+        comm = tensor.cpu()
+    else:
+        from deepspeed.accelerator import get_accelerator
+        comm = tensor.to(get_accelerator().current_device_name())
+    parts = [torch.empty_like(comm) for _ in range(get_world_size())]
+    dist.all_gather(parts, comm)
+    return torch.cat(parts).to(tensor.device)
 
 
 def print_rank0(message):

@@ -21,6 +21,37 @@ class LossOptions:
     center_rewards_coefficient: float = 0.0  # + c * mean((s_c + s_j)^2) over the end scores
 
 
+PAIRWISE, REGRESSION = "pairwise", "regression"  # HeadOptions.objective
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """The value head's outputs and how they become one reward (model/reward_model.py `combine`); the defaults
+    are DeepSpeed-Chat's single bias-free output. Pairwise with num_heads K > 1: an ensemble of K heads on the
+    shared backbone, reward = their mean, uncertainty = their std. Regression: one output per rated attribute,
+    reward = attribute_weights . outputs."""
+    num_heads: int = 1  # pairwise value heads (an ensemble when > 1)
+    bootstrap: bool = False  # each head weighs each pair by its own Poisson(1) draw (needs num_heads > 1)
+    conservative_lambda: float = 0.0  # scoring also reports mean - lambda * std of the heads
+    objective: str = PAIRWISE  # "pairwise" (ranking loss) or "regression" (per-attribute ratings)
+    attributes: tuple = ()  # regression: the rated attributes, one head output each
+    attribute_weights: tuple = ()  # regression: reward = weights . outputs
+    seed: int = 0  # heads k > 0 of an ensemble: init and bootstrap draws seeded from (seed, k) (main.py: --seed)
+
+    @property
+    def outputs(self):
+        """Number of value-head outputs: one per attribute under regression, else num_heads."""
+        return len(self.attributes) if self.objective == REGRESSION else self.num_heads
+
+    @classmethod
+    def from_dict(cls, values):
+        """HeadOptions from `asdict` output (JSON turns tuples into lists); unknown keys are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()
+                  if key in known}
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a reward model is and how a text becomes its tokens and score."""
@@ -37,6 +68,7 @@ class Settings:
     dtype: str = "fp32"  # training precision: fp32, bf16 or fp16
     dropout: Optional[float] = None  # None: the base model's own dropout probabilities
     loss: LossOptions = field(default_factory=LossOptions)
+    head: HeadOptions = field(default_factory=HeadOptions)
     lora_dim: int = 0
     lora_module_name: str = "decoder.layers."
     only_optimize_lora: bool = False
@@ -53,6 +85,8 @@ class Settings:
         if isinstance(values.get("loss"), dict):
             loss_keys = {f.name for f in dataclasses.fields(LossOptions)}
             values["loss"] = LossOptions(**{k: v for k, v in values["loss"].items() if k in loss_keys})
+        if isinstance(values.get("head"), dict):
+            values["head"] = HeadOptions.from_dict(values["head"])
         values.setdefault("model_name_or_path", "")
         return cls(**values)
 

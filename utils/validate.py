@@ -21,6 +21,7 @@ FLAG_RULES = {  # flag -> what its value must be (None values mean "use the defa
     "eval_interval": NON_NEGATIVE_INT, "eval_iters": NON_NEGATIVE_INT, "loss_plateau_warning": NON_NEGATIVE_INT,
     "lora_dim": NON_NEGATIVE_INT, "learning_rate": NON_NEGATIVE, "lora_learning_rate": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE, "center_rewards_coefficient": NON_NEGATIVE, "dropout": PROBABILITY,
+    "num_heads": POSITIVE_INT, "conservative_lambda": NON_NEGATIVE,
 }
 
 # DeepSpeed's documented top-level keys (https://www.deepspeed.ai/docs/config-json/); the runtime's own
@@ -62,9 +63,11 @@ def flag_problems(args):
                 if getattr(args, flag, None) is not None and not _fits(getattr(args, flag), rule)]
     if args.only_optimize_lora and not args.lora_dim:
         problems.append("--only_optimize_lora needs --lora_dim > 0.")
+    problems += _head_problems(args)
     problems += _output_dir_problems(args.output_dir) + _chat_template_problems(args.chat_template)
     problems += eval_set_problems(getattr(args, "eval_data_path", None), args.data_path)
-    return problems + _weight_problems(getattr(args, "data_weights", None), args.data_path)
+    problems += _weight_problems(getattr(args, "data_weights", None), args.data_path)
+    return problems + _objective_problems(args)
 
 
 EVAL_SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # it names log fields and TensorBoard tags
@@ -104,6 +107,43 @@ def _weight_problems(values, data_paths):
     except UserError as error:
         return [str(error)]
     return []
+
+
+def _objective_problems(args):
+    """--objective regression needs --attributes (and --attribute_weights, if given, one per attribute); the
+    flags of the pairwise loss and of chat data do not apply to it; the attribute flags need it."""
+    if args.objective != "regression":
+        rated = [path for path in args.data_path if path.split(":")[0] == "synthetic/rated"]
+        return [f"{flag} needs --objective regression." for flag, value in
+                (("--attributes", args.attributes), ("--attribute_weights", args.attribute_weights)) if value] + [
+            f"--data_path {path} holds rated single responses, not pairs: train on it with --objective regression "
+            "--attributes helpfulness,correctness,coherence,complexity,verbosity." for path in rated]
+    problems = []
+    if not args.attributes:
+        problems.append("--objective regression needs --attributes, the rating columns to learn, e.g. "
+                        "--attributes helpfulness,correctness,coherence,complexity,verbosity (HelpSteer2's).")
+    elif len(set(args.attributes)) < len(args.attributes):
+        problems.append(f"--attributes {','.join(args.attributes)} names a column twice; give each once.")
+    if args.attributes and args.attribute_weights and len(args.attribute_weights) != len(args.attributes):
+        problems.append(f"--attribute_weights gives {len(args.attribute_weights)} weight(s) for "
+                        f"{len(args.attributes)} --attributes ({','.join(args.attributes)}); give one per attribute.")
+    pairwise_only = (("--use_margin", args.use_margin),
+                     ("--center_rewards_coefficient", args.center_rewards_coefficient),
+                     ("--drop_identical_pairs", args.drop_identical_pairs), ("--chat_template", args.chat_template),
+                     ("--num_heads", args.num_heads != 1), ("--eval_data_path", getattr(args, "eval_data_path", None)),
+                     ("--data_weights", getattr(args, "data_weights", None)))
+    problems += [f"{flag} does not apply to --objective regression (rated single responses, no pairs or chat "
+                 "template); leave it out." for flag, value in pairwise_only if value]
+    return problems
+
+
+def _head_problems(args):
+    """The ensemble flags that need one: --head_bootstrap and --conservative_lambda act on K >= 2 heads."""
+    if args.num_heads >= 2:
+        return []
+    needs = [flag for flag, on in (("--head_bootstrap", args.head_bootstrap),
+                                   ("--conservative_lambda", args.conservative_lambda)) if on]
+    return [f"{flag} needs an ensemble: add --num_heads 2 or more (now {args.num_heads})." for flag in needs]
 
 
 def _chat_template_problems(path):
