@@ -405,14 +405,17 @@ def test_sigkill_resume_with_bootstrapped_heads_matches_an_uninterrupted_run(tin
 @pytest.mark.slow
 def test_two_rank_zero3_resume_with_heads_matches(tiny_opt, pair_folder, tmp_path):
     from tests.test_resume import assert_same_model, command
+    from utils.dist import free_port
     deepspeed = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    launcher = [deepspeed, "--num_gpus", "2", "--master_port", "29547"]
     flags = (*ENSEMBLE_FLAGS, "--zero_stage", "3", "--per_device_train_batch_size", "4")
     reference, out = tmp_path / "reference" / "out", tmp_path / "resumed" / "out"
-    finish(command(tiny_opt, pair_folder, reference, *flags, launcher=launcher))
-    cmd = command(tiny_opt, pair_folder, out, *flags, "--save_steps", "5", launcher=launcher)
-    code, log = run_until(cmd, "saved checkpoint", 2, signal.SIGKILL)
+
+    def launch(folder, *extra):  # each launch its own free port (a killed run's may linger)
+        return command(tiny_opt, pair_folder, folder, *flags, *extra,
+                       launcher=[deepspeed, "--num_gpus", "2", "--master_port", str(free_port())])
+    finish(launch(reference))
+    code, log = run_until(launch(out, "--save_steps", "5"), "saved checkpoint", 2, signal.SIGKILL)
     assert code != 0 and not (out / "model.safetensors").exists(), log[-2000:]
-    log = finish(cmd + ["--resume_from_checkpoint", "auto"])
+    log = finish(launch(out, "--save_steps", "5", "--resume_from_checkpoint", "auto"))
     assert "resumed from" in log
     assert_same_model(reference, out)
