@@ -309,6 +309,26 @@ def test_saved_ensemble_scores_mean_uncertainty_and_conservative(ensemble_dir, o
     torch.testing.assert_close(padded, fields["heads"], atol=1e-5, rtol=1e-5)
 
 
+def test_evaluate_score_and_benchmark_write_uncertainty_and_heads(ensemble_dir, tmp_path):
+    from evaluation_scripts import benchmark, evaluate
+    from tests.fixtures import write_jsonl
+    rows = [{"prompt": " Human: hi Assistant:", "chosen": " great, thanks!", "rejected": " awful."},
+            {"prompt": " Human: yo Assistant:", "chosen": " kind words", "rejected": " 0123 [4]"}]
+    texts = write_jsonl(tmp_path / "texts.jsonl", [{"text": r["prompt"] + r["chosen"]} for r in rows])
+    evaluate.main([ensemble_dir, "--score", texts, "--score_output", str(tmp_path / "scores.jsonl"), "--heads"])
+    scored = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    for row in scored:
+        assert len(row["heads"]) == 4 and row["reward"] == pytest.approx(sum(row["heads"]) / 4, abs=1e-5)
+        assert row["conservative"] == pytest.approx(row["reward"] - 0.5 * row["uncertainty"], abs=1e-6)
+    report = benchmark.main([ensemble_dir, "--benchmark", "pairs", "--data", write_jsonl(tmp_path / "p.jsonl", rows),
+                             "--output_name", "ens", "--no_plots"])
+    assert report["uncertainty_mean"] > 0
+    lines = [json.loads(line) for line in open(os.path.join(ensemble_dir, "benchmarks", "ens_scores.jsonl"))]
+    assert lines[0]["chosen_scores"] == [pytest.approx(scored[0]["reward"], abs=1e-5)]
+    assert lines[0]["chosen_uncertainty"] == [pytest.approx(scored[0]["uncertainty"], abs=1e-5)]
+    assert "chosen_heads" not in lines[0]
+
+
 def test_server_returns_the_mean_its_uncertainty_and_heads_on_request(ensemble_dir):
     from fastapi.testclient import TestClient
 
@@ -387,13 +407,15 @@ def test_two_rank_zero3_resume_with_heads_matches(tiny_opt, pair_folder, tmp_pat
     from tests.test_resume import assert_same_model, command
     from utils.dist import free_port
     deepspeed = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    launcher = [deepspeed, "--num_gpus", "2", "--master_port", free_port()]
     flags = (*ENSEMBLE_FLAGS, "--zero_stage", "3", "--per_device_train_batch_size", "4")
     reference, out = tmp_path / "reference" / "out", tmp_path / "resumed" / "out"
-    finish(command(tiny_opt, pair_folder, reference, *flags, launcher=launcher))
-    cmd = command(tiny_opt, pair_folder, out, *flags, "--save_steps", "5", launcher=launcher)
-    code, log = run_until(cmd, "saved checkpoint", 2, signal.SIGKILL)
+
+    def launch(folder, *extra):  # each launch its own free port (a killed run's may linger)
+        return command(tiny_opt, pair_folder, folder, *flags, *extra,
+                       launcher=[deepspeed, "--num_gpus", "2", "--master_port", str(free_port())])
+    finish(launch(reference))
+    code, log = run_until(launch(out, "--save_steps", "5"), "saved checkpoint", 2, signal.SIGKILL)
     assert code != 0 and not (out / "model.safetensors").exists(), log[-2000:]
-    log = finish(cmd + ["--resume_from_checkpoint", "auto"])
-    assert "resumed from" in log, log[-6000:]
+    log = finish(launch(out, "--save_steps", "5", "--resume_from_checkpoint", "auto"))
+    assert "resumed from" in log
     assert_same_model(reference, out)
