@@ -80,7 +80,7 @@ def run_identity(args, settings, ds_config, data_fingerprint):
     whose batches are cut per micro batch x ranks."""
     flags = {name: getattr(args, name) for name in IDENTITY_FLAGS}
     flags["lora_learning_rate"] = flags["lora_learning_rate"] if settings.lora_dim else None
-    flags.update(_flat(settings.to_dict()))
+    flags.update(flat_dict(settings.to_dict()))
     if not settings.lora_dim:
         flags["lora_module_name"] = None
     identity = {"data": data_fingerprint, "flags": flags, "train_batch_size": ds_config["train_batch_size"],
@@ -90,12 +90,13 @@ def run_identity(args, settings, ds_config, data_fingerprint):
     return identity
 
 
-def _flat(values, prefix=""):
-    """{'loss': {'use_margin': x}} -> {'loss.use_margin': x}: one line per setting in `identity_changes`."""
+def flat_dict(values, separator=".", prefix=""):
+    """{'loss': {'use_margin': x}} -> {'loss.use_margin': x} (nested keys joined by `separator`): one line per
+    setting in `identity_changes`, one TensorBoard tag per metric (training/loop.py)."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flat_dict(value, separator, f"{prefix}{key}{separator}"))
         else:  # a tuple as a list: the identity is compared with one read back from JSON
             flat[prefix + key] = list(value) if isinstance(value, tuple) else value
     return flat

@@ -8,7 +8,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from training.checkpoint import save_checkpoint
+from training.checkpoint import flat_dict, save_checkpoint
 from training.evaluation import to_device
 from utils.dist import all_reduce, get_rank, get_world_size, is_main_process, print_rank0
 from utils.errors import UserError
@@ -35,7 +35,7 @@ class Logger:
             self.jsonl.write(json.dumps({"kind": prefix, "step": step, **values}) + "\n")
             self.jsonl.flush()
         if self.writer:
-            for key, value in _flat_scalars(values).items():
+            for key, value in flat_dict(values, "/").items():
                 if value is not None and not isinstance(value, list):  # undefined correlations, per-head lists
                     self.writer.add_scalar(f"{prefix}/{key}", value, step)
             self.writer.flush()
@@ -90,17 +90,6 @@ def eval_text(metrics):
         text += " | by source: " + ", ".join(f"{name} {m['accuracy']:.4f} ({m['num_pairs']})"
                                              for name, m in by_source.items())
     return text
-
-
-def _flat_scalars(values, prefix=""):
-    """{'by_source': {'a': {'accuracy': x}}} -> {'by_source/a/accuracy': x}, for TensorBoard."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat_scalars(value, f"{prefix}{key}/"))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 class StopSignal:
